@@ -1,0 +1,463 @@
+"""``ScriptedAgent``: an in-process participant that behaves like a Speko agent.
+
+It lives inside the local server's room (no WebRTC of its own), so it costs one
+Opus encode per listener and nothing else. Clients see an AGENT participant with
+a microphone track and JSON data packets, exactly as from a real agent worker.
+
+Threads: the room side (``_AgentPeer``) runs on the server loop; the behaviour
+hooks (``on_*`` methods) run in order on the agent's own behaviour thread, so they
+may call the blocking methods (``send``, ``say``...) freely.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+from livekit.protocol import models
+
+from ._client import RemoteClient
+from ._media import FRAME_SAMPLES, SAMPLE_RATE, Fanout, PacedSource
+from ._room import Participant, PublishedTrack, Room, new_sid
+
+if TYPE_CHECKING:
+    from av import AudioFrame
+
+    from ._server import LocalServer
+
+log = logging.getLogger("speko_sync.testing")
+
+_FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class ReceivedPacket:
+    """A data packet a client sent: ``raw`` bytes, ``data`` the parsed JSON object
+    (empty when ``raw`` was not a JSON object), and who sent it when."""
+
+    raw: bytes
+    data: dict[str, Any]
+    sender: str
+    topic: str
+    received_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def valid(self) -> bool:
+        """True when ``raw`` is a JSON object with a string ``type``."""
+        return isinstance(self.data.get("type"), str)
+
+    @property
+    def type(self) -> str | None:
+        value = self.data.get("type")
+        return value if isinstance(value, str) else None
+
+
+def to_int16(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Mono int16 at 48 kHz from int16 or float (-1..1) samples at ``sample_rate``.
+    Raises ``ValueError`` for other dtypes, non-1-D input or a bad rate."""
+    samples = np.asarray(samples)
+    if samples.ndim == 2 and 1 in samples.shape:
+        samples = samples.reshape(-1)
+    if samples.ndim != 1:
+        raise ValueError(f"samples must be mono (1-D), got shape {samples.shape}")
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    if np.issubdtype(samples.dtype, np.floating):
+        samples = np.clip(samples, -1.0, 1.0) * 32767.0
+    elif samples.dtype != np.int16:
+        raise ValueError(f"samples must be int16 or float, got {samples.dtype}")
+    if sample_rate != SAMPLE_RATE and len(samples):
+        n_out = int(round(len(samples) * SAMPLE_RATE / sample_rate))
+        x_old = np.arange(len(samples)) / sample_rate
+        x_new = np.arange(n_out) / SAMPLE_RATE
+        samples = np.interp(x_new, x_old, samples.astype(np.float64))
+    return np.asarray(samples).astype(np.int16)
+
+
+def tone(freq_hz: float, seconds: float, amplitude: float = 0.3,
+         sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """A sine tone as int16 samples, with 5 ms fades so it does not click."""
+    n = int(seconds * sample_rate)
+    t = np.arange(n) / sample_rate
+    wave = amplitude * np.sin(2 * np.pi * freq_hz * t)
+    fade = min(n // 2, int(0.005 * sample_rate))
+    if fade:
+        ramp = np.linspace(0.0, 1.0, fade)
+        wave[:fade] *= ramp
+        wave[-fade:] *= ramp[::-1]
+    return (wave * 32767).astype(np.int16)
+
+
+class _Listener:
+    """The agent's ear on one client track: keeps the audio, finds utterances."""
+
+    def __init__(self, agent: ScriptedAgent, identity: str) -> None:
+        self.agent = agent
+        self.identity = identity
+        self.speech_frames = 0
+        self.quiet_frames = 0
+        self.loud_run = 0
+
+    def __call__(self, frame: AudioFrame, mono: np.ndarray) -> None:
+        agent = self.agent
+        with agent._lock:  # noqa: SLF001
+            agent._audio.setdefault(self.identity, []).append(mono)  # noqa: SLF001
+        rms = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64)))) / 32768.0
+        loud = rms >= agent.speech_threshold
+        if self.speech_frames == 0:
+            self.loud_run = self.loud_run + 1 if loud else 0
+            if self.loud_run >= 2:  # 40 ms of sound starts an utterance
+                self.speech_frames, self.quiet_frames = self.loud_run, 0
+            return
+        self.speech_frames += 1
+        self.quiet_frames = 0 if loud else self.quiet_frames + 1
+        if self.quiet_frames * _FRAME_S >= agent.end_silence_s:
+            seconds = (self.speech_frames - self.quiet_frames) * _FRAME_S
+            self.speech_frames = self.quiet_frames = self.loud_run = 0
+            agent._post("on_utterance", seconds, self.identity)  # noqa: SLF001
+
+
+class _AgentPeer(Participant):
+    """The agent as the room sees it (loop side)."""
+
+    kind = models.ParticipantInfo.Kind.AGENT
+
+    def __init__(self, agent: ScriptedAgent, room: Room) -> None:
+        super().__init__(room, agent.identity, name=agent.name)
+        self.agent = agent
+        self.source = PacedSource()
+        self.listeners: dict[str, tuple[PublishedTrack, _Listener]] = {}
+        self.known: set[str] = set()
+
+    def on_participants_changed(self, infos: list[models.ParticipantInfo]) -> None:
+        for info in infos:
+            if info.state == models.ParticipantInfo.State.DISCONNECTED:
+                if info.identity in self.known:
+                    self.known.discard(info.identity)
+                    self.agent._post("on_client_left", info.identity)  # noqa: SLF001
+                continue
+            mics = [t for t in info.tracks if t.type == models.TrackType.AUDIO]
+            with self.agent._lock:  # noqa: SLF001
+                self.agent._muted[info.identity] = bool(mics) and all(t.muted for t in mics)  # noqa: SLF001
+            if info.identity not in self.known and info.kind != models.ParticipantInfo.Kind.AGENT:
+                self.known.add(info.identity)
+                self.agent._post("on_client_joined", info.identity)  # noqa: SLF001
+
+    def on_track_available(self, track: PublishedTrack) -> None:
+        listener = _Listener(self.agent, track.owner.identity)
+        self.listeners[track.sid] = (track, listener)
+        track.fanout.add_sink(listener)
+
+    def on_track_gone(self, track: PublishedTrack) -> None:
+        entry = self.listeners.pop(track.sid, None)
+        if entry is not None:
+            track.fanout.remove_sink(entry[1])
+
+    def on_data(self, packet: models.DataPacket) -> None:
+        if not packet.HasField("user"):
+            return
+        raw = bytes(packet.user.payload)
+        try:
+            parsed = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            parsed = None
+        received = ReceivedPacket(raw=raw, data=parsed if isinstance(parsed, dict) else {},
+                                  sender=packet.participant_identity, topic=packet.user.topic)
+        self.agent._record(received)  # noqa: SLF001
+
+    async def close(self, reason: int, *, send_leave: bool = True) -> None:
+        for track, listener in self.listeners.values():
+            track.fanout.remove_sink(listener)
+        self.listeners.clear()
+
+    async def enter(self) -> None:
+        await self.room.join(self)
+        self.room.announce(self)
+        self.on_participants_changed([p.info() for p in self.room.others(self)])
+        track = PublishedTrack(self, Fanout(new_sid("TR"), self.source.next_frame),
+                               name="agent_voice", cid="agent")
+        self.room.publish(track)
+
+
+class ScriptedAgent:
+    """A scripted Speko agent in a room of a :class:`LocalServer`.
+
+    Made by :meth:`LocalServer.add_agent`. Default behaviour, each step a method
+    to override in a subclass (hooks run on the agent's behaviour thread):
+
+    - :meth:`on_client_joined`: once the client can hear it, wait up to
+      ``greet_wait`` seconds for the client's overrides, then :meth:`greet`;
+    - :meth:`greet`: an ``agent_message`` (the overrides' ``firstMessage`` if
+      given) while speaking a short tone;
+    - :meth:`on_user_message`: reply ``user_message_echo`` and an
+      ``agent_message`` quoting the text;
+    - :meth:`on_utterance`: after each utterance heard in a client's audio
+      (energy up, then ``end_silence_s`` of quiet), a ``transcript`` partial then
+      final describing its duration, then an ``agent_message`` reply;
+    - overrides and ``contextual_update`` packets are recorded.
+
+    Args (besides those :meth:`LocalServer.add_agent` fills in):
+        greeting: the greeting without overrides; ``None`` disables greeting.
+        greet_wait: seconds to wait for the client's overrides before greeting.
+        speech_threshold: RMS (0..1 of full scale) that counts as speech.
+        end_silence_s: quiet seconds that end an utterance.
+    """
+
+    def __init__(self, server: LocalServer, room: str, identity: str = "agent", *,
+                 name: str = "Speko test agent",
+                 greeting: str | None = "Hello! I'm the local Speko test agent.",
+                 greet_wait: float = 1.0, greeting_tone_hz: float = 440.0,
+                 greeting_tone_s: float = 0.6, speech_threshold: float = 0.02,
+                 end_silence_s: float = 0.4) -> None:
+        self.server = server
+        self.room = room
+        self.identity = identity
+        self.name = name
+        self.greeting = greeting
+        self.greet_wait = greet_wait
+        self.greeting_tone_hz = greeting_tone_hz
+        self.greeting_tone_s = greeting_tone_s
+        self.speech_threshold = speech_threshold
+        self.end_silence_s = end_silence_s
+        self.overrides: dict[str, Any] | None = None
+        self.contextual_updates: list[str] = []
+        self.utterances: list[float] = []
+        self.greeted: list[str] = []
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._packets: list[ReceivedPacket] = []
+        self._audio: dict[str, list[np.ndarray]] = {}
+        self._muted: dict[str, bool] = {}
+        self._events: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self._peer: _AgentPeer | None = None
+        self._thread = threading.Thread(target=self._behaviour_loop,
+                                        name=f"speko-agent-{identity}", daemon=True)
+
+    # -- life cycle -------------------------------------------------------------
+    def _join(self) -> None:
+        async def enter() -> None:
+            core = self.server._require()[1]  # noqa: SLF001
+            room = core.room(self.room, create=True)
+            assert room is not None
+            self._peer = _AgentPeer(self, room)
+            await self._peer.enter()
+        self._thread.start()
+        self.server._call(enter())  # noqa: SLF001
+
+    def leave(self) -> None:
+        """Leave the room (clients see the participant go) and stop."""
+        peer = self._peer
+        if peer is not None:
+            self.server._call(peer.room.leave(peer, models.DisconnectReason.CLIENT_INITIATED))  # noqa: SLF001
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._events.put(None)
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(5)
+
+    def _post(self, hook: str, *args: Any) -> None:
+        self._events.put((hook, args))
+
+    def _behaviour_loop(self) -> None:
+        while True:
+            event = self._events.get()
+            if event is None:
+                return
+            hook, args = event
+            try:
+                getattr(self, hook)(*args)
+            except Exception:  # noqa: BLE001 - a failing hook must not stop the agent
+                log.exception("agent %s: %s failed", self.identity, hook)
+
+    def _record(self, packet: ReceivedPacket) -> None:
+        """On the loop: keep the packet, wake waiters, dispatch the behaviour."""
+        with self._changed:
+            self._packets.append(packet)
+            if packet.type == "overrides" and isinstance(packet.data.get("overrides"), dict):
+                self.overrides = packet.data["overrides"]
+            self._changed.notify_all()
+        self._post("on_packet", packet)
+
+    # -- what the agent heard -------------------------------------------------------
+    def packets(self) -> list[ReceivedPacket]:
+        """Every data packet clients sent to this agent, in arrival order."""
+        with self._lock:
+            return list(self._packets)
+
+    def wait_for_packet(self, predicate: Callable[[ReceivedPacket], bool] | str,
+                        timeout: float = 10.0) -> ReceivedPacket:
+        """Block until a packet (already received or arriving) matches ``predicate``
+        (a callable, or a ``type`` string). Raises ``TimeoutError``."""
+        match = predicate if callable(predicate) else (lambda p: p.type == predicate)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._changed:
+            while True:
+                for packet in self._packets[seen:]:
+                    if match(packet):
+                        return packet
+                seen = len(self._packets)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    types = [p.type for p in self._packets]
+                    raise TimeoutError(f"no matching packet within {timeout} s (got types {types})")
+                self._changed.wait(remaining)
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Block until ``condition()`` is true; it is re-checked whenever the agent
+        records something. Raises ``TimeoutError``."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not condition():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"condition not met within {timeout} s")
+                self._changed.wait(min(remaining, 0.05))
+
+    def received_audio(self, identity: str | None = None) -> np.ndarray:
+        """The decoded microphone audio of ``identity`` (default: the first client
+        heard) as mono int16 at 48 kHz, from when the agent first heard it."""
+        with self._lock:
+            if identity is None:
+                identity = next(iter(self._audio), None)
+            chunks = self._audio.get(identity, []) if identity is not None else []
+            return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+
+    def clear_audio(self) -> None:
+        with self._lock:
+            self._audio.clear()
+
+    @property
+    def client_muted(self) -> bool | None:
+        """Whether the client's microphone track is muted (the only client, or the
+        first one seen); ``None`` before a client published one."""
+        with self._lock:
+            return next(iter(self._muted.values()), None)
+
+    def is_muted(self, identity: str) -> bool | None:
+        with self._lock:
+            return self._muted.get(identity)
+
+    # -- speaking and sending ----------------------------------------------------------
+    def _peer_or_raise(self) -> _AgentPeer:
+        if self._peer is None:
+            raise RuntimeError("the agent is not in a room")
+        return self._peer
+
+    def say(self, samples: np.ndarray, sample_rate: int = SAMPLE_RATE, *, wait: bool = False,
+            timeout: float | None = None) -> None:
+        """Speak ``samples`` (mono int16, or float in -1..1) after anything already
+        queued, paced in real time. With ``wait`` block until it has been sent."""
+        pcm = to_int16(samples, sample_rate)
+        peer = self._peer_or_raise()
+        self.server._require()[0].call_soon(peer.source.enqueue, pcm)  # noqa: SLF001
+        if wait:
+            self.wait_until_quiet(timeout if timeout is not None else len(pcm) / SAMPLE_RATE + 5.0)
+
+    def say_tone(self, freq_hz: float, seconds: float, amplitude: float = 0.3, *,
+                 wait: bool = False) -> None:
+        """Speak a sine tone of ``freq_hz`` for ``seconds`` (amplitude 0..1)."""
+        self.say(tone(freq_hz, seconds, amplitude), wait=wait)
+
+    def wait_until_quiet(self, timeout: float = 30.0) -> None:
+        """Block until all queued speech has been sent. Raises ``TimeoutError``."""
+        self.server._call(self._peer_or_raise().source.wait_idle(), timeout=timeout)  # noqa: SLF001
+
+    def send(self, message: dict[str, Any], *, to: list[str] | None = None) -> None:
+        """Send ``message`` as JSON in a reliable data packet to the room's clients
+        (or the identities in ``to``)."""
+        self.send_raw(json.dumps(message).encode("utf-8"), to=to)
+
+    def send_raw(self, payload: bytes, *, to: list[str] | None = None, topic: str = "",
+                 reliable: bool = True) -> None:
+        """Send arbitrary bytes as a user data packet (for malformed-input tests)."""
+        self.flood(1, payload, to=to, topic=topic, reliable=reliable)
+
+    def flood(self, count: int, payload: bytes = b'{"type":"flood"}', *, to: list[str] | None = None,
+              topic: str = "", reliable: bool = True) -> None:
+        """Send ``payload`` ``count`` times back to back."""
+        peer = self._peer_or_raise()
+        kind = models.DataPacket.Kind.RELIABLE if reliable else models.DataPacket.Kind.LOSSY
+
+        async def go() -> None:
+            for _ in range(count):
+                packet = models.DataPacket(kind=kind, destination_identities=to or [],
+                                           user=models.UserPacket(payload=payload, topic=topic))
+                peer.room.route_data(peer, packet)
+        self.server._call(go())  # noqa: SLF001
+
+    def kick(self, reason: int | str = "PARTICIPANT_REMOVED", identity: str | None = None) -> int:
+        """End the clients' sessions (or ``identity``'s) with a LiveKit leave carrying
+        ``reason`` (a ``DisconnectReason`` name such as ``"ROOM_DELETED"`` or its
+        value). Returns how many clients were removed."""
+        return self.server.remove_participant(self.room, identity, reason)
+
+    def _client_ready(self, identity: str, timeout: float) -> bool:
+        async def ready() -> bool:
+            room = self._peer_or_raise().room
+            client = room.participants.get(identity)
+            if isinstance(client, RemoteClient):
+                return await client.wait_ready(timeout)
+            return False
+        try:
+            return bool(self.server._call(ready(), timeout=timeout + 1))  # noqa: SLF001
+        except (TimeoutError, RuntimeError):
+            return False
+
+    # -- behaviour (override in subclasses) ---------------------------------------
+    def on_client_joined(self, identity: str) -> None:
+        if self.greeting is None or not self._client_ready(identity, 15.0):
+            return
+        try:
+            self.wait_for(lambda: self.overrides is not None, self.greet_wait)
+        except TimeoutError:
+            pass
+        self.greet(identity)
+
+    def greet(self, identity: str) -> None:
+        agent_overrides = (self.overrides or {}).get("agent") or {}
+        text = agent_overrides.get("firstMessage") or self.greeting
+        self.send({"type": "agent_message", "text": text})
+        self.say_tone(self.greeting_tone_hz, self.greeting_tone_s)
+        with self._changed:
+            self.greeted.append(identity)
+            self._changed.notify_all()
+
+    def on_client_left(self, identity: str) -> None:
+        pass
+
+    def on_packet(self, packet: ReceivedPacket) -> None:
+        if packet.type == "user_message":
+            self.on_user_message(str(packet.data.get("text", "")), packet.sender)
+        elif packet.type == "contextual_update":
+            self.on_contextual_update(str(packet.data.get("text", "")), packet.sender)
+        elif packet.type == "overrides":
+            self.on_overrides(packet.data.get("overrides") or {}, packet.sender)
+
+    def on_overrides(self, overrides: dict[str, Any], sender: str) -> None:
+        pass  # already remembered in self.overrides
+
+    def on_user_message(self, text: str, sender: str) -> None:
+        self.send({"type": "user_message_echo", "text": text}, to=[sender])
+        self.send({"type": "agent_message", "text": f'You said: "{text}"'}, to=[sender])
+
+    def on_contextual_update(self, text: str, sender: str) -> None:
+        with self._changed:
+            self.contextual_updates.append(text)
+            self._changed.notify_all()
+
+    def on_utterance(self, seconds: float, sender: str) -> None:
+        with self._changed:
+            self.utterances.append(seconds)
+            self._changed.notify_all()
+        description = f"[speech, {seconds:.2f} s]"
+        self.send({"type": "transcript", "source": "user", "text": description, "isFinal": False}, to=[sender])
+        self.send({"type": "transcript", "source": "user", "text": description, "isFinal": True}, to=[sender])
+        self.send({"type": "agent_message", "text": f"I heard {seconds:.1f} seconds of speech."}, to=[sender])

@@ -1,0 +1,421 @@
+"""A remote client of the local server: its signalling websocket and its
+aiortc peer connection(s), seen by the room as a participant.
+
+Two modes, as LiveKit has them:
+- v1 (``/rtc/v1``, one peer connection): the client offers, the server answers.
+  Remote tracks ride on the client's recvonly m-lines; ``mid_to_track_id`` in
+  each answer says which. When a new track needs a free m-line the server asks
+  for one with ``media_sections_requirement`` and the client re-offers.
+- v0 (``/rtc``, two peer connections): the server offers a subscriber
+  connection (remote tracks plus its own data channels); the client offers a
+  publisher connection when it publishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Callable
+
+from aiohttp import WSMsgType, web
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+from aiortc.sdp import candidate_from_sdp
+from livekit.protocol import models, rtc
+
+from ._media import Fanout, ForwardTrack
+from ._room import Participant, PublishedTrack, Room, new_sid
+
+if TYPE_CHECKING:
+    from ._server import _ServerCore
+
+log = logging.getLogger("speko_sync.testing")
+
+_OUTBOX_LIMIT = 1000  # data packets held while the client's data channel opens
+
+
+class RemoteClient(Participant):
+    """One connected client. Created by the server after the token checked out."""
+
+    def __init__(self, core: _ServerCore, room: Room, ws: web.WebSocketResponse, *,
+                 identity: str, name: str, metadata: str, kind: str, single_pc: bool) -> None:
+        super().__init__(room, identity, name=name, metadata=metadata)
+        if kind == "agent":
+            self.kind = models.ParticipantInfo.Kind.AGENT
+        self.core = core
+        self.ws = ws
+        self.single_pc = single_pc
+        config = RTCConfiguration(iceServers=[])  # never reach out to a STUN server
+        self.pc = RTCPeerConnection(config)  # v1: the only one; v0: the publisher
+        self.sub_pc = None if single_pc else RTCPeerConnection(config)
+        self._send_lock = asyncio.Lock()
+        self._negotiate_lock = asyncio.Lock()
+        self._sub_answer: asyncio.Future[rtc.SessionDescription] | None = None
+        self._sub_offer_id = 0
+        self._reliable: RTCDataChannel | None = None
+        self._lossy: RTCDataChannel | None = None
+        self._outbox: list[tuple[bool, bytes]] = []
+        self._pending_publish: dict[str, rtc.AddTrackRequest] = {}  # cid -> request
+        self._published_sids: dict[str, str] = {}  # cid -> track sid
+        self._subscriptions: dict[str, tuple[PublishedTrack, ForwardTrack]] = {}
+        self._unattached: list[str] = []  # track sids waiting for an m-line (v1)
+        self._closed = False
+        self._ready = asyncio.Event()  # data channel open and every track attached
+        self._sub_pending = False  # v0: a subscriber negotiation is under way
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("track", self._on_track)
+        if self.sub_pc is not None:
+            self._reliable = self.sub_pc.createDataChannel("_reliable", ordered=True)
+            self._lossy = self.sub_pc.createDataChannel("_lossy", ordered=False, maxRetransmits=0)
+            self._reliable.on("open", self._flush_outbox)
+            self._reliable.on("message", lambda m: self._on_data_message(m))
+            self._lossy.on("message", lambda m: self._on_data_message(m))
+            self.sub_pc.on("datachannel", self._on_datachannel)
+
+    # -- signalling I/O -----------------------------------------------------
+    async def send(self, **fields: object) -> None:
+        if self._closed or self.ws.closed:
+            return
+        payload = rtc.SignalResponse(**fields).SerializeToString()  # type: ignore[arg-type]
+        async with self._send_lock:
+            try:
+                await self.ws.send_bytes(payload)
+            except (ConnectionError, RuntimeError):
+                pass
+
+    def spawn(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("client %s: %r", self.identity, task.exception())
+
+    async def start(self, join: rtc.JoinRequest) -> None:
+        """Send the JoinResponse, then answer or offer as the mode wants."""
+        others = [p.info() for p in self.room.others(self)]
+        await self.send(join=rtc.JoinResponse(
+            room=self.room.info(),
+            participant=self.info(),
+            other_participants=others,
+            server_version="1.9.0",
+            server_info=models.ServerInfo(
+                edition=models.ServerInfo.Edition.Standard, version="1.9.0", protocol=16,
+                node_id="speko-local"),
+            ping_interval=self.core.ping_interval,
+            ping_timeout=self.core.ping_timeout,
+            subscriber_primary=not self.single_pc,
+            ice_servers=[],
+        ))
+        self.room.announce(self)
+        if self.single_pc:
+            if join.HasField("publisher_offer") and join.publisher_offer.sdp:
+                await self._answer(join.publisher_offer)
+        else:
+            self.spawn(self._offer_subscriber())
+
+    async def serve(self) -> None:
+        """Read signal requests until the websocket closes."""
+        async for msg in self.ws:
+            if msg.type != WSMsgType.BINARY:
+                continue
+            req = rtc.SignalRequest()
+            try:
+                req.ParseFromString(msg.data)
+            except Exception:  # noqa: BLE001 - a garbled request is ignored, as LiveKit does
+                log.warning("client %s sent an unparsable signal request", self.identity)
+                continue
+            await self._handle(req)
+            if req.WhichOneof("message") == "leave":
+                break
+
+    async def _handle(self, req: rtc.SignalRequest) -> None:
+        which = req.WhichOneof("message")
+        if which == "ping_req":
+            if not self.core.pongs_paused():
+                await self.send(pong_resp=rtc.Pong(
+                    last_ping_timestamp=req.ping_req.timestamp, timestamp=int(time.time() * 1000)))
+        elif which == "ping":
+            if not self.core.pongs_paused():
+                await self.send(pong=int(time.time() * 1000))
+        elif which == "offer":
+            self.spawn(self._answer(req.offer))
+        elif which == "answer":
+            if self._sub_answer is not None and not self._sub_answer.done():
+                self._sub_answer.set_result(req.answer)
+        elif which == "trickle":
+            await self._trickle(req.trickle)
+        elif which == "add_track":
+            await self._add_track(req.add_track)
+        elif which == "mute":
+            sid = req.mute.sid
+            if self.room.set_muted(self, sid, req.mute.muted):
+                await self.send(mute=rtc.MuteTrackRequest(sid=sid, muted=req.mute.muted))
+        elif which == "leave":
+            await self.room.leave(self, models.DisconnectReason.CLIENT_INITIATED)
+        # subscription, track_setting, update_metadata, sync_state...: accepted, ignored
+
+    async def _trickle(self, trickle: rtc.TrickleRequest) -> None:
+        try:
+            init = json.loads(trickle.candidateInit)
+            line = init.get("candidate", "")
+            if not line:
+                return
+            candidate = candidate_from_sdp(line.split(":", 1)[1] if line.startswith("candidate:") else line)
+            candidate.sdpMid = init.get("sdpMid")
+            candidate.sdpMLineIndex = init.get("sdpMLineIndex")
+            subscriber = trickle.target == rtc.SignalTarget.SUBSCRIBER
+            pc = self.sub_pc if subscriber and self.sub_pc is not None else self.pc
+            await pc.addIceCandidate(candidate)
+        except Exception as exc:  # noqa: BLE001 - a bad candidate must not end the session
+            log.debug("client %s: candidate ignored: %r", self.identity, exc)
+
+    # -- publishing ---------------------------------------------------------
+    async def _add_track(self, req: rtc.AddTrackRequest) -> None:
+        if req.type != models.TrackType.AUDIO:
+            log.info("client %s: refused a %s publish (audio only)", self.identity,
+                     models.TrackType.Name(req.type))
+            await self.send(request_response=rtc.RequestResponse(
+                reason=rtc.RequestResponse.Reason.UNSUPPORTED_TYPE,
+                message="this server forwards audio only", add_track=req))
+            return
+        self._pending_publish[req.cid] = req
+        sid = new_sid("TR")
+        self._published_sids[req.cid] = sid
+        info = models.TrackInfo(sid=sid, type=models.TrackType.AUDIO, name=req.name,
+                                source=req.source, muted=req.muted, mime_type="audio/opus",
+                                stream=f"{self.sid}|{sid}")
+        await self.send(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=info))
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind != "audio":
+            return  # never acknowledged, so never negotiated in earnest
+        cid = track.id if track.id in self._pending_publish else next(iter(self._pending_publish), None)
+        if cid is None:
+            log.warning("client %s: unannounced audio track ignored", self.identity)
+            return
+        req = self._pending_publish.pop(cid)
+        sid = self._published_sids[cid]
+        published = PublishedTrack(self, Fanout(sid, track.recv), name=req.name or "microphone",
+                                   cid=cid, source=req.source)
+        published.muted = req.muted
+        self.room.publish(published)
+
+    def unpublish_all(self) -> None:
+        for sid in list(self.tracks):
+            self.spawn(self.room.unpublish(self, sid))
+
+    # -- subscribing --------------------------------------------------------
+    def on_track_available(self, track: PublishedTrack) -> None:
+        if self._closed or track.sid in self._subscriptions:
+            return
+        forward = track.fanout.subscribe_track()
+        self._subscriptions[track.sid] = (track, forward)
+        if self.single_pc:
+            self._unattached.append(track.sid)
+            self._update_ready()
+            self.spawn(self.send(media_sections_requirement=rtc.MediaSectionsRequirement(num_audios=1)))
+        else:
+            self.spawn(self._offer_subscriber())
+
+    def on_track_gone(self, track: PublishedTrack) -> None:
+        entry = self._subscriptions.pop(track.sid, None)
+        if entry is None:
+            return
+        track.fanout.unsubscribe_track(entry[1])
+        if track.sid in self._unattached:
+            self._unattached.remove(track.sid)
+        pc = self.pc if self.single_pc else self.sub_pc
+        assert pc is not None
+        for transceiver in pc.getTransceivers():
+            if transceiver.sender.track is entry[1]:
+                transceiver.sender.replaceTrack(None)
+                transceiver.direction = "inactive" if not self.single_pc else "recvonly"
+        if not self.single_pc:
+            self.spawn(self._offer_subscriber())
+
+    def _attach(self, transceiver: RTCRtpTransceiver, track_sid: str) -> None:
+        track, forward = self._subscriptions[track_sid]
+        transceiver.sender.replaceTrack(forward)
+        transceiver.sender._stream_id = f"{track.owner.sid}|{track.sid}"  # the msid LiveKit uses
+        transceiver.direction = "sendonly" if not self.single_pc else "sendrecv"
+
+    def _mid_map(self, pc: RTCPeerConnection) -> dict[str, str]:
+        return {t.mid: t.sender.track.id for t in pc.getTransceivers()
+                if t.mid is not None and isinstance(t.sender.track, ForwardTrack)}
+
+    async def _answer(self, offer: rtc.SessionDescription) -> None:
+        """Answer one client offer (v1: everything; v0: the publisher)."""
+        async with self._negotiate_lock:
+            if self._closed:
+                return
+            await self.pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+            if self.single_pc:
+                free = [t for t in self.pc.getTransceivers()
+                        if t.kind == "audio" and t.sender.track is None
+                        and t._offerDirection in ("sendonly", "sendrecv")]
+                while self._unattached and free:
+                    self._attach(free.pop(0), self._unattached.pop(0))
+            answer = await self.pc.createAnswer()
+            await self.pc.setLocalDescription(answer)
+            await self.send(answer=rtc.SessionDescription(
+                type="answer", sdp=self.pc.localDescription.sdp, id=offer.id,
+                mid_to_track_id=self._mid_map(self.pc) if self.single_pc else {}))
+            if self.single_pc and self._unattached:
+                await self.send(media_sections_requirement=rtc.MediaSectionsRequirement(
+                    num_audios=len(self._unattached)))
+            self._update_ready()
+
+    async def _offer_subscriber(self) -> None:
+        """v0: (re)negotiate the subscriber connection, the server offering."""
+        assert self.sub_pc is not None
+        self._sub_pending = True
+        self._update_ready()
+        async with self._negotiate_lock:
+            if self._closed:
+                return
+            try:
+                await self._negotiate_subscriber()
+            finally:
+                self._sub_pending = False
+                self._update_ready()
+
+    async def _negotiate_subscriber(self) -> None:
+        assert self.sub_pc is not None
+        for sid in [s for s in self._subscriptions if not self._is_attached(s)]:
+            track, forward = self._subscriptions[sid]
+            self.sub_pc.addTrack(forward)
+            for t in self.sub_pc.getTransceivers():
+                if t.sender.track is forward:
+                    t.sender._stream_id = f"{track.owner.sid}|{track.sid}"
+        offer = await self.sub_pc.createOffer()
+        await self.sub_pc.setLocalDescription(offer)
+        self._sub_offer_id += 1
+        self._sub_answer = asyncio.get_running_loop().create_future()
+        await self.send(offer=rtc.SessionDescription(
+            type="offer", sdp=self.sub_pc.localDescription.sdp, id=self._sub_offer_id,
+            mid_to_track_id=self._mid_map(self.sub_pc)))
+        try:
+            answer = await asyncio.wait_for(self._sub_answer, 15.0)
+        except asyncio.TimeoutError:
+            log.warning("client %s never answered the subscriber offer", self.identity)
+            return
+        await self.sub_pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+
+    def _is_attached(self, track_sid: str) -> bool:
+        forward = self._subscriptions[track_sid][1]
+        pc = self.sub_pc if self.sub_pc is not None else self.pc
+        return any(t.sender.track is forward for t in pc.getTransceivers())
+
+    # -- data ---------------------------------------------------------------
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label == "_reliable" and self.single_pc:
+            self._reliable = channel
+            self._flush_outbox()
+        elif channel.label == "_lossy" and self.single_pc:
+            self._lossy = channel
+        channel.on("message", self._on_data_message)
+
+    def _on_data_message(self, message: bytes | str) -> None:
+        if isinstance(message, str):
+            message = message.encode()
+        packet = models.DataPacket()
+        try:
+            packet.ParseFromString(message)
+        except Exception:  # noqa: BLE001 - garbage on the data channel is dropped
+            log.warning("client %s sent an unparsable data packet", self.identity)
+            return
+        if packet.WhichOneof("value") is None:
+            return
+        self.core.stats["data_in"] += 1
+        self.room.route_data(self, packet)
+
+    def on_data(self, packet: models.DataPacket) -> None:
+        reliable = packet.kind == models.DataPacket.Kind.RELIABLE
+        payload = packet.SerializeToString()
+        channel = self._reliable if reliable or self._lossy is None else self._lossy
+        if channel is not None and channel.readyState == "open":
+            channel.send(payload)
+            self.core.stats["data_out"] += 1
+        elif len(self._outbox) < _OUTBOX_LIMIT:
+            self._outbox.append((reliable, payload))
+
+    def _flush_outbox(self) -> None:
+        channel = self._reliable
+        if channel is None or channel.readyState != "open":
+            if channel is not None:
+                channel.on("open", self._flush_outbox)
+            return
+        outbox, self._outbox = self._outbox, []
+        for _reliable, payload in outbox:
+            channel.send(payload)
+            self.core.stats["data_out"] += 1
+        self._update_ready()
+
+    @property
+    def data_ready(self) -> bool:
+        return self._reliable is not None and self._reliable.readyState == "open"
+
+    def _update_ready(self) -> None:
+        if self.data_ready and not self._unattached and not self._sub_pending:
+            self._ready.set()
+        else:
+            self._ready.clear()
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait until the client can hear every track it subscribes to and has an
+        open data channel. Returns false on timeout."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    # -- room events ----------------------------------------------------------
+    def on_participants_changed(self, infos: list[models.ParticipantInfo]) -> None:
+        self.spawn(self.send(update=rtc.ParticipantUpdate(participants=infos)))
+
+    def on_speakers(self, speakers: list[models.SpeakerInfo]) -> None:
+        self.spawn(self.send(speakers_changed=rtc.SpeakersChanged(speakers=speakers)))
+
+    # -- teardown -------------------------------------------------------------
+    async def close(self, reason: int, *, send_leave: bool = True) -> None:
+        """End this client's session: a LiveKit leave (unless ``send_leave`` is
+        false, for an abrupt drop), then the websocket and peer connections."""
+        if self._closed:
+            return
+        if send_leave:
+            await self.send(leave=rtc.LeaveRequest(
+                reason=reason, action=rtc.LeaveRequest.Action.DISCONNECT,  # type: ignore[arg-type]
+                can_reconnect=False))
+        self._closed = True
+        if send_leave:
+            await self.ws.close()
+        else:
+            transport = self.ws._req.transport if self.ws._req is not None else None  # noqa: SLF001
+            if transport is not None:
+                transport.abort()
+        await self.release()
+
+    async def release(self) -> None:
+        self._closed = True
+        for track, forward in self._subscriptions.values():
+            track.fanout.unsubscribe_track(forward)
+        self._subscriptions.clear()
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        for pc in (self.pc, self.sub_pc):
+            if pc is not None:
+                await pc.close()

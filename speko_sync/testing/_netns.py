@@ -1,0 +1,117 @@
+"""Run code inside a private network namespace that WebRTC can use.
+
+libwebrtc (inside ``livekit.rtc``) and aioice both ignore loopback interfaces for
+ICE, so a client and the local server on one machine cannot connect over
+``127.0.0.1`` alone. A fresh network namespace with ``lo`` up and a veth pair
+carrying private addresses gives both a usable interface, and it keeps every test
+packet off the host's real interfaces. The namespace dies with the process that
+made it, so nothing needs cleaning up.
+
+Root uses ``unshare -n``; other users ``unshare -rn`` where user namespaces exist.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from typing import Sequence
+
+#: Set to "1" inside a namespace made by this module (and inherited by children).
+ENV_MARK = "SPEKO_SYNC_NETNS"
+#: The address of the namespace's veth end the server and clients use for ICE.
+VETH_ADDRESS = "10.213.0.1"
+_PEER_ADDRESS = "10.213.0.2"
+
+_SETUP = f"""
+set -e
+ip link set lo up
+ip link add sk0 type veth peer name sk1
+ip addr add {VETH_ADDRESS}/24 dev sk0
+ip addr add {_PEER_ADDRESS}/24 dev sk1
+for dev in sk0 sk1; do
+  echo 1 > /proc/sys/net/ipv6/conf/$dev/disable_ipv6 2>/dev/null || true
+  ip link set $dev up
+done
+exec "$@"
+"""
+
+
+class IsolationUnavailable(RuntimeError):
+    """No network namespace can be made here; ``str(err)`` says why."""
+
+
+def in_isolated_namespace() -> bool:
+    """True when this process runs inside a namespace made by this module."""
+    return os.environ.get(ENV_MARK) == "1"
+
+
+def _unshare_prefix() -> list[str]:
+    unshare = shutil.which("unshare")
+    ip = shutil.which("ip")
+    if unshare is None:
+        raise IsolationUnavailable("the 'unshare' command (util-linux) is not installed")
+    if ip is None:
+        raise IsolationUnavailable("the 'ip' command (iproute2) is not installed")
+    if os.geteuid() == 0:
+        return [unshare, "-n"]
+    return [unshare, "-rn"]
+
+
+def isolation_command(argv: Sequence[str]) -> list[str]:
+    """Return the command line that runs ``argv`` inside a fresh namespace.
+
+    Raises :class:`IsolationUnavailable` if the tools are missing.
+    """
+    return [*_unshare_prefix(), "sh", "-c", _SETUP, "speko-netns", *argv]
+
+
+_probe_result: str | None = None
+
+
+def check_isolation() -> None:
+    """Raise :class:`IsolationUnavailable` (with the reason) unless a namespace
+    with a veth pair can be made here. The probe runs once per process."""
+    global _probe_result
+    if in_isolated_namespace():
+        return
+    if _probe_result is None:
+        try:
+            cmd = isolation_command(["true"])
+        except IsolationUnavailable as exc:
+            _probe_result = str(exc)
+        else:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+            _probe_result = "" if proc.returncode == 0 else (
+                f"'{' '.join(cmd[:2])}' with a veth pair failed "
+                f"(exit {proc.returncode}): {proc.stderr.strip() or 'no message'}"
+            )
+    if _probe_result:
+        raise IsolationUnavailable(_probe_result)
+
+
+def run_isolated(argv: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+    """Run ``argv`` inside a fresh namespace and wait for it (``subprocess.run``
+    keyword arguments pass through). Raises :class:`IsolationUnavailable`."""
+    check_isolation()
+    env = dict(kwargs.pop("env", None) or os.environ)  # type: ignore[call-overload]
+    env[ENV_MARK] = "1"
+    return subprocess.run(isolation_command(argv), env=env, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+
+def reexec_isolated(argv: Sequence[str] | None = None) -> None:
+    """Replace this process with itself (or ``argv``) inside a fresh namespace.
+
+    Returns at once, doing nothing, when already isolated. Raises
+    :class:`IsolationUnavailable` when no namespace can be made; never returns
+    otherwise. Flush your output before calling it.
+    """
+    if in_isolated_namespace():
+        return
+    check_isolation()
+    cmd = isolation_command(list(argv) if argv is not None else [sys.executable, *sys.orig_argv[1:]])
+    os.environ[ENV_MARK] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(cmd[0], cmd)

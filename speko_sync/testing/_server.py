@@ -1,0 +1,402 @@
+"""``LocalServer``: a LiveKit-compatible server on its own thread and loop."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import logging
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import urlparse
+
+from aiohttp import web
+from livekit.protocol import models, rtc
+
+from ._auth import Grant, TokenError, mint_token, verify_token
+from ._client import RemoteClient
+from ._loop import LoopThread
+from ._room import Room
+
+if TYPE_CHECKING:
+    from ._agent import ScriptedAgent
+
+log = logging.getLogger("speko_sync.testing")
+
+DEFAULT_API_KEY = "devkey"
+DEFAULT_API_SECRET = "secret-for-local-testing-only-0123456789"
+
+
+def disconnect_reason(reason: int | str) -> int:
+    """A LiveKit ``DisconnectReason`` given by name (``"ROOM_DELETED"``) or value.
+    Raises ``ValueError`` naming the valid names for an unknown one."""
+    if isinstance(reason, str):
+        try:
+            return int(models.DisconnectReason.Value(reason.upper()))
+        except ValueError:
+            names = ", ".join(models.DisconnectReason.keys())
+            raise ValueError(f"unknown DisconnectReason {reason!r}; expected one of {names}") from None
+    if reason not in models.DisconnectReason.values():
+        raise ValueError(f"unknown DisconnectReason value {reason!r}")
+    return int(reason)
+
+
+class _ServerCore:
+    """The loop-side state of a server. Only touched on the server's loop."""
+
+    def __init__(self, server: LocalServer) -> None:
+        self.server = server
+        self.keys = {server.api_key: server.api_secret}
+        self.rooms: dict[str, Room] = {}
+        self.clients: set[RemoteClient] = set()
+        self.ping_interval = server.ping_interval
+        self.ping_timeout = server.ping_timeout
+        self.pong_pause_until = 0.0
+        self.join_delay = 0.0
+        self.join_refusal: tuple[int, str] | None = None
+        self.stats: Counter[str] = Counter()
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    def pongs_paused(self) -> bool:
+        return time.monotonic() < self.pong_pause_until
+
+    async def start(self, host: str, port: int) -> None:
+        app = web.Application()
+        app.router.add_get("/rtc/v1", self._handle_v1)
+        app.router.add_get("/rtc", self._handle_v0)
+        app.router.add_get("/rtc/validate", self._handle_validate)
+        app.router.add_get("/rtc/v1/validate", self._handle_validate)
+        app.router.add_get("/", self._handle_root)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        await site.start()
+        server = site._server  # noqa: SLF001 - aiohttp exposes no public bound port
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        for room in list(self.rooms.values()):
+            await room.close(models.DisconnectReason.SERVER_SHUTDOWN)
+        self.rooms.clear()
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    def room(self, name: str, *, create: bool) -> Room | None:
+        room = self.rooms.get(name)
+        if room is None and create:
+            room = self.rooms[name] = Room(name)
+            self.server._room_created(room)  # noqa: SLF001
+        return room
+
+    # -- HTTP -----------------------------------------------------------------
+    @staticmethod
+    def _token_of(request: web.Request) -> str:
+        auth = request.headers.get("Authorization", "")
+        if auth.lower().startswith("bearer "):
+            return auth[7:].strip()
+        return request.query.get("access_token", "")
+
+    def _authorize(self, request: web.Request) -> Grant:
+        """Raise an ``HTTPException`` carrying the reason, or return the grant."""
+        try:
+            grant = verify_token(self._token_of(request), self.keys)
+        except TokenError as exc:
+            self.stats["auth_refused"] += 1
+            raise web.HTTPUnauthorized(text=str(exc)) from None
+        if grant.room not in self.rooms and not self.server.auto_create_rooms:
+            self.stats["auth_refused"] += 1
+            raise web.HTTPNotFound(text=f"requested room does not exist: {grant.room}")
+        return grant
+
+    async def _handle_root(self, request: web.Request) -> web.Response:
+        return web.Response(text="OK")
+
+    async def _handle_validate(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        return web.Response(text="success")
+
+    async def _handle_v1(self, request: web.Request) -> web.StreamResponse:
+        if not self.server.single_pc:
+            raise web.HTTPNotFound(text="single peer connection mode disabled")
+        raw = request.query.get("join_request", "")
+        try:
+            wrapped = rtc.WrappedJoinRequest()
+            wrapped.ParseFromString(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+            data = wrapped.join_request
+            if wrapped.compression == rtc.WrappedJoinRequest.Compression.GZIP:
+                data = gzip.decompress(data)
+            join = rtc.JoinRequest()
+            join.ParseFromString(data)
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is the client's
+            raise web.HTTPBadRequest(text=f"invalid join_request: {exc}") from None
+        return await self._join(request, join, single_pc=True)
+
+    async def _handle_v0(self, request: web.Request) -> web.StreamResponse:
+        join = rtc.JoinRequest()
+        join.connection_settings.auto_subscribe = request.query.get("auto_subscribe", "1") in ("1", "true")
+        if request.query.get("reconnect") in ("1", "true"):
+            join.reconnect = True
+        return await self._join(request, join, single_pc=False)
+
+    async def _join(self, request: web.Request, join: rtc.JoinRequest, *, single_pc: bool) -> web.StreamResponse:
+        grant = self._authorize(request)
+        if self.join_delay > 0:
+            await asyncio.sleep(self.join_delay)
+        if self.join_refusal is not None:
+            status, text = self.join_refusal
+            raise web.HTTPException(text=text) if status == 0 else web.HTTPServiceUnavailable(text=text) \
+                if status == 503 else _http_error(status, text)
+        if join.reconnect:
+            # Resuming a session is not supported: the client then rejoins fully.
+            raise web.HTTPNotFound(text="participant session not found; rejoin")
+        room = self.room(grant.room, create=True)
+        assert room is not None
+        ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
+        await ws.prepare(request)
+        client = RemoteClient(self, room, ws, identity=grant.identity, name=grant.name,
+                              metadata=grant.metadata, kind=grant.kind, single_pc=single_pc)
+        self.clients.add(client)
+        self.stats["joins"] += 1
+        try:
+            await room.join(client)
+            await client.start(join)
+            await client.serve()
+        except Exception:
+            log.exception("client %s failed", client.identity)
+        finally:
+            self.clients.discard(client)
+            await room.leave(client, models.DisconnectReason.CLIENT_INITIATED
+                             if client.ws.closed else models.DisconnectReason.UNKNOWN_REASON)
+            await client.release()
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    async def drop_connections(self, room: str | None) -> int:
+        victims = [c for c in self.clients if room is None or c.room.name == room]
+        for client in victims:
+            await client.close(models.DisconnectReason.UNKNOWN_REASON, send_leave=False)
+        return len(victims)
+
+    async def remove(self, room_name: str, identity: str | None, reason: int) -> int:
+        room = self.rooms.get(room_name)
+        if room is None:
+            return 0
+        removed = 0
+        for p in list(room.participants.values()):
+            if isinstance(p, RemoteClient) and (identity is None or p.identity == identity):
+                await p.close(reason)
+                await room.leave(p, reason)
+                removed += 1
+        return removed
+
+
+def _http_error(status: int, text: str) -> web.HTTPException:
+    exc = web.HTTPException(text=text)
+    exc.set_status(status)
+    return exc
+
+
+class LocalServer:
+    """A LiveKit-compatible server for tests and offline development.
+
+    Speaks enough LiveKit signalling (``/rtc/v1`` and ``/rtc``) and WebRTC
+    (through aiortc) for the real ``livekit.rtc`` client to join rooms, publish
+    and hear audio and exchange data packets. Runs on its own thread and event
+    loop; every public method is blocking and thread-safe.
+
+    Use it as a context manager, or call :meth:`start` and :meth:`stop`::
+
+        with LocalServer() as server:
+            agent = server.add_agent(room="r1")
+            url, token = server.url, server.token("alice", "r1")
+
+    WebRTC needs a non-loopback interface: run clients and server inside a
+    private network namespace (see :func:`speko_sync.testing.reexec_isolated`).
+
+    Args:
+        host, port: where the websocket listens (port 0 picks a free one).
+        api_key, api_secret: the key pair tokens are checked against.
+        single_pc: serve ``/rtc/v1``; when false it answers 404 so clients fall
+            back to the classic two-connection ``/rtc`` path.
+        default_agent: give every new room a :class:`ScriptedAgent`; true for
+            the default class, or a callable ``(server, room_name) -> agent``.
+        auto_create_rooms: create rooms on demand from the token's grant; when
+            false only rooms made with :meth:`create_room` can be joined.
+        ping_interval, ping_timeout: seconds, sent to clients in the join.
+    """
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0,
+                 api_key: str = DEFAULT_API_KEY, api_secret: str = DEFAULT_API_SECRET,
+                 single_pc: bool = True,
+                 default_agent: bool | Callable[[LocalServer, str], ScriptedAgent] = False,
+                 auto_create_rooms: bool = True,
+                 ping_interval: int = 5, ping_timeout: int = 15) -> None:
+        if ping_interval <= 0 or ping_timeout <= 0:
+            raise ValueError("ping_interval and ping_timeout must be positive (seconds)")
+        self.host = host
+        self.api_key = api_key
+        self.api_secret = api_secret
+        self.single_pc = single_pc
+        self.default_agent = default_agent
+        self.auto_create_rooms = auto_create_rooms
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self._port = port
+        self._runner: LoopThread | None = None
+        self._core: _ServerCore | None = None
+        self.agents: list[ScriptedAgent] = []
+
+    # -- life cycle -------------------------------------------------------------
+    def start(self) -> LocalServer:
+        """Start listening; returns self. Raises ``OSError`` if the port is taken."""
+        if self._runner is not None:
+            return self
+        runner = LoopThread("speko-local-server")
+        core = _ServerCore(self)
+        try:
+            runner.call(core.start(self.host, self._port), timeout=15)
+        except BaseException:
+            runner.stop()
+            raise
+        self._runner, self._core = runner, core
+        return self
+
+    def stop(self) -> None:
+        """Close every session (leave with SERVER_SHUTDOWN) and stop. Idempotent."""
+        runner, core = self._runner, self._core
+        if runner is None or core is None:
+            return
+        for agent in list(self.agents):
+            agent._shutdown()  # noqa: SLF001
+        try:
+            runner.call(core.stop(), timeout=15)
+        finally:
+            runner.stop()
+            self._runner = None
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- info -------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """The ``ws://`` URL clients connect to."""
+        return f"ws://{self.host}:{self._require()[1].port}"
+
+    @property
+    def port(self) -> int:
+        return self._require()[1].port
+
+    def _require(self) -> tuple[LoopThread, _ServerCore]:
+        if self._runner is None or self._core is None:
+            raise RuntimeError("the server is not running; call start() or use it in a with block")
+        return self._runner, self._core
+
+    def _call(self, coro: Any, timeout: float = 15.0) -> Any:
+        return self._require()[0].call(coro, timeout)
+
+    def token(self, identity: str, room: str, *, ttl: float = 3600.0, **grants: Any) -> str:
+        """Mint a token for ``identity`` in ``room`` valid for ``ttl`` seconds.
+        Keyword arguments pass to :func:`speko_sync.testing.mint_token`."""
+        return mint_token(self.api_key, self.api_secret, identity, room, ttl=ttl, **grants)
+
+    def stats(self) -> dict[str, int]:
+        """Counters: joins, auth_refused, data_in, data_out."""
+        core = self._require()[1]
+        return dict(core.stats)
+
+    def rooms(self) -> list[str]:
+        return self._call(self._async_rooms())  # type: ignore[no-any-return]
+
+    async def _async_rooms(self) -> list[str]:
+        return list(self._require()[1].rooms)
+
+    def participants(self, room: str) -> list[str]:
+        """Identities in ``room`` now (clients and agents)."""
+        async def get() -> list[str]:
+            r = self._require()[1].rooms.get(room)
+            return list(r.participants) if r else []
+        return self._call(get())  # type: ignore[no-any-return]
+
+    def create_room(self, name: str) -> None:
+        """Create ``name`` now (needed when ``auto_create_rooms`` is false)."""
+        async def make() -> None:
+            self._require()[1].room(name, create=True)
+        self._call(make())
+
+    # -- agents -----------------------------------------------------------------
+    def add_agent(self, room: str, identity: str = "agent", *,
+                  agent_class: type[ScriptedAgent] | None = None, **options: Any) -> ScriptedAgent:
+        """Join a :class:`ScriptedAgent` (or ``agent_class``) to ``room``, creating
+        the room if needed, and return it once it is in the room."""
+        from ._agent import ScriptedAgent
+
+        cls = agent_class or ScriptedAgent
+        agent = cls(self, room, identity, **options)
+        self.agents.append(agent)
+        agent._join()  # noqa: SLF001
+        return agent
+
+    def _room_created(self, room: Room) -> None:
+        """On the loop: a room appeared; give it its default agent if asked."""
+        if not self.default_agent:
+            return
+        factory = self.default_agent
+        loop = asyncio.get_running_loop()
+
+        def make() -> None:
+            if callable(factory):
+                agent = factory(self, room.name)
+                if agent not in self.agents:
+                    self.agents.append(agent)
+            else:
+                self.add_agent(room.name)
+        # add_agent blocks on the loop, so run it from a worker thread and wait
+        loop.create_task(asyncio.to_thread(make))
+
+    # -- faults -----------------------------------------------------------------
+    def drop_connections(self, room: str | None = None) -> int:
+        """Abort every client connection (or those in ``room``) with no leave, as
+        a crashed server would. Returns how many were dropped."""
+        return self._call(self._require()[1].drop_connections(room))  # type: ignore[no-any-return]
+
+    def remove_participant(self, room: str, identity: str | None = None,
+                           reason: int | str = "PARTICIPANT_REMOVED") -> int:
+        """Send clients in ``room`` (or just ``identity``) a leave with ``reason``
+        (a LiveKit ``DisconnectReason`` name or value) and close them."""
+        value = disconnect_reason(reason)
+        return self._call(self._require()[1].remove(room, identity, value))  # type: ignore[no-any-return]
+
+    def delete_room(self, room: str) -> None:
+        """Close ``room`` for everyone with ROOM_DELETED, as LiveKit's API does."""
+        async def delete() -> None:
+            core = self._require()[1]
+            r = core.rooms.pop(room, None)
+            if r is not None:
+                await r.close(models.DisconnectReason.ROOM_DELETED)
+        self._call(delete())
+
+    def pause_pongs(self, seconds: float) -> None:
+        """Stop answering client pings for ``seconds``."""
+        core = self._require()[1]
+        core.pong_pause_until = time.monotonic() + seconds
+
+    def set_join_delay(self, seconds: float) -> None:
+        """Hold every new join for ``seconds`` before answering it (0 to stop)."""
+        self._require()[1].join_delay = max(0.0, seconds)
+
+    def refuse_joins(self, message: str | None = "joins refused by test", status: int = 503) -> None:
+        """Refuse every new join with HTTP ``status`` and ``message``; ``None`` to
+        accept joins again."""
+        self._require()[1].join_refusal = None if message is None else (status, message)
+
+
+def url_host(url: str) -> str:
+    return urlparse(url).hostname or ""

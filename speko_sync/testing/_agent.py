@@ -229,7 +229,7 @@ class ScriptedAgent:
         self.contextual_updates: list[str] = []
         self.utterances: list[float] = []
         self.greeted: list[str] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # wait_for conditions may call the getters
         self._changed = threading.Condition(self._lock)
         self._packets: list[ReceivedPacket] = []
         self._audio: dict[str, list[np.ndarray]] = {}
@@ -398,6 +398,14 @@ class ScriptedAgent:
         ``reason`` (a ``DisconnectReason`` name such as ``"ROOM_DELETED"`` or its
         value). Returns how many clients were removed."""
         return self.server.remove_participant(self.room, identity, reason)
+
+    def ready_clients(self) -> list[str]:
+        """Identities of clients that can hear the agent and receive its packets now."""
+        async def ready() -> list[str]:
+            room = self._peer_or_raise().room
+            return [p.identity for p in room.participants.values()
+                    if isinstance(p, RemoteClient) and p.is_ready]
+        return self.server._call(ready())  # type: ignore[no-any-return]  # noqa: SLF001
 
     def _client_ready(self, identity: str, timeout: float) -> bool:
         async def ready() -> bool:

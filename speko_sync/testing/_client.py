@@ -77,8 +77,8 @@ class RemoteClient(Participant):
             self._reliable = self.sub_pc.createDataChannel("_reliable", ordered=True)
             self._lossy = self.sub_pc.createDataChannel("_lossy", ordered=False, maxRetransmits=0)
             self._reliable.on("open", self._flush_outbox)
-            self._reliable.on("message", lambda m: self._on_data_message(m))
-            self._lossy.on("message", lambda m: self._on_data_message(m))
+            self._reliable.on("message", lambda m: self._on_data_message(m, True))
+            self._lossy.on("message", lambda m: self._on_data_message(m, False))
             self.sub_pc.on("datachannel", self._on_datachannel)
 
     # -- signalling I/O -----------------------------------------------------
@@ -210,11 +210,19 @@ class RemoteClient(Participant):
         published = PublishedTrack(self, Fanout(sid, track.recv), name=req.name or "microphone",
                                    cid=cid, source=req.source)
         published.muted = req.muted
+        published.receiver_track = track
         self.room.publish(published)
 
-    def unpublish_all(self) -> None:
-        for sid in list(self.tracks):
-            self.spawn(self.room.unpublish(self, sid))
+    async def _drop_stopped_publications(self) -> None:
+        """LiveKit clients unpublish by renegotiating without the track (no
+        signal of its own): unpublish every track whose m-line stopped sending."""
+        for transceiver in self.pc.getTransceivers():
+            track = transceiver.receiver.track
+            if track is None or transceiver._offerDirection in ("recvonly", "sendrecv"):
+                continue
+            for published in list(self.tracks.values()):
+                if published.receiver_track is track:
+                    await self.room.unpublish(self, published.sid)
 
     # -- subscribing --------------------------------------------------------
     def on_track_available(self, track: PublishedTrack) -> None:
@@ -261,6 +269,7 @@ class RemoteClient(Participant):
             if self._closed:
                 return
             await self.pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+            await self._drop_stopped_publications()
             if self.single_pc:
                 free = [t for t in self.pc.getTransceivers()
                         if t.kind == "audio" and t.sender.track is None
@@ -325,9 +334,12 @@ class RemoteClient(Participant):
             self._flush_outbox()
         elif channel.label == "_lossy" and self.single_pc:
             self._lossy = channel
-        channel.on("message", self._on_data_message)
+        reliable = channel.label != "_lossy"
+        channel.on("message", lambda m: self._on_data_message(m, reliable))
 
-    def _on_data_message(self, message: bytes | str) -> None:
+    def _on_data_message(self, message: bytes | str, reliable: bool) -> None:
+        """A data packet from the client; its kind is the channel it came on (as
+        LiveKit clients read it), whatever the packet's own field says."""
         if isinstance(message, str):
             message = message.encode()
         packet = models.DataPacket()
@@ -338,6 +350,7 @@ class RemoteClient(Participant):
             return
         if packet.WhichOneof("value") is None:
             return
+        packet.kind = models.DataPacket.Kind.RELIABLE if reliable else models.DataPacket.Kind.LOSSY
         self.core.stats["data_in"] += 1
         self.room.route_data(self, packet)
 
@@ -372,6 +385,10 @@ class RemoteClient(Participant):
             self._ready.set()
         else:
             self._ready.clear()
+
+    @property
+    def is_ready(self) -> bool:
+        return self._ready.is_set()
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait until the client can hear every track it subscribes to and has an

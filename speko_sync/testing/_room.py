@@ -47,6 +47,7 @@ class PublishedTrack:
         self.source = source
         self.muted = False
         self.mid = ""
+        self.receiver_track: object | None = None  # what a remote client sends it on
 
     def info(self) -> models.TrackInfo:
         return models.TrackInfo(

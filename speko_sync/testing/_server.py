@@ -55,6 +55,7 @@ class _ServerCore:
         self.pong_pause_until = 0.0
         self.join_delay = 0.0
         self.join_refusal: tuple[int, str] | None = None
+        self.refused_identities: set[str] = set()
         self.stats: Counter[str] = Counter()
         self.runner: web.AppRunner | None = None
         self.port = 0
@@ -99,8 +100,10 @@ class _ServerCore:
             return auth[7:].strip()
         return request.query.get("access_token", "")
 
-    def _authorize(self, request: web.Request) -> Grant:
-        """Raise an ``HTTPException`` carrying the reason, or return the grant."""
+    def _admit(self, request: web.Request) -> Grant:
+        """Every check a join must pass, shared by the join and ``/validate``
+        (clients call it after a failed upgrade to learn the reason). Raises an
+        ``HTTPException`` whose body is the reason, or returns the grant."""
         try:
             grant = verify_token(self._token_of(request), self.keys)
         except TokenError as exc:
@@ -109,13 +112,18 @@ class _ServerCore:
         if grant.room not in self.rooms and not self.server.auto_create_rooms:
             self.stats["auth_refused"] += 1
             raise web.HTTPNotFound(text=f"requested room does not exist: {grant.room}")
+        if grant.identity in self.refused_identities:
+            self.stats["auth_refused"] += 1
+            raise web.HTTPUnauthorized(text=f"participant {grant.identity!r} was dropped and may not rejoin")
+        if self.join_refusal is not None:
+            raise _http_error(*self.join_refusal)
         return grant
 
     async def _handle_root(self, request: web.Request) -> web.Response:
         return web.Response(text="OK")
 
     async def _handle_validate(self, request: web.Request) -> web.Response:
-        self._authorize(request)
+        self._admit(request)
         return web.Response(text="success")
 
     async def _handle_v1(self, request: web.Request) -> web.StreamResponse:
@@ -142,13 +150,9 @@ class _ServerCore:
         return await self._join(request, join, single_pc=False)
 
     async def _join(self, request: web.Request, join: rtc.JoinRequest, *, single_pc: bool) -> web.StreamResponse:
-        grant = self._authorize(request)
         if self.join_delay > 0:
             await asyncio.sleep(self.join_delay)
-        if self.join_refusal is not None:
-            status, text = self.join_refusal
-            raise web.HTTPException(text=text) if status == 0 else web.HTTPServiceUnavailable(text=text) \
-                if status == 503 else _http_error(status, text)
+        grant = self._admit(request)
         if join.reconnect:
             # Resuming a session is not supported: the client then rejoins fully.
             raise web.HTTPNotFound(text="participant session not found; rejoin")
@@ -160,6 +164,7 @@ class _ServerCore:
                               metadata=grant.metadata, kind=grant.kind, single_pc=single_pc)
         self.clients.add(client)
         self.stats["joins"] += 1
+        self.stats["joins_v1" if single_pc else "joins_v0"] += 1
         try:
             await room.join(client)
             await client.start(join)
@@ -175,9 +180,11 @@ class _ServerCore:
                 await ws.close()
         return ws
 
-    async def drop_connections(self, room: str | None) -> int:
+    async def drop_connections(self, room: str | None, refuse_rejoin: bool) -> int:
         victims = [c for c in self.clients if room is None or c.room.name == room]
         for client in victims:
+            if refuse_rejoin:
+                self.refused_identities.add(client.identity)
             await client.close(models.DisconnectReason.UNKNOWN_REASON, send_leave=False)
         return len(victims)
 
@@ -362,10 +369,13 @@ class LocalServer:
         loop.create_task(asyncio.to_thread(make))
 
     # -- faults -----------------------------------------------------------------
-    def drop_connections(self, room: str | None = None) -> int:
+    def drop_connections(self, room: str | None = None, *, refuse_rejoin: bool = False) -> int:
         """Abort every client connection (or those in ``room``) with no leave, as
-        a crashed server would. Returns how many were dropped."""
-        return self._call(self._require()[1].drop_connections(room))  # type: ignore[no-any-return]
+        a crashed server would. Clients then try to resume and rejoin; with
+        ``refuse_rejoin`` their identities are refused (HTTP 401) from now on, so
+        their sessions end (LiveKit reports JOIN_FAILURE). Returns how many
+        connections were dropped."""
+        return self._call(self._require()[1].drop_connections(room, refuse_rejoin))  # type: ignore[no-any-return]
 
     def remove_participant(self, room: str, identity: str | None = None,
                            reason: int | str = "PARTICIPANT_REMOVED") -> int:

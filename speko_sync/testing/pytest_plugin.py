@@ -48,10 +48,23 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     wanted = "--speko-isolate" in args or early_config.getini("speko_isolate")
     if not wanted:
         return
-    from speko_sync.testing._netns import IsolationUnavailable, in_isolated_namespace, reexec_isolated
+    from speko_sync.testing._netns import (
+        IsolationUnavailable,
+        check_isolation,
+        in_isolated_namespace,
+        reexec_isolated,
+    )
 
     if in_isolated_namespace():
         return
+    try:
+        check_isolation()
+    except IsolationUnavailable as exc:
+        _isolation_error = str(exc)
+        return
+    capture = early_config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        capture.stop_global_capturing()  # give the new process the real stdout and stderr
     try:
         reexec_isolated()
     except IsolationUnavailable as exc:

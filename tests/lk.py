@@ -1,0 +1,168 @@
+"""Helpers for tests that drive the raw ``livekit.rtc`` client (no speko_sync
+Conversation): connect, publish a microphone, record events, collect audio."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import numpy as np
+from livekit import rtc
+
+from speko_sync.testing import LocalServer, tone
+
+T = TypeVar("T")
+RATE = 48_000
+
+EVENTS = (
+    "participant_connected", "participant_disconnected", "track_published", "track_unpublished",
+    "track_subscribed", "track_unsubscribed", "track_muted", "track_unmuted", "data_received",
+    "active_speakers_changed", "connection_state_changed", "disconnected", "reconnecting", "reconnected",
+)
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+    """Run an async scenario to completion with an overall deadline."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+class Recorder:
+    """Every event a Room emits, in order, with a way to wait for one."""
+
+    def __init__(self, room: rtc.Room) -> None:
+        self.events: list[tuple[str, tuple[Any, ...]]] = []
+        self._changed = asyncio.Event()
+        for name in EVENTS:
+            room.on(name, functools.partial(self._on, name))
+
+    def _on(self, name: str, *args: Any) -> None:
+        self.events.append((name, args))
+        self._changed.set()
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.events]
+
+    def of(self, name: str) -> list[tuple[Any, ...]]:
+        return [args for n, args in self.events if n == name]
+
+    def data(self) -> list[tuple[str | None, dict[str, Any]]]:
+        out = []
+        for (packet,) in self.of("data_received"):
+            sender = packet.participant.identity if packet.participant else None
+            out.append((sender, json.loads(packet.data)))
+        return out
+
+    async def wait_for(self, name: str, predicate: Callable[..., bool] = lambda *a: True,
+                       timeout: float = 10.0) -> tuple[Any, ...]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        seen = 0
+        while True:
+            for event, args in self.events[seen:]:
+                if event == name and predicate(*args):
+                    return args
+            seen = len(self.events)
+            self._changed.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"no {name!r} event within {timeout} s; saw {self.names()}")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+
+async def connect(server: LocalServer, identity: str, room: str, *, token: str | None = None,
+                  **options: Any) -> tuple[rtc.Room, Recorder]:
+    lk_room = rtc.Room()
+    recorder = Recorder(lk_room)
+    await lk_room.connect(server.url, token or server.token(identity, room), rtc.RoomOptions(**options))
+    return lk_room, recorder
+
+
+class Mic:
+    """A published microphone track fed from numpy arrays."""
+
+    def __init__(self, room: rtc.Room) -> None:
+        self.room = room
+        self.source = rtc.AudioSource(RATE, 1)
+        self.track = rtc.LocalAudioTrack.create_audio_track("microphone", self.source)
+        self.publication: rtc.LocalTrackPublication | None = None
+        self._feeder: asyncio.Task[None] | None = None
+
+    async def publish(self) -> Mic:
+        self.publication = await self.room.local_participant.publish_track(
+            self.track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
+        return self
+
+    async def play(self, samples: np.ndarray) -> None:
+        for i in range(0, len(samples) - 479, 480):
+            await self.source.capture_frame(rtc.AudioFrame(samples[i:i + 480].tobytes(), RATE, 1, 480))
+
+    def play_forever(self, freq_hz: float, amplitude: float = 0.3) -> None:
+        """Keep playing a tone (in real time, paced by the source's queue)."""
+        chunk = tone(freq_hz, 1.0, amplitude)
+
+        async def feed() -> None:
+            while True:
+                await self.play(chunk)
+        self._feeder = asyncio.get_running_loop().create_task(feed())
+
+    async def stop(self) -> None:
+        if self._feeder is not None:
+            self._feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._feeder
+
+
+class Ear:
+    """Collects the audio of one remote track as mono int16 at 48 kHz."""
+
+    def __init__(self, track: rtc.Track) -> None:
+        self.chunks: list[np.ndarray] = []
+        self._task = asyncio.get_running_loop().create_task(self._collect(track))
+
+    async def _collect(self, track: rtc.Track) -> None:
+        async for event in rtc.AudioStream(track, sample_rate=RATE, num_channels=1):
+            self.chunks.append(np.frombuffer(event.frame.data, dtype=np.int16).copy())
+
+    def audio(self) -> np.ndarray:
+        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, dtype=np.int16)
+
+    async def wait_for_sound(self, freq_hz: float, timeout: float = 10.0, window_s: float = 0.5) -> float:
+        """Wait until the last ``window_s`` of audio is dominated by ``freq_hz``
+        (within 5 %); return the RMS level of that window."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        n = int(window_s * RATE)
+        while True:
+            audio = self.audio()
+            if len(audio) >= n:
+                window = audio[-n:]
+                if abs(dominant_frequency(window) - freq_hz) <= 0.05 * freq_hz and rms(window) > 0.01:
+                    return rms(window)
+            if loop.time() > deadline:
+                found = dominant_frequency(audio[-n:]) if len(audio) >= n else None
+                raise TimeoutError(f"no {freq_hz} Hz tone within {timeout} s (dominant: {found})")
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+def dominant_frequency(samples: np.ndarray, rate: int = RATE) -> float:
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(len(samples))))
+    spectrum[0] = 0.0
+    return float(np.argmax(spectrum) * rate / len(samples))
+
+
+def rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(samples.astype(np.float64))))) / 32768.0
+
+
+async def within(awaitable: Awaitable[T], timeout: float) -> T:
+    return await asyncio.wait_for(awaitable, timeout)

@@ -132,7 +132,7 @@ def test_bad_tokens_are_refused_with_the_reason(speko_server: LocalServer, fault
     speko_server.create_room("open")
     tokens = {
         "expired": (speko_server.token("u", "open", ttl=-60), "expired"),
-        "wrong_secret": (LocalServer(api_secret="another-secret").token("u", "open"), "signature"),
+        "wrong_secret": (LocalServer(api_secret="another-secret-of-at-least-32-bytes!").token("u", "open"), "signature"),
         "wrong_room": (speko_server.token("u", "no-such-room"), "does not exist"),
         "no_grant": (speko_server.token("u", "open", room_join=False), "roomJoin"),
         "not_yet_valid": (speko_server.token("u", "open", not_before=time.time() + 600), "nbf"),

@@ -143,8 +143,12 @@ class _AgentPeer(Participant):
                     self.agent._post("on_client_left", info.identity)  # noqa: SLF001
                 continue
             mics = [t for t in info.tracks if t.type == models.TrackType.AUDIO]
-            with self.agent._lock:  # noqa: SLF001
-                self.agent._muted[info.identity] = bool(mics) and all(t.muted for t in mics)  # noqa: SLF001
+            with self.agent._changed:  # noqa: SLF001
+                if mics:
+                    self.agent._muted[info.identity] = all(t.muted for t in mics)  # noqa: SLF001
+                else:
+                    self.agent._muted.pop(info.identity, None)  # noqa: SLF001
+                self.agent._changed.notify_all()  # noqa: SLF001
             if info.identity not in self.known and info.kind != models.ParticipantInfo.Kind.AGENT:
                 self.known.add(info.identity)
                 self.agent._post("on_client_joined", info.identity)  # noqa: SLF001

@@ -1,0 +1,98 @@
+"""The three ways in: the serve command and the pytest plugin (the context manager
+is what every other test uses)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from lk import Recorder, run
+from livekit import rtc
+
+from speko_sync.testing import DEFAULT_API_KEY, DEFAULT_API_SECRET, verify_token
+
+
+@pytest.mark.webrtc
+def test_serve_command_prints_a_working_url_and_token() -> None:
+    from speko_sync.testing.pytest_plugin import require_webrtc
+
+    require_webrtc()
+    proc = subprocess.Popen([sys.executable, "-m", "speko_sync.testing", "serve", "--port", "0",
+                             "--room", "cli-room", "--identity", "cli-user"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]
+        token = proc.stdout.readline().split()[-1]
+        assert url.startswith("ws://127.0.0.1:")
+        grant = verify_token(token, {DEFAULT_API_KEY: DEFAULT_API_SECRET})
+        assert (grant.identity, grant.room) == ("cli-user", "cli-room")
+
+        async def scenario() -> None:
+            room = rtc.Room()
+            events = Recorder(room)
+            await room.connect(url, token)
+            (p,) = await events.wait_for("participant_connected")  # the default agent
+            assert p.identity == "agent"
+            await events.wait_for("data_received")  # its greeting
+            await room.disconnect()
+        run(scenario())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+
+
+def test_serve_command_reports_a_busy_port() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "speko_sync.testing", "serve", "--port", str(port)],
+                              capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+
+
+INNER_TEST = """
+import asyncio, json
+from livekit import rtc
+
+def test_inner(speko_server, speko_agent):
+    async def go():
+        room = rtc.Room()
+        got = asyncio.get_running_loop().create_future()
+        room.on("data_received", lambda p: got.done() or got.set_result(json.loads(p.data)))
+        await room.connect(speko_server.url, speko_server.token("u", speko_agent.room))
+        assert (await asyncio.wait_for(got, 10))["type"] == "agent_message"
+        await room.disconnect()
+    asyncio.run(go())
+"""
+
+
+@pytest.mark.webrtc
+def test_pytest_plugin_fixtures_work(pytester: pytest.Pytester) -> None:
+    from speko_sync.testing.pytest_plugin import require_webrtc
+
+    require_webrtc()
+    pytester.makepyfile(INNER_TEST)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize(("required", "outcome"), [("0", "skipped"), ("1", "errors")])
+def test_plugin_skips_or_fails_without_a_namespace(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+                                                   required: str, outcome: str) -> None:
+    pytester.makepyfile(INNER_TEST)
+    monkeypatch.delenv("SPEKO_SYNC_NETNS", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")  # no unshare: no namespace can be made
+    monkeypatch.setenv("SPEKO_SYNC_REQUIRE_WEBRTC", required)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--speko-isolate", "-rs", timeout=120)
+    result.assert_outcomes(**{outcome: 1})
+    result.stdout.fnmatch_lines(["*needs a private network namespace*unshare*not installed*"])
+    assert os.environ.get("SPEKO_SYNC_NETNS") is None

@@ -1,0 +1,167 @@
+"""Room switchboard rules without sockets: data routing and speaker detection."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from livekit.protocol import models
+
+from speko_sync.testing import disconnect_reason
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame
+
+from speko_sync.testing._media import _QUEUE_FRAMES, FRAME_SAMPLES, Fanout, PacedSource, mono_to_frame
+from speko_sync.testing._room import _HANGOVER_TICKS, SPEAKING_LEVEL, Participant, PublishedTrack, Room
+
+
+class Probe(Participant):
+    def __init__(self, room: Room, identity: str) -> None:
+        super().__init__(room, identity)
+        self.data: list[models.DataPacket] = []
+        self.updates: list[models.ParticipantInfo] = []
+
+    def on_data(self, packet: models.DataPacket) -> None:
+        self.data.append(packet)
+
+    def on_participants_changed(self, infos: list[models.ParticipantInfo]) -> None:
+        self.updates.extend(infos)
+
+
+def user_packet(payload: bytes, to: list[str] | None = None) -> models.DataPacket:
+    return models.DataPacket(user=models.UserPacket(payload=payload), destination_identities=to or [])
+
+
+def test_data_goes_to_others_with_sender_identity_and_rising_sequence() -> None:
+    async def scenario() -> None:
+        room = Room("r")
+        a, b, c = Probe(room, "a"), Probe(room, "b"), Probe(room, "c")
+        for p in (a, b, c):
+            await room.join(p)
+        assert room.route_data(a, user_packet(b"1")) == 2
+        assert room.route_data(a, user_packet(b"2", to=["c"])) == 1
+        assert room.route_data(a, user_packet(b"3")) == 2
+        assert a.data == []
+        assert [p.user.payload for p in b.data] == [b"1", b"3"]
+        assert [p.sequence for p in b.data] == [1, 2]  # no gap for the packet b never got
+        assert [p.sequence for p in c.data] == [1, 2, 3]
+        assert {p.participant_identity for p in c.data} == {"a"}
+        assert {p.participant_sid for p in c.data} == {a.sid}
+        await room.close(models.DisconnectReason.ROOM_DELETED)
+    asyncio.run(scenario())
+
+
+def test_user_packet_destinations_are_honoured_too() -> None:
+    async def scenario() -> None:
+        room = Room("r")
+        a, b, c = Probe(room, "a"), Probe(room, "b"), Probe(room, "c")
+        for p in (a, b, c):
+            await room.join(p)
+        packet = models.DataPacket(user=models.UserPacket(payload=b"x", destination_identities=["b"]))
+        assert room.route_data(a, packet) == 1 and len(b.data) == 1 and c.data == []
+        await room.close(models.DisconnectReason.ROOM_DELETED)
+    asyncio.run(scenario())
+
+
+def test_duplicate_identity_replaces_the_old_participant() -> None:
+    async def scenario() -> None:
+        room = Room("r")
+        watcher, first, second = Probe(room, "w"), Probe(room, "dup"), Probe(room, "dup")
+        for p in (watcher, first, second):
+            await room.join(p)
+        assert room.participants["dup"] is second
+        gone = [u for u in watcher.updates if u.sid == first.sid]
+        assert gone[-1].state == models.ParticipantInfo.State.DISCONNECTED
+        assert gone[-1].disconnect_reason == models.DisconnectReason.DUPLICATE_IDENTITY
+        await room.close(models.DisconnectReason.ROOM_DELETED)
+    asyncio.run(scenario())
+
+
+def _track(owner: Participant, level: float) -> PublishedTrack:
+    async def never() -> None:
+        raise AssertionError
+    fanout = Fanout("TR_x" + owner.identity, never)  # type: ignore[arg-type]
+    fanout.peak_level = level
+    track = PublishedTrack(owner, fanout, name="mic", cid="c")
+    owner.tracks[track.sid] = track
+    return track
+
+
+def test_speaker_updates_list_every_active_speaker_and_clear_with_hangover() -> None:
+    room = Room("r")
+    a, b = Probe(room, "a"), Probe(room, "b")
+    room.participants = {"a": a, "b": b}
+    ta, tb = _track(a, 0.0), _track(b, 0.0)
+    loud = SPEAKING_LEVEL * 3
+
+    def tick(a_level: float, b_level: float) -> set[tuple[str, bool]]:
+        ta.fanout.peak_level, tb.fanout.peak_level = a_level, b_level
+        return {(s.sid, s.active) for s in room._speaker_tick()}
+
+    assert tick(loud, 0.0) == {(a.sid, True)}
+    assert tick(loud, loud) == {(a.sid, True), (b.sid, True)}  # the whole picture, not just b
+    assert tick(loud, loud) == set()  # nothing changed
+    assert [tick(0.0, loud) for _ in range(_HANGOVER_TICKS - 1)] == [set()] * (_HANGOVER_TICKS - 1)
+    assert tick(0.0, loud) == {(b.sid, True), (a.sid, False)}
+    assert room.active_speakers() == ["b"]
+
+
+def test_muted_tracks_do_not_speak() -> None:
+    room = Room("r")
+    a = Probe(room, "a")
+    room.participants = {"a": a}
+    track = _track(a, SPEAKING_LEVEL * 5)
+    track.muted = True
+    assert room._speaker_tick() == []
+
+
+def test_paced_source_sends_queued_audio_then_silence() -> None:
+    async def scenario() -> None:
+        source = PacedSource()
+        source.enqueue(np.full(FRAME_SAMPLES + 10, 1000, dtype=np.int16))
+        frames = [await source.next_frame() for _ in range(3)]
+        data = [f.to_ndarray().reshape(-1) for f in frames]
+        assert (data[0] == 1000).all()
+        assert (data[1][:10] == 1000).all() and (data[1][10:] == 0).all()
+        assert (data[2] == 0).all()
+        assert [f.pts for f in frames] == [0, FRAME_SAMPLES, 2 * FRAME_SAMPLES]
+        await asyncio.wait_for(source.wait_idle(), 1)
+    asyncio.run(scenario())
+
+
+def test_fanout_drops_oldest_frames_for_a_stalled_subscriber() -> None:
+    async def scenario() -> None:
+        frames = iter([mono_to_frame(np.full(FRAME_SAMPLES, i, dtype=np.int16), i) for i in range(30)])
+        drained = asyncio.Event()
+
+        async def source() -> AudioFrame:
+            frame = next(frames, None)
+            if frame is None:
+                drained.set()
+                await asyncio.Event().wait()  # a live source with nothing more to say
+            assert frame is not None
+            return frame
+
+        fanout = Fanout("TR_f", source)
+        track = fanout.subscribe_track()
+        fanout.start()
+        await asyncio.wait_for(drained.wait(), 2)
+        assert fanout.frames == 30
+        pts = [(await asyncio.wait_for(track.recv(), 1)).pts for _ in range(_QUEUE_FRAMES)]
+        assert pts == list(range(30 - _QUEUE_FRAMES, 30))  # the bounded queue kept the newest
+        await fanout.stop()
+        with pytest.raises(MediaStreamError):
+            await track.recv()
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("given", "value"), [("ROOM_DELETED", 5), ("room_deleted", 5), (4, 4)])
+def test_disconnect_reasons_by_name_or_value(given: str | int, value: int) -> None:
+    assert disconnect_reason(given) == value
+
+
+@pytest.mark.parametrize("bad", ["NOPE", 999])
+def test_unknown_disconnect_reason_is_refused(bad: str | int) -> None:
+    with pytest.raises(ValueError, match="unknown DisconnectReason"):
+        disconnect_reason(bad)

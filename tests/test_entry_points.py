@@ -3,15 +3,14 @@ is what every other test uses)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
 
 import pytest
-from lk import Recorder, run
 from livekit import rtc
+from lk import Recorder, run
 
 from speko_sync.testing import DEFAULT_API_KEY, DEFAULT_API_SECRET, verify_token
 

@@ -6,12 +6,11 @@ import asyncio
 
 import numpy as np
 import pytest
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame
 from livekit.protocol import models
 
 from speko_sync.testing import disconnect_reason
-from aiortc.mediastreams import MediaStreamError
-from av import AudioFrame
-
 from speko_sync.testing._media import _QUEUE_FRAMES, FRAME_SAMPLES, Fanout, PacedSource, mono_to_frame
 from speko_sync.testing._room import _HANGOVER_TICKS, SPEAKING_LEVEL, Participant, PublishedTrack, Room
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import numpy as np
 import pytest
 from livekit import rtc
 from lk import RATE, Ear, Mic, connect, dominant_frequency, run
@@ -56,7 +55,7 @@ def test_data_to_everyone_and_to_one_destination(speko_server: LocalServer) -> N
         assert {"n": 2} in [d for _, d in b_ev.data()]
         assert all(sender == "a" for sender, d in b_ev.data() if d["n"] in (1, 2, 3))
         assert a_ev.data() == [("b", {"n": 4})]
-        lossy = [p for (p,) in b_ev.of("data_received") if p.data == b'{"n": 3}'][0]
+        lossy = next(p for (p,) in b_ev.of("data_received") if p.data == b'{"n": 3}')
         assert lossy.topic == "lossy" and lossy.kind == rtc.DataPacketKind.KIND_LOSSY
         for room in (a, b, c):
             await room.disconnect()
@@ -130,9 +129,10 @@ def test_delete_room_disconnects_with_room_deleted(speko_server: LocalServer) ->
 @pytest.mark.parametrize("fault", ["expired", "wrong_secret", "wrong_room", "no_grant", "not_yet_valid"])
 def test_bad_tokens_are_refused_with_the_reason(speko_server: LocalServer, fault: str) -> None:
     speko_server.create_room("open")
+    stranger = LocalServer(api_secret="another-secret-of-at-least-32-bytes!")
     tokens = {
         "expired": (speko_server.token("u", "open", ttl=-60), "expired"),
-        "wrong_secret": (LocalServer(api_secret="another-secret-of-at-least-32-bytes!").token("u", "open"), "signature"),
+        "wrong_secret": (stranger.token("u", "open"), "signature"),
         "wrong_room": (speko_server.token("u", "no-such-room"), "does not exist"),
         "no_grant": (speko_server.token("u", "open", room_join=False), "roomJoin"),
         "not_yet_valid": (speko_server.token("u", "open", not_before=time.time() + 600), "nbf"),

@@ -16,8 +16,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from livekit.protocol import models
@@ -73,7 +74,7 @@ def to_int16(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     elif samples.dtype != np.int16:
         raise ValueError(f"samples must be int16 or float, got {samples.dtype}")
     if sample_rate != SAMPLE_RATE and len(samples):
-        n_out = int(round(len(samples) * SAMPLE_RATE / sample_rate))
+        n_out = round(len(samples) * SAMPLE_RATE / sample_rate)
         x_old = np.arange(len(samples)) / sample_rate
         x_new = np.arange(n_out) / SAMPLE_RATE
         samples = np.interp(x_new, x_old, samples.astype(np.float64))
@@ -106,8 +107,8 @@ class _Listener:
 
     def __call__(self, frame: AudioFrame, mono: np.ndarray) -> None:
         agent = self.agent
-        with agent._lock:  # noqa: SLF001
-            agent._audio.setdefault(self.identity, []).append(mono)  # noqa: SLF001
+        with agent._lock:
+            agent._audio.setdefault(self.identity, []).append(mono)
         rms = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64)))) / 32768.0
         loud = rms >= agent.speech_threshold
         if self.speech_frames == 0:
@@ -120,7 +121,7 @@ class _Listener:
         if self.quiet_frames * _FRAME_S >= agent.end_silence_s:
             seconds = (self.speech_frames - self.quiet_frames) * _FRAME_S
             self.speech_frames = self.quiet_frames = self.loud_run = 0
-            agent._post("on_utterance", seconds, self.identity)  # noqa: SLF001
+            agent._post("on_utterance", seconds, self.identity)
 
 
 class _AgentPeer(Participant):
@@ -140,18 +141,18 @@ class _AgentPeer(Participant):
             if info.state == models.ParticipantInfo.State.DISCONNECTED:
                 if info.identity in self.known:
                     self.known.discard(info.identity)
-                    self.agent._post("on_client_left", info.identity)  # noqa: SLF001
+                    self.agent._post("on_client_left", info.identity)
                 continue
             mics = [t for t in info.tracks if t.type == models.TrackType.AUDIO]
-            with self.agent._changed:  # noqa: SLF001
+            with self.agent._changed:
                 if mics:
-                    self.agent._muted[info.identity] = all(t.muted for t in mics)  # noqa: SLF001
+                    self.agent._muted[info.identity] = all(t.muted for t in mics)
                 else:
-                    self.agent._muted.pop(info.identity, None)  # noqa: SLF001
-                self.agent._changed.notify_all()  # noqa: SLF001
+                    self.agent._muted.pop(info.identity, None)
+                self.agent._changed.notify_all()
             if info.identity not in self.known and info.kind != models.ParticipantInfo.Kind.AGENT:
                 self.known.add(info.identity)
-                self.agent._post("on_client_joined", info.identity)  # noqa: SLF001
+                self.agent._post("on_client_joined", info.identity)
 
     def on_track_available(self, track: PublishedTrack) -> None:
         listener = _Listener(self.agent, track.owner.identity)
@@ -173,7 +174,7 @@ class _AgentPeer(Participant):
             parsed = None
         received = ReceivedPacket(raw=raw, data=parsed if isinstance(parsed, dict) else {},
                                   sender=packet.participant_identity, topic=packet.user.topic)
-        self.agent._record(received)  # noqa: SLF001
+        self.agent._record(received)
 
     async def close(self, reason: int, *, send_leave: bool = True) -> None:
         for track, listener in self.listeners.values():
@@ -246,19 +247,19 @@ class ScriptedAgent:
     # -- life cycle -------------------------------------------------------------
     def _join(self) -> None:
         async def enter() -> None:
-            core = self.server._require()[1]  # noqa: SLF001
+            core = self.server._require()[1]
             room = core.room(self.room, create=True)
             assert room is not None
             self._peer = _AgentPeer(self, room)
             await self._peer.enter()
         self._thread.start()
-        self.server._call(enter())  # noqa: SLF001
+        self.server._call(enter())
 
     def leave(self) -> None:
         """Leave the room (clients see the participant go) and stop."""
         peer = self._peer
         if peer is not None:
-            self.server._call(peer.room.leave(peer, models.DisconnectReason.CLIENT_INITIATED))  # noqa: SLF001
+            self.server._call(peer.room.leave(peer, models.DisconnectReason.CLIENT_INITIATED))
         self._shutdown()
 
     def _shutdown(self) -> None:
@@ -277,7 +278,7 @@ class ScriptedAgent:
             hook, args = event
             try:
                 getattr(self, hook)(*args)
-            except Exception:  # noqa: BLE001 - a failing hook must not stop the agent
+            except Exception:
                 log.exception("agent %s: %s failed", self.identity, hook)
 
     def _record(self, packet: ReceivedPacket) -> None:
@@ -361,7 +362,7 @@ class ScriptedAgent:
         queued, paced in real time. With ``wait`` block until it has been sent."""
         pcm = to_int16(samples, sample_rate)
         peer = self._peer_or_raise()
-        self.server._require()[0].call_soon(peer.source.enqueue, pcm)  # noqa: SLF001
+        self.server._require()[0].call_soon(peer.source.enqueue, pcm)
         if wait:
             self.wait_until_quiet(timeout if timeout is not None else len(pcm) / SAMPLE_RATE + 5.0)
 
@@ -372,7 +373,7 @@ class ScriptedAgent:
 
     def wait_until_quiet(self, timeout: float = 30.0) -> None:
         """Block until all queued speech has been sent. Raises ``TimeoutError``."""
-        self.server._call(self._peer_or_raise().source.wait_idle(), timeout=timeout)  # noqa: SLF001
+        self.server._call(self._peer_or_raise().source.wait_idle(), timeout=timeout)
 
     def send(self, message: dict[str, Any], *, to: list[str] | None = None) -> None:
         """Send ``message`` as JSON in a reliable data packet to the room's clients
@@ -395,7 +396,7 @@ class ScriptedAgent:
                 packet = models.DataPacket(kind=kind, destination_identities=to or [],
                                            user=models.UserPacket(payload=payload, topic=topic))
                 peer.room.route_data(peer, packet)
-        self.server._call(go())  # noqa: SLF001
+        self.server._call(go())
 
     def kick(self, reason: int | str = "PARTICIPANT_REMOVED", identity: str | None = None) -> int:
         """End the clients' sessions (or ``identity``'s) with a LiveKit leave carrying
@@ -409,7 +410,7 @@ class ScriptedAgent:
             room = self._peer_or_raise().room
             return [p.identity for p in room.participants.values()
                     if isinstance(p, RemoteClient) and p.is_ready]
-        return self.server._call(ready())  # type: ignore[no-any-return]  # noqa: SLF001
+        return self.server._call(ready())  # type: ignore[no-any-return]
 
     def _client_ready(self, identity: str, timeout: float) -> bool:
         async def ready() -> bool:
@@ -419,7 +420,7 @@ class ScriptedAgent:
                 return await client.wait_ready(timeout)
             return False
         try:
-            return bool(self.server._call(ready(), timeout=timeout + 1))  # noqa: SLF001
+            return bool(self.server._call(ready(), timeout=timeout + 1))
         except (TimeoutError, RuntimeError):
             return False
 

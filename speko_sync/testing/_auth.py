@@ -8,8 +8,9 @@ API key, ``sub`` the participant identity, ``nbf``/``exp`` in Unix seconds and a
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import jwt
 

@@ -17,7 +17,8 @@ import asyncio
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 from aiortc import (
@@ -92,8 +93,8 @@ class RemoteClient(Participant):
             except (ConnectionError, RuntimeError):
                 pass
 
-    def spawn(self, coro: object) -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -133,7 +134,7 @@ class RemoteClient(Participant):
             req = rtc.SignalRequest()
             try:
                 req.ParseFromString(msg.data)
-            except Exception:  # noqa: BLE001 - a garbled request is ignored, as LiveKit does
+            except Exception:
                 log.warning("client %s sent an unparsable signal request", self.identity)
                 continue
             await self._handle(req)
@@ -178,7 +179,7 @@ class RemoteClient(Participant):
             subscriber = trickle.target == rtc.SignalTarget.SUBSCRIBER
             pc = self.sub_pc if subscriber and self.sub_pc is not None else self.pc
             await pc.addIceCandidate(candidate)
-        except Exception as exc:  # noqa: BLE001 - a bad candidate must not end the session
+        except Exception as exc:
             log.debug("client %s: candidate ignored: %r", self.identity, exc)
 
     # -- publishing ---------------------------------------------------------
@@ -345,7 +346,7 @@ class RemoteClient(Participant):
         packet = models.DataPacket()
         try:
             packet.ParseFromString(message)
-        except Exception:  # noqa: BLE001 - garbage on the data channel is dropped
+        except Exception:
             log.warning("client %s sent an unparsable data packet", self.identity)
             return
         if packet.WhichOneof("value") is None:
@@ -420,7 +421,7 @@ class RemoteClient(Participant):
         if send_leave:
             await self.ws.close()
         else:
-            transport = self.ws._req.transport if self.ws._req is not None else None  # noqa: SLF001
+            transport = self.ws._req.transport if self.ws._req is not None else None
             if transport is not None:
                 transport.abort()
         await self.release()

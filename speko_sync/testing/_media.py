@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import fractions
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -80,7 +81,7 @@ class Fanout:
     (remote subscribers) or callables (in-process agents).
     """
 
-    def __init__(self, track_sid: str, source: Callable[[], Awaitable[AudioFrame]]) -> None:
+    def __init__(self, track_sid: str, source: Callable[[], Awaitable[Any]]) -> None:
         self.track_sid = track_sid
         self._source = source
         self._tracks: list[ForwardTrack] = []

@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 #: Set to "1" inside a namespace made by this module (and inherited by children).
 ENV_MARK = "SPEKO_SYNC_NETNS"

@@ -14,7 +14,7 @@ import itertools
 import logging
 import secrets
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from livekit.protocol import models
 

@@ -8,7 +8,8 @@ import gzip
 import logging
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from aiohttp import web
@@ -74,9 +75,9 @@ class _ServerCore:
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, reuse_address=True)
         await site.start()
-        server = site._server  # noqa: SLF001 - aiohttp exposes no public bound port
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        server = site._server  # aiohttp has no public way to learn the bound port
+        assert isinstance(server, asyncio.Server)
+        self.port = server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         for room in list(self.rooms.values()):
@@ -89,7 +90,7 @@ class _ServerCore:
         room = self.rooms.get(name)
         if room is None and create:
             room = self.rooms[name] = Room(name)
-            self.server._room_created(room)  # noqa: SLF001
+            self.server._room_created(room)
         return room
 
     # -- HTTP -----------------------------------------------------------------
@@ -138,7 +139,7 @@ class _ServerCore:
                 data = gzip.decompress(data)
             join = rtc.JoinRequest()
             join.ParseFromString(data)
-        except Exception as exc:  # noqa: BLE001 - any decoding failure is the client's
+        except Exception as exc:
             raise web.HTTPBadRequest(text=f"invalid join_request: {exc}") from None
         return await self._join(request, join, single_pc=True)
 
@@ -256,6 +257,7 @@ class LocalServer:
         self._runner: LoopThread | None = None
         self._core: _ServerCore | None = None
         self.agents: list[ScriptedAgent] = []
+        self._background: set[asyncio.Future[None]] = set()
 
     # -- life cycle -------------------------------------------------------------
     def start(self) -> LocalServer:
@@ -278,7 +280,7 @@ class LocalServer:
         if runner is None or core is None:
             return
         for agent in list(self.agents):
-            agent._shutdown()  # noqa: SLF001
+            agent._shutdown()
         try:
             runner.call(core.stop(), timeout=15)
         finally:
@@ -348,7 +350,7 @@ class LocalServer:
         cls = agent_class or ScriptedAgent
         agent = cls(self, room, identity, **options)
         self.agents.append(agent)
-        agent._join()  # noqa: SLF001
+        agent._join()
         return agent
 
     def _room_created(self, room: Room) -> None:
@@ -365,8 +367,10 @@ class LocalServer:
                     self.agents.append(agent)
             else:
                 self.add_agent(room.name)
-        # add_agent blocks on the loop, so run it from a worker thread and wait
-        loop.create_task(asyncio.to_thread(make))
+        # add_agent blocks on the loop, so it runs on a worker thread
+        future = loop.run_in_executor(None, make)
+        self._background.add(future)
+        future.add_done_callback(self._background.discard)
 
     # -- faults -----------------------------------------------------------------
     def drop_connections(self, room: str | None = None, *, refuse_rejoin: bool = False) -> int:

@@ -185,3 +185,27 @@ def test_subclass_overrides_behaviour(speko_server: LocalServer) -> None:
         await room.disconnect()
     run(scenario())
     assert isinstance(agent, Parrot)
+
+
+def test_mixed_room_two_clients_one_agent(speko_server: LocalServer, speko_agent: ScriptedAgent) -> None:
+    async def scenario() -> None:
+        rooms, mics = [], []
+        for identity, freq in (("low", 350), ("high", 950)):
+            room, ev = await connect(speko_server, identity, speko_agent.room)
+            mic = await Mic(room).publish()
+            mic.play_forever(freq)
+            rooms.append((room, ev))
+            mics.append(mic)
+        for _, ev in rooms:
+            await ev.wait_for("data_received")  # each client is greeted, and only once
+        await asyncio.to_thread(speko_agent.wait_for, lambda: all(
+            len(speko_agent.received_audio(i)) > RATE for i in ("low", "high")))
+        for mic in mics:
+            await mic.stop()
+        for room, _ in rooms:
+            await room.disconnect()
+        assert [len(ev.of("data_received")) for _, ev in rooms] == [1, 1]
+    run(scenario())
+    assert sorted(speko_agent.greeted) == ["high", "low"]
+    for identity, freq in (("low", 350), ("high", 950)):
+        assert abs(dominant_frequency(speko_agent.received_audio(identity)[-RATE // 2:]) - freq) < 20

@@ -11,6 +11,7 @@ may call the blocking methods (``send``, ``say``...) freely.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import queue
@@ -108,7 +109,8 @@ class _Listener:
     def __call__(self, frame: AudioFrame, mono: np.ndarray) -> None:
         agent = self.agent
         with agent._lock:
-            agent._audio.setdefault(self.identity, []).append(mono)
+            chunks = agent._audio.setdefault(self.identity, collections.deque(maxlen=agent._max_chunks))
+            chunks.append(mono)
         rms = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64)))) / 32768.0
         loud = rms >= agent.speech_threshold
         if self.speech_frames == 0:
@@ -212,6 +214,8 @@ class ScriptedAgent:
         greet_wait: seconds to wait for the client's overrides before greeting.
         speech_threshold: RMS (0..1 of full scale) that counts as speech.
         end_silence_s: quiet seconds that end an utterance.
+        keep_audio_s: how much of each client's audio :meth:`received_audio`
+            keeps (the oldest is dropped beyond it).
     """
 
     def __init__(self, server: LocalServer, room: str, identity: str = "agent", *,
@@ -219,7 +223,7 @@ class ScriptedAgent:
                  greeting: str | None = "Hello! I'm the local Speko test agent.",
                  greet_wait: float = 1.0, greeting_tone_hz: float = 440.0,
                  greeting_tone_s: float = 0.6, speech_threshold: float = 0.02,
-                 end_silence_s: float = 0.4) -> None:
+                 end_silence_s: float = 0.4, keep_audio_s: float = 600.0) -> None:
         self.server = server
         self.room = room
         self.identity = identity
@@ -237,7 +241,8 @@ class ScriptedAgent:
         self._lock = threading.RLock()  # wait_for conditions may call the getters
         self._changed = threading.Condition(self._lock)
         self._packets: list[ReceivedPacket] = []
-        self._audio: dict[str, list[np.ndarray]] = {}
+        self._audio: dict[str, collections.deque[np.ndarray]] = {}
+        self._max_chunks = max(1, int(keep_audio_s / _FRAME_S))
         self._muted: dict[str, bool] = {}
         self._events: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | None] = queue.SimpleQueue()
         self._peer: _AgentPeer | None = None
@@ -332,8 +337,8 @@ class ScriptedAgent:
         with self._lock:
             if identity is None:
                 identity = next(iter(self._audio), None)
-            chunks = self._audio.get(identity, []) if identity is not None else []
-            return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+            chunks = list(self._audio.get(identity, ())) if identity is not None else []
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
 
     def clear_audio(self) -> None:
         with self._lock:
@@ -437,11 +442,11 @@ class ScriptedAgent:
     def greet(self, identity: str) -> None:
         agent_overrides = (self.overrides or {}).get("agent") or {}
         text = agent_overrides.get("firstMessage") or self.greeting
-        self.send({"type": "agent_message", "text": text})
-        self.say_tone(self.greeting_tone_hz, self.greeting_tone_s)
         with self._changed:
             self.greeted.append(identity)
             self._changed.notify_all()
+        self.send({"type": "agent_message", "text": text}, to=[identity])
+        self.say_tone(self.greeting_tone_hz, self.greeting_tone_s)
 
     def on_client_left(self, identity: str) -> None:
         pass

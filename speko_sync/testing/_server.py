@@ -317,9 +317,10 @@ class LocalServer:
         return mint_token(self.api_key, self.api_secret, identity, room, ttl=ttl, **grants)
 
     def stats(self) -> dict[str, int]:
-        """Counters: joins, auth_refused, data_in, data_out."""
-        core = self._require()[1]
-        return dict(core.stats)
+        """Counters: joins (joins_v1, joins_v0), auth_refused, data_in, data_out."""
+        async def read() -> dict[str, int]:
+            return dict(self._require()[1].stats)
+        return self._call(read())  # type: ignore[no-any-return]
 
     def rooms(self) -> list[str]:
         return self._call(self._async_rooms())  # type: ignore[no-any-return]

@@ -199,7 +199,8 @@ class ScriptedAgent:
     to override in a subclass (hooks run on the agent's behaviour thread):
 
     - :meth:`on_client_joined`: once the client can hear it, wait up to
-      ``greet_wait`` seconds for the client's overrides, then :meth:`greet`;
+      ``greet_wait`` seconds for the client's microphone (a Speko client sends
+      its overrides before publishing it), then :meth:`greet`;
     - :meth:`greet`: an ``agent_message`` (the overrides' ``firstMessage`` if
       given) while speaking a short tone;
     - :meth:`on_user_message`: reply ``user_message_echo`` and an
@@ -211,7 +212,7 @@ class ScriptedAgent:
 
     Args (besides those :meth:`LocalServer.add_agent` fills in):
         greeting: the greeting without overrides; ``None`` disables greeting.
-        greet_wait: seconds to wait for the client's overrides before greeting.
+        greet_wait: seconds to wait for the client's microphone before greeting.
         speech_threshold: RMS (0..1 of full scale) that counts as speech.
         end_silence_s: quiet seconds that end an utterance.
         keep_audio_s: how much of each client's audio :meth:`received_audio`
@@ -433,8 +434,8 @@ class ScriptedAgent:
     def on_client_joined(self, identity: str) -> None:
         if self.greeting is None or not self._client_ready(identity, 15.0):
             return
-        try:
-            self.wait_for(lambda: self.overrides is not None, self.greet_wait)
+        try:  # a Speko client sends its overrides, then publishes its microphone
+            self.wait_for(lambda: self.is_muted(identity) is not None, self.greet_wait)
         except TimeoutError:
             pass
         self.greet(identity)

@@ -15,9 +15,9 @@ from urllib.parse import urlparse
 from aiohttp import web
 from livekit.protocol import models, rtc
 
+from .._loop import LoopThread
 from ._auth import Grant, TokenError, mint_token, verify_token
 from ._client import RemoteClient
-from ._loop import LoopThread
 from ._room import Room
 
 if TYPE_CHECKING:

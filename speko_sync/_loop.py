@@ -22,6 +22,8 @@ class LoopThread:
 
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
+        self._stop_lock = threading.Lock()
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -35,6 +37,7 @@ class LoopThread:
                 task.cancel()
             self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.run_until_complete(self.loop.shutdown_default_executor())
             self.loop.close()
 
     @property
@@ -58,8 +61,22 @@ class LoopThread:
     def call_soon(self, fn: Any, *args: Any) -> None:
         self.loop.call_soon_threadsafe(fn, *args)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.loop.is_running():
+    def request_stop(self) -> None:
+        """Ask the loop to stop (idempotent, any thread, does not wait)."""
+        with self._stop_lock:
+            if self._stopping:
+                return
+            self._stopping = True
+        if not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.loop.stop)
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Stop the loop (pending tasks are cancelled) and wait for its thread,
+        unless called from that thread."""
+        self.request_stop()
         if not self.in_loop_thread:
             self._thread.join(timeout)
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread

@@ -1,0 +1,98 @@
+"""The Speko data-channel protocol: pure encode/decode, no I/O.
+
+Outbound packets are UTF-8 JSON objects; inbound ones are decoded into
+:class:`~speko_sync.events.Message` values following the browser client's rules.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .events import DisconnectionDetails, DisconnectReason, Message, MessageSource
+from .overrides import OverridesLike, overrides_to_wire
+
+__all__ = ["InvalidPacket", "decode", "disconnection_details", "encode_contextual_update",
+           "encode_overrides", "encode_user_message"]
+
+
+class InvalidPacket(ValueError):
+    """An inbound packet broke the protocol; ``str(err)`` says how."""
+
+
+def _encode(packet: dict[str, Any]) -> bytes:
+    return json.dumps(packet, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def encode_overrides(overrides: OverridesLike) -> bytes:
+    return _encode({"type": "overrides", "overrides": overrides_to_wire(overrides)})
+
+
+def _text(text: object, what: str) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"{what} text must be a str, got {type(text).__name__}")
+    return text
+
+
+def encode_user_message(text: str) -> bytes:
+    return _encode({"type": "user_message", "text": _text(text, "user message")})
+
+
+def encode_contextual_update(text: str) -> bytes:
+    return _encode({"type": "contextual_update", "text": _text(text, "contextual update")})
+
+
+def decode(payload: bytes) -> Message | None:
+    """Decode one inbound packet.
+
+    Returns the :class:`Message` it carries, or ``None`` for a well-formed
+    packet of a type this client does not know (ignored, for forward
+    compatibility). Raises :class:`InvalidPacket` for bytes that are not UTF-8
+    JSON, JSON that is not an object, an object without a string ``type``, or a
+    known type whose ``text`` is not a string.
+    """
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidPacket(f"not UTF-8 JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidPacket(f"JSON is not an object but {type(data).__name__}")
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise InvalidPacket("object has no string 'type'")
+    if kind == "transcript":
+        source_name = data.get("source")
+        if source_name not in ("user", "agent"):
+            raise InvalidPacket(f"transcript source must be 'user' or 'agent', got {source_name!r}")
+        source = MessageSource(source_name)
+    elif kind == "agent_message":
+        source = MessageSource.AGENT
+    elif kind == "user_message_echo":
+        source = MessageSource.USER
+    else:
+        return None
+    text = data.get("text")
+    if not isinstance(text, str):
+        raise InvalidPacket(f"{kind} has no string 'text'")
+    is_final = data.get("isFinal", True)
+    if kind == "user_message_echo":
+        is_final = True
+    if not isinstance(is_final, bool):
+        raise InvalidPacket(f"{kind} isFinal must be a boolean, got {is_final!r}")
+    return Message(source=source, text=text, is_final=is_final)
+
+
+_REASONS = {
+    "CLIENT_INITIATED": DisconnectReason.USER,
+    "PARTICIPANT_REMOVED": DisconnectReason.AGENT,
+    "ROOM_DELETED": DisconnectReason.AGENT,
+    "ROOM_CLOSED": DisconnectReason.AGENT,
+    "JOIN_FAILURE": DisconnectReason.ERROR,
+}
+
+
+def disconnection_details(livekit_reason_name: str | None) -> DisconnectionDetails:
+    """Map a LiveKit ``DisconnectReason`` name (or ``None``) to Speko's reason,
+    keeping the raw name as the message."""
+    name = livekit_reason_name or "UNKNOWN_REASON"
+    return DisconnectionDetails(reason=_REASONS.get(name, DisconnectReason.UNKNOWN), message=name)

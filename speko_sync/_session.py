@@ -1,0 +1,334 @@
+"""The loop side of a conversation: owns the LiveKit room, the microphone track
+and the audio pumps. Everything here runs on the conversation's private loop.
+
+Data flow:
+  microphone -> backend -> capture ring -> ``_capture_pump`` (10 ms frames,
+  resampling, audio processing) -> ``rtc.AudioSource`` -> LiveKit
+  LiveKit -> ``rtc.AudioStream`` per agent track -> ``rtc.AudioMixer`` ->
+  ``_playback_pump`` (echo reference, resampling) -> playback ring -> backend
+  -> speaker
+  data packets -> ``_protocol.decode`` -> events -> dispatcher thread
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+from livekit import rtc
+
+from . import _protocol
+from .audio import (
+    CAPTURED,
+    INPUT_OVERFLOWS,
+    OUTPUT_UNDERFLOWS,
+    OVERRUNS,
+    PLAYBACK_DROPPED,
+    PLAYED,
+    SAMPLE_RATE,
+    UNDERRUNS,
+    AudioBackend,
+    AudioConstraints,
+    AudioIO,
+)
+from .errors import ErrorCode, SpekoClientError
+from .events import DisconnectionDetails, Mode
+
+log = logging.getLogger("speko_sync")
+
+FRAME = SAMPLE_RATE // 100  # 10 ms at 48 kHz
+Emit = Callable[[str, Any], None]
+
+
+class _Reframer:
+    """Resamples (when the device rate is not 48 kHz) and cuts into 10 ms frames."""
+
+    def __init__(self, rate_in: int, rate_out: int) -> None:
+        self._resampler = rtc.AudioResampler(rate_in, rate_out) if rate_in != rate_out else None
+        self._rate_in = rate_in
+        self._rate_out = rate_out
+        self._pending = np.zeros(0, dtype=np.int16)
+        self._frame = rate_out // 100
+
+    def push(self, samples: np.ndarray) -> list[np.ndarray]:
+        if self._resampler is None and not len(self._pending) and len(samples) == self._frame:
+            return [samples]
+        if self._resampler is not None:
+            frames = self._resampler.push(rtc.AudioFrame(samples.tobytes(), self._rate_in, 1, len(samples)))
+            parts = [np.frombuffer(f.data, dtype=np.int16) for f in frames]
+        else:
+            parts = [samples]
+        self._pending = np.concatenate([self._pending, *parts])
+        out = []
+        while len(self._pending) >= self._frame:
+            out.append(self._pending[:self._frame].copy())
+            self._pending = self._pending[self._frame:]
+        return out
+
+
+class Session:
+    """One LiveKit session. Created and used on the loop thread only."""
+
+    def __init__(self, emit: Emit, audio: AudioBackend, constraints: AudioConstraints,
+                 on_remote_end: Callable[[DisconnectionDetails], None]) -> None:
+        self._emit = emit
+        self._audio = audio
+        self._constraints = constraints
+        self._on_remote_end = on_remote_end
+        self.room: rtc.Room | None = None
+        self.io: AudioIO | None = None
+        self._audio_open = False
+        self._source: rtc.AudioSource | None = None
+        self._track: rtc.LocalAudioTrack | None = None
+        self._apm: rtc.AudioProcessingModule | None = None
+        self._mixer: rtc.AudioMixer | None = None
+        self._streams: dict[str, rtc.AudioStream] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._mode = Mode.LISTENING
+        self.muted = False
+        self.closing = False
+        self.packets_sent = 0
+        self.packets_received = 0
+        self.malformed = 0
+
+    # -- connect ------------------------------------------------------------------
+    async def connect(self, url: str, token: str, overrides: bytes | None, timeout: float) -> str:
+        """Join, send overrides, open the audio, publish the microphone. Raises
+        :class:`SpekoClientError`; on failure everything taken is released."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        room = self.room = rtc.Room(loop)
+        # Ready before joining: the agent's track may be subscribed during connect.
+        self._mixer = rtc.AudioMixer(SAMPLE_RATE, 1, blocksize=FRAME, stream_timeout_ms=40)
+        room.on("disconnected", self._on_disconnected)
+        room.on("active_speakers_changed", self._on_speakers)
+        room.on("data_received", self._on_data)
+        room.on("track_subscribed", self._on_track_subscribed)
+        room.on("track_unsubscribed", self._on_track_unsubscribed)
+        connecting = loop.create_task(room.connect(url, token, rtc.RoomOptions(
+            auto_subscribe=True, connect_timeout=max(0.5, timeout))))
+        try:
+            await asyncio.wait_for(asyncio.shield(connecting), timeout)
+        except asyncio.TimeoutError:
+            connecting.add_done_callback(_disconnect_late(room))
+            raise SpekoClientError(ErrorCode.CONNECTION_FAILED,
+                                   f"could not connect to {url} within {timeout:g} s") from None
+        except asyncio.CancelledError:
+            connecting.add_done_callback(_disconnect_late(room))
+            raise
+        except Exception as exc:
+            raise SpekoClientError(ErrorCode.CONNECTION_FAILED, f"could not connect to {url}: {exc}", exc) from exc
+        try:
+            if overrides is not None:
+                await self._publish(overrides)
+            await asyncio.wait_for(self._start_microphone(), max(0.1, deadline - loop.time()))
+        except BaseException as exc:
+            await self.close()
+            if isinstance(exc, SpekoClientError):
+                raise
+            if isinstance(exc, asyncio.TimeoutError):
+                raise SpekoClientError(ErrorCode.MICROPHONE_FAILED,
+                                       f"microphone not published within {timeout:g} s") from None
+            raise SpekoClientError(ErrorCode.MICROPHONE_FAILED, f"microphone failed: {exc}", exc) from exc
+        return room.name
+
+    async def _start_microphone(self) -> None:
+        audio = self._audio
+        io = self.io = AudioIO(audio.rate)
+        try:
+            await asyncio.to_thread(audio.open, io)
+        except Exception as exc:
+            raise SpekoClientError(ErrorCode.MICROPHONE_FAILED, f"could not open the audio device: {exc}",
+                                   exc) from exc
+        self._audio_open = True
+        c = self._constraints
+        if c.echo_cancellation or c.noise_suppression or c.auto_gain_control:
+            self._apm = rtc.AudioProcessingModule(
+                echo_cancellation=c.echo_cancellation, noise_suppression=c.noise_suppression,
+                high_pass_filter=c.noise_suppression, auto_gain_control=c.auto_gain_control)
+            self._apm.set_stream_delay_ms(int(audio.latency_s * 1000) + 40)
+        self._source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=200)
+        self._track = rtc.LocalAudioTrack.create_audio_track("microphone", self._source)
+        assert self.room is not None
+        try:
+            await self.room.local_participant.publish_track(
+                self._track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
+        except Exception as exc:
+            raise SpekoClientError(ErrorCode.MICROPHONE_FAILED, f"could not publish the microphone: {exc}",
+                                   exc) from exc
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._capture_pump()), loop.create_task(self._playback_pump())]
+
+    # -- audio pumps ------------------------------------------------------------------
+    async def _capture_pump(self) -> None:
+        io, audio, source = self.io, self._audio, self._source
+        assert io is not None and source is not None
+        loop = asyncio.get_running_loop()
+        device_frame = io.rate // 100
+        buf = np.zeros(device_frame, dtype=np.int16)
+        reframe = _Reframer(io.rate, SAMPLE_RATE)
+        next_tick = loop.time()
+        while True:
+            next_tick += 0.01
+            delay = next_tick - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -0.2:
+                next_tick = loop.time()  # fell far behind (a stall): do not burst
+            if audio.clocked_by_loop:
+                audio.tick(device_frame)
+            while io.capture.available() >= device_frame:
+                io.capture.read_into(buf)
+                if self.muted:
+                    continue  # a muted microphone feeds nothing
+                for samples in reframe.push(buf):
+                    frame = rtc.AudioFrame(samples.tobytes(), SAMPLE_RATE, 1, FRAME)
+                    if self._apm is not None:
+                        self._apm.process_stream(frame)
+                    await source.capture_frame(frame)
+
+    async def _playback_pump(self) -> None:
+        io, mixer = self.io, self._mixer
+        assert io is not None and mixer is not None
+        reframe = _Reframer(SAMPLE_RATE, io.rate)
+        echo = self._apm if self._constraints.echo_cancellation else None
+        async for frame in mixer:
+            samples = np.frombuffer(frame.data, dtype=np.int16)
+            if echo is not None:
+                volume = io.volume
+                played = samples if volume == 1.0 else (samples * volume).astype(np.int16)
+                echo.process_reverse_stream(rtc.AudioFrame(played.tobytes(), SAMPLE_RATE, 1, FRAME))
+            for chunk in reframe.push(samples):
+                if io.playback.write(chunk) < len(chunk):
+                    io.counters[OVERRUNS] += 1
+
+    # -- room events -------------------------------------------------------------------
+    def _on_track_subscribed(self, track: rtc.Track, publication: rtc.RemoteTrackPublication,
+                             participant: rtc.RemoteParticipant) -> None:
+        if track.kind != rtc.TrackKind.KIND_AUDIO or self._mixer is None or track.sid in self._streams:
+            return
+        stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1, frame_size_ms=10)
+        self._streams[track.sid] = stream
+        self._mixer.add_stream(_frames(stream))
+
+    def _on_track_unsubscribed(self, track: rtc.Track, *_: Any) -> None:
+        stream = self._streams.pop(track.sid, None)
+        if stream is not None:
+            asyncio.get_running_loop().create_task(stream.aclose())
+
+    def _on_speakers(self, speakers: list[rtc.Participant]) -> None:
+        room = self.room
+        local = room.local_participant.identity if room is not None else None
+        mode = Mode.SPEAKING if any(p.identity != local for p in speakers) else Mode.LISTENING
+        if mode != self._mode:
+            self._mode = mode
+            self._emit("mode_changed", mode)
+
+    @property
+    def mode(self) -> Mode:
+        return self._mode
+
+    def _on_data(self, packet: rtc.DataPacket) -> None:
+        self.packets_received += 1
+        try:
+            message = _protocol.decode(packet.data)
+        except _protocol.InvalidPacket as exc:
+            self.malformed += 1
+            self._emit("error", SpekoClientError(ErrorCode.INVALID_MESSAGE, f"malformed packet: {exc}"))
+            return
+        if message is not None:
+            self._emit("message", message)
+
+    def _on_disconnected(self, reason: int) -> None:
+        if self.closing:
+            return
+        known = reason in rtc.DisconnectReason.values()
+        name = rtc.DisconnectReason.Name(reason) if known else None  # type: ignore[arg-type]
+        details = _protocol.disconnection_details(name)
+        self._on_remote_end(details)
+
+    # -- commands ----------------------------------------------------------------------
+    async def _publish(self, payload: bytes) -> None:
+        assert self.room is not None
+        await self.room.local_participant.publish_data(payload, reliable=True)
+        self.packets_sent += 1
+
+    async def send(self, payload: bytes) -> None:
+        if self.closing or self.room is None or not self.room.isconnected():
+            raise SpekoClientError(ErrorCode.NOT_CONNECTED, "the session is not connected")
+        try:
+            await self._publish(payload)
+        except Exception as exc:
+            raise SpekoClientError(ErrorCode.NOT_CONNECTED, f"could not send: {exc}", exc) from exc
+
+    async def set_muted(self, muted: bool) -> None:
+        self.muted = muted
+        if self._track is not None:
+            if muted:
+                self._track.mute()
+            else:
+                self._track.unmute()
+
+    def stats(self) -> dict[str, float]:
+        io = self.io
+        counters = io.counters if io is not None else np.zeros(8, dtype=np.int64)
+        frame = (io.rate // 100) if io is not None else FRAME
+        return {
+            "frames_captured": int(counters[CAPTURED]) // frame,
+            "frames_played": int(counters[PLAYED]) // frame,
+            "underruns": int(counters[UNDERRUNS]),
+            "overruns": int(counters[OVERRUNS]),
+            "playback_dropped": int(counters[PLAYBACK_DROPPED]),
+            "input_overflows": int(counters[INPUT_OVERFLOWS]),
+            "output_underflows": int(counters[OUTPUT_UNDERFLOWS]),
+            "playback_buffer_ms": io.playback_depth_ms() if io is not None else 0.0,
+            "packets_sent": self.packets_sent,
+            "packets_received": self.packets_received,
+            "malformed_packets": self.malformed,
+        }
+
+    async def close(self) -> None:
+        """Leave the room (if still in it) and release everything. Idempotent."""
+        self.closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self._mixer is not None:
+            with contextlib.suppress(Exception):
+                await self._mixer.aclose()
+            self._mixer = None
+        for stream in list(self._streams.values()):
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+        self._streams.clear()
+        if self._audio_open:
+            self._audio_open = False
+            await asyncio.to_thread(self._audio.close)
+        room = self.room
+        if room is not None and room.isconnected():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(room.disconnect(), 5)
+        if self._source is not None:
+            with contextlib.suppress(Exception):
+                await self._source.aclose()
+            self._source = None
+
+
+async def _frames(stream: rtc.AudioStream) -> AsyncIterator[rtc.AudioFrame]:
+    async for event in stream:
+        yield event.frame
+
+
+def _disconnect_late(room: rtc.Room) -> Callable[[asyncio.Task[None]], None]:
+    """A connect we stopped waiting for may still succeed: leave the room then."""
+    def done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            asyncio.get_running_loop().create_task(room.disconnect())
+    return done

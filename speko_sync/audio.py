@@ -1,0 +1,431 @@
+"""Audio backends: where the microphone audio comes from and where the agent's
+audio goes.
+
+Every backend moves 16-bit mono audio between its device and two rings owned by
+the conversation (capture and playback); the conversation's loop thread does the
+rest (10 ms framing, resampling, audio processing, LiveKit). Backends:
+
+- :class:`PyAudioBackend` (the default): a PyAudio input/output stream pair in
+  callback mode on real sound devices;
+- :class:`NullAudio`: no devices; a silent microphone, the agent's audio
+  discarded (servers, CI);
+- :class:`BufferAudio`: microphone audio from numpy arrays or WAV files, the
+  agent's audio collected as numpy arrays (batch jobs, tests).
+"""
+
+from __future__ import annotations
+
+import threading
+import wave
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._ring import Ring
+
+__all__ = ["AudioBackend", "AudioConstraints", "AudioDevice", "BufferAudio", "NullAudio", "PyAudioBackend",
+           "list_audio_devices"]
+
+SAMPLE_RATE = 48_000
+FRAME_MS = 10
+
+# indices of AudioIO.counters
+CAPTURED, PLAYED, UNDERRUNS, OVERRUNS, INPUT_OVERFLOWS, OUTPUT_UNDERFLOWS, PLAYBACK_DROPPED = range(7)
+
+
+@dataclass(frozen=True)
+class AudioConstraints:
+    """Microphone processing (LiveKit's WebRTC audio processing on 10 ms frames),
+    each on by default. Echo cancellation uses the played audio as reference, so
+    it works on open speakers."""
+
+    echo_cancellation: bool = True
+    noise_suppression: bool = True
+    auto_gain_control: bool = True
+
+
+class AudioIO:
+    """What a backend exchanges with the conversation. Created by the
+    conversation; the rings are sized for ``rate`` (the device rate).
+
+    ``volume`` (0..1) is applied by the backend to everything it plays.
+    ``counters`` is a preallocated int64 array indexed by the module constants.
+    """
+
+    def __init__(self, rate: int, *, playback_target_ms: int = 40, playback_max_ms: int = 60) -> None:
+        self.rate = rate
+        self.capture = Ring(rate)  # 1 s: the loop drains it every 10 ms
+        self.playback = Ring(rate // 2)
+        self.volume = 1.0
+        self.counters = np.zeros(8, dtype=np.int64)
+        self.playback_target = rate * playback_target_ms // 1000
+        self.playback_max = rate * playback_max_ms // 1000
+        self._started = False
+
+    def playback_depth_ms(self) -> float:
+        return 1000.0 * self.playback.available() / self.rate
+
+    def render(self, out: np.ndarray, scratch: np.ndarray) -> None:
+        """Fill ``out`` (int16) with the next played samples at ``volume``, using
+        ``scratch`` (float32, same length). Drops the oldest queued audio when
+        more than ``playback_max`` is waiting, so latency cannot grow; pads with
+        silence on underrun. Allocation-free: safe in an audio callback."""
+        ring = self.playback
+        excess = ring.available() - self.playback_max
+        if excess > 0:
+            ring.skip(excess + (self.playback_max - self.playback_target))
+            self.counters[PLAYBACK_DROPPED] += 1
+        n = ring.read_into(out)
+        if n < len(out):
+            out[n:] = 0
+            if self._started and n < len(out):
+                self.counters[UNDERRUNS] += 1
+        if n:
+            self._started = True
+            self.counters[PLAYED] += n
+        volume = self.volume
+        if volume != 1.0:
+            np.multiply(out, volume, out=scratch, casting="unsafe")
+            np.copyto(out, scratch, casting="unsafe")
+
+    def capture_samples(self, data: np.ndarray) -> None:
+        """Queue microphone samples (int16); counts an overrun if the ring is full."""
+        if self.capture.write(data) < len(data):
+            self.counters[OVERRUNS] += 1
+        self.counters[CAPTURED] += len(data)
+
+
+class AudioBackend:
+    """Base of the audio backends.
+
+    ``rate`` is the device sample rate in Hz (the conversation resamples to and
+    from LiveKit's 48 kHz). A backend with ``clocked_by_loop`` true has no clock
+    of its own: the conversation calls :meth:`tick` every 10 ms on its loop
+    thread. :meth:`open` may raise any exception: the conversation reports it as
+    MICROPHONE_FAILED.
+    """
+
+    rate: int = SAMPLE_RATE
+    clocked_by_loop = True
+    #: Seconds of audio between capture and playback the echo canceller should expect.
+    latency_s: float = 0.0
+
+    def open(self, io: AudioIO) -> None:
+        self.io = io
+
+    def tick(self, samples: int) -> None:
+        """Loop-clocked backends: move ``samples`` of microphone audio into the
+        capture ring and take as many from the playback ring."""
+
+    def close(self) -> None:
+        """Release devices. Idempotent."""
+
+
+class NullAudio(AudioBackend):
+    """No sound devices: a silent microphone, the agent's audio discarded."""
+
+    def open(self, io: AudioIO) -> None:
+        super().open(io)
+        self._silence = np.zeros(io.rate // 100, dtype=np.int16)
+        self._out = np.zeros(io.rate // 100, dtype=np.int16)
+        self._scratch = np.zeros(io.rate // 100, dtype=np.float32)
+
+    def tick(self, samples: int) -> None:
+        self.io.capture_samples(self._silence[:samples])
+        self.io.render(self._out[:samples], self._scratch[:samples])
+
+
+def _load(source: np.ndarray | str | Path, sample_rate: int) -> np.ndarray:
+    if isinstance(source, (str, Path)):
+        with wave.open(str(source), "rb") as f:
+            if f.getsampwidth() != 2:
+                raise ValueError(f"{source}: only 16-bit PCM WAV files are supported")
+            rate, channels = f.getframerate(), f.getnchannels()
+            data = np.frombuffer(f.readframes(f.getnframes()), dtype=np.int16)
+        if channels > 1:
+            data = data.reshape(-1, channels).mean(axis=1).astype(np.int16)
+        return _to_rate(data, rate)
+    data = np.asarray(source)
+    if data.ndim != 1:
+        raise ValueError(f"microphone audio must be mono (1-D), got shape {data.shape}")
+    if np.issubdtype(data.dtype, np.floating):
+        data = (np.clip(data, -1.0, 1.0) * 32767).astype(np.int16)
+    elif data.dtype != np.int16:
+        raise ValueError(f"microphone audio must be int16 or float, got {data.dtype}")
+    return _to_rate(data, sample_rate)
+
+
+def _to_rate(data: np.ndarray, rate: int) -> np.ndarray:
+    if rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {rate}")
+    if rate == SAMPLE_RATE or not len(data):
+        return data.astype(np.int16, copy=False)
+    n = round(len(data) * SAMPLE_RATE / rate)
+    resampled = np.interp(np.arange(n) * rate / SAMPLE_RATE, np.arange(len(data)), data.astype(np.float64))
+    return resampled.astype(np.int16)
+
+
+class BufferAudio(AudioBackend):
+    """Microphone audio from numpy arrays or WAV files; the agent's audio as numpy.
+
+    Args:
+        microphone: audio to play into the microphone at the start (mono int16,
+            or float in -1..1, at ``sample_rate``; or a 16-bit WAV file path).
+            After it (and anything :meth:`feed` adds) the microphone is silent.
+        sample_rate: rate of ``microphone`` arrays, Hz.
+
+    Thread-safe: :meth:`feed`, :meth:`played` and the waits may be called from
+    any thread while the conversation runs.
+    """
+
+    rate = SAMPLE_RATE
+
+    def __init__(self, microphone: np.ndarray | str | Path | None = None, sample_rate: int = SAMPLE_RATE) -> None:
+        self._lock = threading.Condition()
+        self._pending: list[np.ndarray] = []
+        self._offset = 0
+        self._played: list[np.ndarray] = []
+        self._played_samples = 0
+        if microphone is not None:
+            self.feed(microphone, sample_rate)
+
+    def feed(self, microphone: np.ndarray | str | Path, sample_rate: int = SAMPLE_RATE) -> None:
+        """Queue more microphone audio after what is queued. Raises ``ValueError``
+        for audio that is not mono int16/float or a 16-bit WAV file."""
+        data = _load(microphone, sample_rate)
+        with self._lock:
+            self._pending.append(data)
+
+    def pending_seconds(self) -> float:
+        """Microphone audio still to be captured, seconds."""
+        with self._lock:
+            return (sum(len(p) for p in self._pending) - self._offset) / SAMPLE_RATE
+
+    def wait_until_fed(self, timeout: float | None = None) -> bool:
+        """Block until all queued microphone audio has been captured; false on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._pending, timeout)
+
+    def played(self) -> np.ndarray:
+        """Everything played so far (the agent's audio at the set volume), mono
+        int16 at 48 kHz, silence included."""
+        with self._lock:
+            return np.concatenate(self._played) if self._played else np.zeros(0, dtype=np.int16)
+
+    def played_seconds(self) -> float:
+        with self._lock:
+            return self._played_samples / SAMPLE_RATE
+
+    def wait_for_played(self, seconds: float, timeout: float | None = None) -> bool:
+        """Block until at least ``seconds`` of audio has been played; false on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._played_samples >= seconds * SAMPLE_RATE, timeout)
+
+    def save_wav(self, path: str | Path) -> None:
+        """Write what was played so far to a 16-bit mono WAV file at 48 kHz."""
+        with wave.open(str(path), "wb") as f:
+            f.setnchannels(1)
+            f.setsampwidth(2)
+            f.setframerate(SAMPLE_RATE)
+            f.writeframes(self.played().tobytes())
+
+    def open(self, io: AudioIO) -> None:
+        super().open(io)
+        self._mic = np.zeros(io.rate // 100, dtype=np.int16)
+        self._scratch = np.zeros(io.rate // 100, dtype=np.float32)
+
+    def tick(self, samples: int) -> None:
+        mic = self._mic[:samples]
+        mic[:] = 0
+        with self._lock:
+            filled = 0
+            while filled < samples and self._pending:
+                head = self._pending[0]
+                take = min(samples - filled, len(head) - self._offset)
+                mic[filled:filled + take] = head[self._offset:self._offset + take]
+                filled += take
+                self._offset += take
+                if self._offset >= len(head):
+                    self._pending.pop(0)
+                    self._offset = 0
+            if not self._pending:
+                self._lock.notify_all()
+        self.io.capture_samples(mic)
+        out = np.zeros(samples, dtype=np.int16)
+        self.io.render(out, self._scratch[:samples])
+        with self._lock:
+            self._played.append(out)
+            self._played_samples += samples
+            self._lock.notify_all()
+
+
+@dataclass(frozen=True)
+class AudioDevice:
+    """A PortAudio device: ``index`` and ``name`` select it."""
+
+    index: int
+    name: str
+    max_input_channels: int
+    max_output_channels: int
+    default_sample_rate: float
+    host_api: str
+
+
+def _devices(pa: Any) -> list[AudioDevice]:
+    devices = []
+    for i in range(pa.get_device_count()):
+        info = pa.get_device_info_by_index(i)
+        devices.append(AudioDevice(
+            index=i, name=str(info["name"]), max_input_channels=int(info["maxInputChannels"]),
+            max_output_channels=int(info["maxOutputChannels"]),
+            default_sample_rate=float(info["defaultSampleRate"]),
+            host_api=str(pa.get_host_api_info_by_index(info["hostApi"])["name"])))
+    return devices
+
+
+def list_audio_devices() -> list[AudioDevice]:
+    """Every PortAudio device (needs PyAudio)."""
+    import pyaudio
+
+    pa = pyaudio.PyAudio()
+    try:
+        return _devices(pa)
+    finally:
+        pa.terminate()
+
+
+class DeviceError(RuntimeError):
+    """A sound device could not be found or opened; the message lists what exists."""
+
+
+def _pick(devices: Sequence[AudioDevice], wanted: int | str | None, kind: str, default: int | None) -> AudioDevice:
+    usable = [d for d in devices if (d.max_input_channels if kind == "input" else d.max_output_channels) > 0]
+    listing = "; ".join(f"{d.index}: {d.name!r}" for d in usable) or "none"
+    if wanted is None:
+        if default is None or default < 0 or default >= len(devices):
+            raise DeviceError(f"no default {kind} device; {kind} devices: {listing}")
+        return devices[default]
+    if isinstance(wanted, int) and not isinstance(wanted, bool):
+        match = [d for d in usable if d.index == wanted]
+    elif isinstance(wanted, str):
+        match = [d for d in usable if d.name == wanted] or [d for d in usable if wanted.lower() in d.name.lower()]
+    else:
+        raise TypeError(f"{kind}_device must be an index, a name or None, got {type(wanted).__name__}")
+    if not match:
+        raise DeviceError(f"no {kind} device {wanted!r}; {kind} devices: {listing}")
+    return match[0]
+
+
+class PyAudioBackend(AudioBackend):
+    """Real sound devices through PyAudio, an input and an output stream in
+    callback mode.
+
+    The callbacks run on PortAudio's threads and only copy between the device
+    buffers and the conversation's rings through preallocated numpy arrays
+    (volume applied on the way out); they never block or log. Status flags are
+    counted (input overflows, output underflows).
+
+    Args:
+        input_device, output_device: PortAudio index or (part of) the name;
+            ``None`` for the defaults. Unknown ones raise with the list of devices.
+        frames_per_buffer: PortAudio buffer size in samples (default: 20 ms);
+            the conversation reframes to 10 ms whatever this is.
+    """
+
+    clocked_by_loop = False
+
+    def __init__(self, input_device: int | str | None = None, output_device: int | str | None = None, *,
+                 frames_per_buffer: int | None = None) -> None:
+        self.input_device = input_device
+        self.output_device = output_device
+        self.frames_per_buffer = frames_per_buffer
+        self._pa: Any = None
+        self._streams: list[Any] = []
+        self.rate = SAMPLE_RATE
+
+    def probe(self) -> tuple[AudioDevice, AudioDevice, int]:
+        """Resolve the devices and the rate to use; raises ``DeviceError``."""
+        import pyaudio
+
+        if self._pa is None:
+            self._pa = pyaudio.PyAudio()
+        pa = self._pa
+        devices = _devices(pa)
+        try:
+            default_in = int(pa.get_default_input_device_info()["index"])
+        except OSError:
+            default_in = None
+        try:
+            default_out = int(pa.get_default_output_device_info()["index"])
+        except OSError:
+            default_out = None
+        mic = _pick(devices, self.input_device, "input", default_in)
+        speaker = _pick(devices, self.output_device, "output", default_out)
+        rate = SAMPLE_RATE
+        try:
+            pa.is_format_supported(rate, input_device=mic.index, input_channels=1, input_format=pyaudio.paInt16,
+                                   output_device=speaker.index, output_channels=1, output_format=pyaudio.paInt16)
+        except ValueError:
+            rate = int(mic.default_sample_rate)
+        return mic, speaker, rate
+
+    def open(self, io: AudioIO) -> None:
+        import pyaudio
+
+        super().open(io)
+        try:
+            mic, speaker, _ = self.probe()
+            fpb = self.frames_per_buffer or io.rate // 50
+            self._out = np.zeros(fpb, dtype=np.int16)
+            self._scratch = np.zeros(fpb, dtype=np.float32)
+            self._out_bytes = self._out.data.cast("B").toreadonly()
+            self._continue = pyaudio.paContinue
+            self._in_overflow = pyaudio.paInputOverflow
+            self._out_underflow = pyaudio.paOutputUnderflow
+            out_stream = self._pa.open(format=pyaudio.paInt16, channels=1, rate=io.rate, output=True,
+                                       output_device_index=speaker.index, frames_per_buffer=fpb,
+                                       stream_callback=self._on_output, start=False)
+            self._streams.append(out_stream)
+            in_stream = self._pa.open(format=pyaudio.paInt16, channels=1, rate=io.rate, input=True,
+                                      input_device_index=mic.index, frames_per_buffer=fpb,
+                                      stream_callback=self._on_input, start=False)
+            self._streams.append(in_stream)
+            self.latency_s = float(in_stream.get_input_latency() + out_stream.get_output_latency())
+            out_stream.start_stream()
+            in_stream.start_stream()
+        except BaseException:
+            self.close()
+            raise
+
+    # Both callbacks run on PortAudio threads: copies through preallocated buffers only.
+    def _on_input(self, data: bytes | None, frames: int, time_info: Any, status: int) -> tuple[None, int]:
+        if status & self._in_overflow:
+            self.io.counters[INPUT_OVERFLOWS] += 1
+        if data is not None:
+            self.io.capture_samples(np.frombuffer(data, dtype=np.int16))
+        return None, self._continue
+
+    def _on_output(self, data: bytes | None, frames: int, time_info: Any, status: int) -> tuple[Any, int]:
+        if status & self._out_underflow:
+            self.io.counters[OUTPUT_UNDERFLOWS] += 1
+        if frames == len(self._out):
+            self.io.render(self._out, self._scratch)
+            return self._out_bytes, self._continue
+        out = np.zeros(frames, dtype=np.int16)  # PortAudio changed the buffer size: rare
+        self.io.render(out, np.zeros(frames, dtype=np.float32))
+        return out.tobytes(), self._continue
+
+    def close(self) -> None:
+        streams, self._streams = self._streams, []
+        for stream in streams:
+            try:
+                stream.stop_stream()
+            except OSError:
+                pass
+            stream.close()
+        if self._pa is not None:
+            self._pa.terminate()
+            self._pa = None

@@ -1,0 +1,304 @@
+"""``Conversation``: a Speko voice session for plain, blocking Python."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlparse
+
+from . import _protocol, signals
+from ._dispatch import Dispatcher
+from ._loop import LoopThread
+from ._session import Session
+from .audio import AudioBackend, AudioConstraints, PyAudioBackend
+from .errors import ErrorCode, SpekoClientError
+from .events import DisconnectionDetails, DisconnectReason, EventBatch, Message, Mode, Status
+from .overrides import OverridesLike, overrides_to_wire
+
+__all__ = ["Conversation"]
+
+_CALLBACKS = {
+    "on_connect": "connected",
+    "on_disconnect": "disconnected",
+    "on_message": "message",
+    "on_status_change": "status_changed",
+    "on_mode_change": "mode_changed",
+    "on_error": "error",
+}
+
+
+class Conversation:
+    """A live voice conversation with a Speko agent.
+
+    The constructor blocks until the room is joined and the microphone track is
+    published (status ``connected``); then audio flows both ways on background
+    threads while the caller's code carries on. Every method is thread-safe.
+
+    Threads: a private asyncio loop owns the LiveKit room; the audio backend's
+    own threads (PortAudio callbacks) move audio; a dispatcher thread runs every
+    receiver (the ``on_*`` callbacks and :mod:`speko_sync.signals` receivers), in
+    order. Receivers never run on the audio or network threads.
+
+    Args:
+        token: the session's LiveKit access token (``conversationToken``).
+        url: the LiveKit URL (``livekitUrl``, ``wss://...``).
+        overrides: agent/TTS overrides, sent first thing after joining.
+        audio_constraints: microphone processing (all on by default).
+        input_device, output_device: for the default PyAudio backend, a
+            PortAudio index or device name.
+        audio: an audio backend (:class:`~speko_sync.audio.NullAudio`,
+            :class:`~speko_sync.audio.BufferAudio`...); default PyAudio.
+        on_connect(conversation_id), on_disconnect(details), on_message(message),
+        on_status_change(status), on_mode_change(mode), on_error(error):
+            callbacks with the payload alone, run on the dispatcher thread.
+        connect_timeout: seconds the constructor may take.
+
+    Raises:
+        SpekoClientError: CONNECTION_FAILED if joining fails or times out;
+            MICROPHONE_FAILED if the audio device cannot be opened or the
+            microphone cannot be published (the room is left again). Every
+            thread and device taken is released before it is raised.
+        TypeError, ValueError: for bad arguments, before anything starts.
+    """
+
+    def __init__(self, token: str, url: str, *, overrides: OverridesLike | None = None,
+                 audio_constraints: AudioConstraints | None = None,
+                 input_device: int | str | None = None, output_device: int | str | None = None,
+                 audio: AudioBackend | None = None,
+                 on_connect: Callable[[str], Any] | None = None,
+                 on_disconnect: Callable[[DisconnectionDetails], Any] | None = None,
+                 on_message: Callable[[Message], Any] | None = None,
+                 on_status_change: Callable[[Status], Any] | None = None,
+                 on_mode_change: Callable[[Mode], Any] | None = None,
+                 on_error: Callable[[SpekoClientError], Any] | None = None,
+                 connect_timeout: float = 15.0) -> None:
+        # Validate everything before any thread or device is taken.
+        if not isinstance(token, str) or not token.strip():
+            raise ValueError("token must be a non-empty string (the session's conversationToken)")
+        if not isinstance(url, str) or urlparse(url).scheme not in ("ws", "wss", "http", "https"):
+            raise ValueError(f"url must be a ws://, wss://, http:// or https:// URL, got {url!r}")
+        if not isinstance(connect_timeout, (int, float)) or connect_timeout <= 0:
+            raise ValueError(f"connect_timeout must be a positive number of seconds, got {connect_timeout!r}")
+        overrides_packet = None
+        if overrides is not None:
+            overrides_to_wire(overrides)  # raises on bad overrides
+            overrides_packet = _protocol.encode_overrides(overrides)
+        if audio_constraints is not None and not isinstance(audio_constraints, AudioConstraints):
+            raise TypeError("audio_constraints must be an AudioConstraints")
+        if audio is not None and not isinstance(audio, AudioBackend):
+            raise TypeError(f"audio must be an AudioBackend, got {type(audio).__name__}")
+        if audio is not None and (input_device is not None or output_device is not None):
+            raise ValueError("input_device/output_device apply to the default backend; "
+                             "pass them to the backend given as audio= instead")
+        callbacks = {name: fn for name, fn in (
+            ("on_connect", on_connect), ("on_disconnect", on_disconnect), ("on_message", on_message),
+            ("on_status_change", on_status_change), ("on_mode_change", on_mode_change),
+            ("on_error", on_error)) if fn is not None}
+        for name, fn in callbacks.items():
+            if not callable(fn):
+                raise TypeError(f"{name} must be callable")
+
+        self._lock = threading.RLock()
+        self._status = Status.CONNECTING
+        self._conversation_id = ""
+        self._details: DisconnectionDetails | None = None
+        self._ended = threading.Event()
+        self._receivers: list[tuple[Any, Any]] = []
+        self._volume = 1.0
+        self._audio = audio or PyAudioBackend(input_device, output_device)
+        for name, fn in callbacks.items():
+            signal = getattr(signals, _CALLBACKS[name])
+            receiver = _payload_only(fn, signals.PAYLOAD_NAMES[_CALLBACKS[name]])
+            signal.connect(receiver, sender=self, weak=False)
+            self._receivers.append((signal, receiver))
+
+        self._dispatcher = Dispatcher(self)
+        self._runner = LoopThread("speko-conversation")
+        self._session = Session(self._emit, self._audio, audio_constraints or AudioConstraints(),
+                                self._on_remote_end)
+        self._emit("status_changed", Status.CONNECTING)
+        try:
+            self._conversation_id = self._runner.call(
+                self._session.connect(url, token, overrides_packet, float(connect_timeout)),
+                timeout=connect_timeout + 10)
+        except BaseException as exc:
+            self._abort()
+            if isinstance(exc, SpekoClientError):
+                raise
+            raise SpekoClientError(ErrorCode.CONNECTION_FAILED, f"could not connect: {exc}", exc) from exc
+        with self._lock:
+            if self._status == Status.CONNECTING:
+                self._set_status(Status.CONNECTED)
+                self._emit("connected", self._conversation_id)
+
+    # -- internals ----------------------------------------------------------------------
+    def _emit(self, kind: str, value: Any) -> None:
+        self._dispatcher.post(kind, value)
+
+    def _set_status(self, status: Status) -> None:
+        with self._lock:
+            if status == self._status:
+                return
+            self._status = status
+        self._emit("status_changed", status)
+
+    def _abort(self) -> None:
+        """A failed constructor: release everything, deliver what happened."""
+        try:
+            self._runner.call(self._session.close(), timeout=10)
+        except Exception:
+            pass
+        self._runner.stop()
+        with self._lock:
+            self._status = Status.DISCONNECTED
+        self._emit("status_changed", Status.DISCONNECTED)
+        self._ended.set()
+        self._dispatcher.stop(timeout=5)
+        self._disconnect_receivers()
+
+    def _disconnect_receivers(self) -> None:
+        for signal, receiver in self._receivers:
+            signal.disconnect(receiver, sender=self)
+        self._receivers = []
+
+    def _on_remote_end(self, details: DisconnectionDetails) -> None:
+        """On the loop: LiveKit ended the session (kick, drop, failure)."""
+        with self._lock:
+            if self._status in (Status.DISCONNECTING, Status.DISCONNECTED):
+                return
+        self._set_status(Status.DISCONNECTING)
+        self._runner.loop.create_task(self._finish(details))
+
+    async def _finish(self, details: DisconnectionDetails) -> None:
+        """On the loop: release everything, then report the end."""
+        try:
+            await self._session.close()
+        finally:
+            with self._lock:
+                self._details = details
+            self._set_status(Status.DISCONNECTED)
+            self._emit("disconnected", details)
+            self._dispatcher.call(self._disconnect_receivers)
+            self._dispatcher.stop()
+            self._ended.set()
+            self._runner.request_stop()
+
+    # -- public API -----------------------------------------------------------------------
+    @property
+    def conversation_id(self) -> str:
+        """The conversation id (the LiveKit room name)."""
+        return self._conversation_id
+
+    @property
+    def status(self) -> Status:
+        with self._lock:
+            return self._status
+
+    @property
+    def mode(self) -> Mode:
+        """``speaking`` while the agent speaks, else ``listening``."""
+        return self._session.mode
+
+    @property
+    def mic_muted(self) -> bool:
+        return self._session.muted
+
+    @property
+    def volume(self) -> float:
+        return self._volume
+
+    def is_open(self) -> bool:
+        """True while connected."""
+        return self.status == Status.CONNECTED
+
+    def _require_connected(self) -> None:
+        if self.status != Status.CONNECTED:
+            raise SpekoClientError(ErrorCode.NOT_CONNECTED, f"the conversation is {self.status.value}")
+
+    def set_mic_muted(self, muted: bool) -> None:
+        """Mute or unmute the microphone: a LiveKit track mute the agent sees, and
+        no audio is sent while muted. Raises NOT_CONNECTED after the end."""
+        if not isinstance(muted, bool):
+            raise TypeError("muted must be a bool")
+        self._require_connected()
+        self._runner.call(self._session.set_muted(muted), timeout=10)
+
+    def set_volume(self, volume: float) -> None:
+        """Set the agent's playback volume, 0..1 (clamped), effective within one
+        audio buffer. Raises ``TypeError`` for a non-number."""
+        if isinstance(volume, bool) or not isinstance(volume, (int, float)) or volume != volume:
+            raise TypeError(f"volume must be a number between 0 and 1, got {volume!r}")
+        self._volume = min(1.0, max(0.0, float(volume)))
+        io = self._session.io
+        if io is not None:
+            io.volume = self._volume
+
+    def send_user_message(self, text: str) -> None:
+        """Send a visible user turn. Raises NOT_CONNECTED before the session is
+        connected or after it ended; ``TypeError`` if ``text`` is not a str."""
+        payload = _protocol.encode_user_message(text)
+        self._require_connected()
+        self._runner.call(self._session.send(payload), timeout=10)
+
+    def send_contextual_update(self, text: str) -> None:
+        """Send an invisible hint to the agent (same rules as :meth:`send_user_message`)."""
+        payload = _protocol.encode_contextual_update(text)
+        self._require_connected()
+        self._runner.call(self._session.send(payload), timeout=10)
+
+    def poll_events(self) -> EventBatch:
+        """Return and clear the events since the last call, without blocking.
+        Keeps the newest 1000; ``EventBatch.dropped`` counts the older ones lost."""
+        return self._dispatcher.poll()
+
+    def stats(self) -> dict[str, float]:
+        """Counters: frames_captured and frames_played (10 ms frames), underruns,
+        overruns, playback_dropped, input_overflows, output_underflows,
+        playback_buffer_ms, packets_sent, packets_received, malformed_packets."""
+        return self._session.stats()
+
+    def end_session(self, timeout: float = 10.0) -> DisconnectionDetails:
+        """End the conversation and release everything (the OS microphone
+        included) before returning. Idempotent; callable from any thread,
+        receivers included. Returns the disconnection details; raises
+        ``TimeoutError`` if release took longer than ``timeout`` seconds."""
+        with self._lock:
+            starting = self._status == Status.CONNECTED
+            if starting:
+                self._status = Status.DISCONNECTING
+        if starting:
+            self._emit("status_changed", Status.DISCONNECTING)
+            details = _protocol.disconnection_details("CLIENT_INITIATED")
+            self._runner.submit(self._finish(details))
+        return self.wait_for_end(timeout)
+
+    def wait_for_end(self, timeout: float | None = None) -> DisconnectionDetails:
+        """Block until the conversation has ended; return why. Raises
+        ``TimeoutError`` when ``timeout`` seconds pass first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._ended.wait(timeout):
+            raise TimeoutError(f"the conversation did not end within {timeout} s")
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._runner.in_loop_thread:
+            self._runner.stop(remaining if remaining is not None else 10.0)
+        if threading.current_thread() is not self._dispatcher.thread:
+            self._dispatcher.thread.join(remaining)
+        details = self._details
+        return details if details is not None else DisconnectionDetails(DisconnectReason.UNKNOWN, "")
+
+    def __enter__(self) -> Conversation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.end_session()
+
+    def __repr__(self) -> str:
+        return f"<Conversation {self._conversation_id or '?'} {self.status.value}>"
+
+
+def _payload_only(fn: Callable[[Any], Any], key: str) -> Callable[..., Any]:
+    def receiver(sender: Any, **kwargs: Any) -> Any:
+        return fn(kwargs[key])
+    return receiver

@@ -1,0 +1,50 @@
+"""The one error type of speko_sync, with a code saying what went wrong."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["ErrorCode", "SpekoClientError"]
+
+
+class ErrorCode(str, enum.Enum):
+    """What a :class:`SpekoClientError` is about (values match the browser client)."""
+
+    #: Joining the room failed: bad token, unreachable server, timeout.
+    CONNECTION_FAILED = "CONNECTION_FAILED"
+    #: The session ended unexpectedly.
+    DISCONNECTED = "DISCONNECTED"
+    #: The microphone could not be opened or published.
+    MICROPHONE_FAILED = "MICROPHONE_FAILED"
+    #: An inbound data packet was not a JSON object with a string ``type``.
+    INVALID_MESSAGE = "INVALID_MESSAGE"
+    #: A send was attempted before the session connected or after it ended.
+    NOT_CONNECTED = "NOT_CONNECTED"
+
+
+class SpekoClientError(Exception):
+    """Raised (or delivered through the ``error`` signal) by speko_sync.
+
+    Attributes:
+        code: an :class:`ErrorCode`.
+        message: a human-readable explanation.
+        cause: the original exception, if any (also ``__cause__`` when raised).
+    """
+
+    def __init__(self, code: ErrorCode, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(f"{code.value}: {message}")
+        self.code = code
+        self.message = message
+        self.cause = cause
+        if cause is not None:
+            self.__cause__ = cause
+
+    def __reduce__(self) -> tuple[type[SpekoClientError], tuple[ErrorCode, str, BaseException | None]]:
+        return (type(self), (self.code, self.message, self.cause))
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, SpekoClientError) and (self.code, self.message, self.cause)
+                == (other.code, other.message, other.cause))
+
+    def __hash__(self) -> int:
+        return hash((self.code, self.message))

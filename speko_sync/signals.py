@@ -1,0 +1,52 @@
+"""Every event speko_sync emits, as blinker signals.
+
+Receivers run on the conversation's dispatcher thread (never on the audio or
+network threads), in the order events happened; a receiver that raises is
+logged and the others still run. Connect with ``sender=conversation`` to hear
+one conversation only::
+
+    from speko_sync import signals
+
+    @signals.message.connect_via(conv)
+    def on_message(sender, message):
+        print(message.source, message.text)
+
+Receivers are held weakly by default (blinker's rule): keep a reference to them,
+or connect with ``weak=False``.
+
+====================  ==========================  =================================
+signal                keyword argument            type
+====================  ==========================  =================================
+``connected``         ``conversation_id``         ``str`` (the room name)
+``disconnected``      ``details``                 :class:`DisconnectionDetails`
+``message``           ``message``                 :class:`Message`
+``status_changed``    ``status``                  :class:`Status`
+``mode_changed``      ``mode``                    :class:`Mode`
+``error``             ``error``                   :class:`SpekoClientError`
+====================  ==========================  =================================
+"""
+
+from __future__ import annotations
+
+from blinker import Namespace
+
+__all__ = ["connected", "disconnected", "error", "message", "mode_changed", "namespace", "status_changed"]
+
+namespace = Namespace()
+
+connected = namespace.signal("connected", doc="The session is joined and the microphone published.")
+disconnected = namespace.signal("disconnected", doc="The session ended; sent once.")
+message = namespace.signal("message", doc="A transcript, agent message or user message echo.")
+status_changed = namespace.signal("status_changed", doc="The status changed.")
+mode_changed = namespace.signal("mode_changed", doc="The agent started or stopped speaking.")
+error = namespace.signal("error", doc="Something went wrong without ending the session (or while ending it).")
+
+#: signal name -> keyword argument its receivers get
+PAYLOAD_NAMES = {
+    "connected": "conversation_id",
+    "disconnected": "details",
+    "message": "message",
+    "status_changed": "status",
+    "mode_changed": "mode",
+    "error": "error",
+}

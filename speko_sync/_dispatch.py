@@ -59,11 +59,11 @@ class Dispatcher:
             dropped, self._dropped = self._dropped, 0
         return EventBatch(events, dropped)
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Deliver what is queued, then end the thread. From the dispatcher thread
-        itself (a receiver) this only asks it to end after the current event."""
+    def stop(self, timeout: float | None = None, *, wait: bool = True) -> None:
+        """Deliver what is queued, then end the thread; with ``wait`` (and not on
+        the dispatcher thread itself) wait up to ``timeout`` seconds for that."""
         self._queue.put(_STOP)
-        if threading.current_thread() is not self._thread:
+        if wait and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
     def _run(self) -> None:

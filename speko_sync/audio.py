@@ -87,8 +87,9 @@ class AudioIO:
             self._started = True
             self.counters[PLAYED] += n
         volume = self.volume
-        if volume != 1.0:
-            np.multiply(out, volume, out=scratch, casting="unsafe")
+        if volume != 1.0:  # three unbuffered in-place passes: no temporaries
+            np.copyto(scratch, out, casting="unsafe")
+            np.multiply(scratch, np.float32(volume), out=scratch)
             np.copyto(out, scratch, casting="unsafe")
 
     def capture_samples(self, data: np.ndarray) -> None:

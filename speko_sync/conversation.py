@@ -181,7 +181,7 @@ class Conversation:
             self._set_status(Status.DISCONNECTED)
             self._emit("disconnected", details)
             self._dispatcher.call(self._disconnect_receivers)
-            self._dispatcher.stop()
+            self._dispatcher.stop(wait=False)  # a receiver may be waiting for us
             self._ended.set()
             self._runner.request_stop()
 

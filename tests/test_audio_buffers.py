@@ -1,0 +1,151 @@
+"""Rings, playback rendering and the dispatcher (pure, no devices)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from speko_sync import signals
+from speko_sync._dispatch import Dispatcher
+from speko_sync._ring import Ring
+from speko_sync.audio import OVERRUNS, PLAYBACK_DROPPED, UNDERRUNS, AudioIO, BufferAudio
+
+
+def test_ring_wraps_and_keeps_order() -> None:
+    ring = Ring(8)
+    out = np.zeros(8, dtype=np.int16)
+    assert ring.write(np.arange(6, dtype=np.int16)) == 6
+    assert ring.read_into(out[:4]) == 4 and list(out[:4]) == [0, 1, 2, 3]
+    assert ring.write(np.arange(10, 17, dtype=np.int16)) == 6  # only 6 fit
+    assert ring.available() == 8 and ring.space() == 0
+    assert ring.read_into(out) == 8
+    assert list(out) == [4, 5, 10, 11, 12, 13, 14, 15]
+
+
+def test_ring_skip_drops_oldest() -> None:
+    ring = Ring(4)
+    ring.write(np.array([1, 2, 3], dtype=np.int16))
+    assert ring.skip(2) == 2
+    out = np.zeros(4, dtype=np.int16)
+    assert ring.read_into(out) == 1 and out[0] == 3
+
+
+def test_render_applies_volume_and_counts_underruns() -> None:
+    io = AudioIO(48000)
+    io.playback.write(np.full(480, 10000, dtype=np.int16))
+    out, scratch = np.zeros(480, dtype=np.int16), np.zeros(480, dtype=np.float32)
+    io.volume = 0.5
+    io.render(out, scratch)
+    assert (out == 5000).all()
+    io.render(out, scratch)
+    assert (out == 0).all() and io.counters[UNDERRUNS] == 1
+
+
+def test_render_bounds_latency_by_dropping_the_oldest() -> None:
+    io = AudioIO(48000, playback_target_ms=40, playback_max_ms=60)
+    io.playback.write(np.arange(48000 // 10, dtype=np.int16) % 1000)  # 100 ms queued
+    out, scratch = np.zeros(480, dtype=np.int16), np.zeros(480, dtype=np.float32)
+    io.render(out, scratch)
+    assert io.counters[PLAYBACK_DROPPED] == 1
+    assert io.playback_depth_ms() == pytest.approx(30.0)  # 40 ms kept, 10 ms played
+    assert out[0] == (4800 - 1920) % 1000  # the newest 40 ms were kept
+
+
+def test_render_allocates_no_sample_buffers() -> None:
+    import tracemalloc
+
+    io = AudioIO(48000)
+    out, scratch = np.zeros(960, dtype=np.int16), np.zeros(960, dtype=np.float32)
+    block = np.ones(960, dtype=np.int16)
+    io.volume = 0.7
+    io.playback.write(block)
+    io.render(out, scratch)  # warm up
+    tracemalloc.start()
+    for _ in range(200):
+        io.playback.write(block)
+        io.render(out, scratch)
+    size, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 960 * 2  # less than one buffer's worth in all
+
+
+def test_capture_overrun_is_counted() -> None:
+    io = AudioIO(48000)
+    io.capture_samples(np.zeros(48000 + 10, dtype=np.int16))
+    assert io.counters[OVERRUNS] == 1
+
+
+def test_buffer_audio_feeds_then_silence_and_keeps_what_played() -> None:
+    audio = BufferAudio(np.full(700, 0.5, dtype=np.float32))
+    io = AudioIO(48000)
+    audio.open(io)
+    io.playback.write(np.full(480, 1000, dtype=np.int16))
+    audio.tick(480)
+    audio.tick(480)
+    captured = np.zeros(960, dtype=np.int16)
+    assert io.capture.read_into(captured) == 960
+    assert (captured[:700] == 16383).all() and (captured[700:] == 0).all()
+    assert audio.wait_until_fed(0)
+    played = audio.played()
+    assert len(played) == 960 and (played[:480] == 1000).all() and (played[480:] == 0).all()
+
+
+def test_buffer_audio_rejects_stereo() -> None:
+    with pytest.raises(ValueError, match="mono"):
+        BufferAudio(np.zeros((2, 100), dtype=np.int16))
+
+
+def test_dispatcher_delivers_in_order_on_its_thread_and_survives_a_raising_receiver() -> None:
+    owner = object()
+    seen: list[tuple[str, str]] = []
+    done = threading.Event()
+
+    def bad(sender: object, **kw: object) -> None:
+        raise RuntimeError("receiver bug")
+
+    def good(sender: object, status: str) -> None:
+        seen.append((threading.current_thread().name, status))
+        if status == "last":
+            done.set()
+
+    signals.status_changed.connect(bad, sender=owner)
+    signals.status_changed.connect(good, sender=owner)
+    dispatcher = Dispatcher(owner, name="test-dispatch")
+    for status in ("a", "b", "last"):
+        dispatcher.post("status_changed", status)
+    assert done.wait(5)
+    dispatcher.stop(5)
+    assert seen == [("test-dispatch", "a"), ("test-dispatch", "b"), ("test-dispatch", "last")]
+    signals.status_changed.disconnect(bad, sender=owner)
+    signals.status_changed.disconnect(good, sender=owner)
+
+
+def test_poll_buffer_is_bounded_and_counts_drops() -> None:
+    dispatcher = Dispatcher(object(), poll_capacity=3)
+    for i in range(5):
+        dispatcher.post("message", i)
+    batch = dispatcher.poll()
+    assert [e.value for e in batch] == [2, 3, 4] and batch.dropped == 2
+    assert len(dispatcher.poll()) == 0
+    dispatcher.stop(5)
+
+
+def test_slow_receiver_does_not_block_posting() -> None:
+    owner = object()
+    release = threading.Event()
+
+    def slow(sender: object, **kw: object) -> None:
+        release.wait(5)
+
+    signals.message.connect(slow, sender=owner)
+    dispatcher = Dispatcher(owner)
+    started = time.monotonic()
+    for i in range(100):
+        dispatcher.post("message", i)
+    assert time.monotonic() - started < 1.0
+    release.set()
+    dispatcher.stop(5)
+    signals.message.disconnect(slow, sender=owner)

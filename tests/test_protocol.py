@@ -1,0 +1,90 @@
+"""Speko packet rules, overrides and disconnect mapping (pure)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from speko_sync import AgentOverrides, DisconnectReason, Message, MessageSource, Overrides, TtsOverrides
+from speko_sync._protocol import (
+    InvalidPacket,
+    decode,
+    disconnection_details,
+    encode_contextual_update,
+    encode_overrides,
+    encode_user_message,
+)
+
+
+def test_outbound_shapes() -> None:
+    assert json.loads(encode_user_message("hé")) == {"type": "user_message", "text": "hé"}
+    assert json.loads(encode_contextual_update("x")) == {"type": "contextual_update", "text": "x"}
+    with pytest.raises(TypeError, match="user message text must be a str"):
+        encode_user_message(3)  # type: ignore[arg-type]
+
+
+def test_overrides_from_dataclasses_omit_absent_keys() -> None:
+    packet = json.loads(encode_overrides(Overrides(agent=AgentOverrides(first_message="Hi"),
+                                                   tts=TtsOverrides(speed=1.2))))
+    assert packet == {"type": "overrides", "overrides": {"agent": {"firstMessage": "Hi"}, "tts": {"speed": 1.2}}}
+
+
+def test_overrides_from_a_mapping() -> None:
+    raw = {"agent": {"prompt": "p", "language": "en-US"}, "tts": {"voiceId": "v"}}
+    assert json.loads(encode_overrides(raw))["overrides"] == raw
+    assert json.loads(encode_overrides({}))["overrides"] == {}
+
+
+@pytest.mark.parametrize(("bad", "error", "match"), [
+    ({"agent": {"firstmessage": "x"}}, ValueError, "unknown overrides key"),
+    ({"voice": {}}, ValueError, "unknown overrides section"),
+    ({"tts": {"speed": "fast"}}, TypeError, "speed"),
+    ({"tts": {"speed": True}}, TypeError, "speed"),
+    ({"agent": "x"}, TypeError, "must be a mapping"),
+    (["agent"], TypeError, "Overrides or a mapping"),
+])
+def test_bad_overrides_name_the_problem(bad: object, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        encode_overrides(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("packet", "expected"), [
+    ({"type": "transcript", "source": "user", "text": "hi", "isFinal": False}, Message(MessageSource.USER, "hi", False)),
+    ({"type": "transcript", "source": "agent", "text": "yo"}, Message(MessageSource.AGENT, "yo", True)),
+    ({"type": "agent_message", "text": "a", "isFinal": False}, Message(MessageSource.AGENT, "a", False)),
+    ({"type": "user_message_echo", "text": "u", "isFinal": False}, Message(MessageSource.USER, "u", True)),
+    ({"type": "agent_tool_call", "name": "x"}, None),
+])
+def test_inbound_packets(packet: dict[str, object], expected: Message | None) -> None:
+    assert decode(json.dumps(packet).encode()) == expected
+
+
+@pytest.mark.parametrize(("raw", "match"), [
+    (b"\xff\xfe", "not UTF-8 JSON"),
+    (b"{nope", "not UTF-8 JSON"),
+    (b"[1]", "not an object"),
+    (b'{"text": "x"}', "no string 'type'"),
+    (b'{"type": 5}', "no string 'type'"),
+    (b'{"type": "transcript", "source": "robot", "text": "x"}', "source"),
+    (b'{"type": "agent_message"}', "no string 'text'"),
+    (b'{"type": "agent_message", "text": "x", "isFinal": "yes"}', "isFinal"),
+])
+def test_malformed_packets(raw: bytes, match: str) -> None:
+    with pytest.raises(InvalidPacket, match=match):
+        decode(raw)
+
+
+@pytest.mark.parametrize(("livekit", "speko"), [
+    ("CLIENT_INITIATED", DisconnectReason.USER),
+    ("PARTICIPANT_REMOVED", DisconnectReason.AGENT),
+    ("ROOM_DELETED", DisconnectReason.AGENT),
+    ("ROOM_CLOSED", DisconnectReason.AGENT),
+    ("JOIN_FAILURE", DisconnectReason.ERROR),
+    ("SERVER_SHUTDOWN", DisconnectReason.UNKNOWN),
+    (None, DisconnectReason.UNKNOWN),
+])
+def test_disconnect_reason_mapping(livekit: str | None, speko: DisconnectReason) -> None:
+    details = disconnection_details(livekit)
+    assert details.reason == speko
+    assert details.message == (livekit or "UNKNOWN_REASON")

@@ -67,7 +67,7 @@ def test_render_allocates_no_sample_buffers() -> None:
     for _ in range(200):
         io.playback.write(block)
         io.render(out, scratch)
-    size, peak = tracemalloc.get_traced_memory()
+    _size, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 960 * 2  # less than one buffer's worth in all
 

@@ -50,7 +50,8 @@ def test_bad_overrides_name_the_problem(bad: object, error: type[Exception], mat
 
 
 @pytest.mark.parametrize(("packet", "expected"), [
-    ({"type": "transcript", "source": "user", "text": "hi", "isFinal": False}, Message(MessageSource.USER, "hi", False)),
+    ({"type": "transcript", "source": "user", "text": "hi", "isFinal": False},
+     Message(MessageSource.USER, "hi", False)),
     ({"type": "transcript", "source": "agent", "text": "yo"}, Message(MessageSource.AGENT, "yo", True)),
     ({"type": "agent_message", "text": "a", "isFinal": False}, Message(MessageSource.AGENT, "a", False)),
     ({"type": "user_message_echo", "text": "u", "isFinal": False}, Message(MessageSource.USER, "u", True)),

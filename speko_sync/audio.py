@@ -382,7 +382,8 @@ class PyAudioBackend(AudioBackend):
             fpb = self.frames_per_buffer or io.rate // 50
             self._out = np.zeros(fpb, dtype=np.int16)
             self._scratch = np.zeros(fpb, dtype=np.float32)
-            self._out_bytes = self._out.data.cast("B").toreadonly()
+            self._out_bytes = self._out.view()  # a read-only view of the same memory,
+            self._out_bytes.flags.writeable = False  # as PortAudio's callback wants
             self._continue = pyaudio.paContinue
             self._in_overflow = pyaudio.paInputOverflow
             self._out_underflow = pyaudio.paOutputUnderflow

@@ -1,0 +1,113 @@
+"""The PyAudio backend against real PortAudio, with a private PulseAudio daemon
+providing a virtual microphone and speaker."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from conv import open_conversation
+from lk import RATE, dominant_frequency, rms
+
+from speko_sync import AudioConstraints, Conversation, ErrorCode, SpekoClientError, list_audio_devices
+from speko_sync.testing import LocalServer, ScriptedAgent, tone
+from speko_sync.testing._pulse import PulseUnavailable, VirtualSoundDevices
+
+pytestmark = pytest.mark.webrtc
+RAW = AudioConstraints(echo_cancellation=False, noise_suppression=False, auto_gain_control=False)
+
+
+@pytest.fixture
+def pulse() -> Iterator[VirtualSoundDevices]:
+    try:
+        with VirtualSoundDevices() as devices:
+            yield devices
+    except PulseUnavailable as exc:
+        if os.environ.get("SPEKO_SYNC_REQUIRE_WEBRTC") == "1":
+            pytest.fail(f"virtual sound devices needed: {exc}", pytrace=False)
+        pytest.skip(f"virtual sound devices needed: {exc}")
+
+
+def speechlike(seconds: float) -> np.ndarray:
+    """Voiced, syllable-paced harmonics: what an echo canceller is built for."""
+    t = np.arange(int(seconds * RATE)) / RATE
+    gate = (np.sin(2 * np.pi * 3 * t) > -0.2).astype(float)
+    f0 = 150 + 50 * np.sin(2 * np.pi * 0.7 * t)
+    phase = np.cumsum(f0) / RATE
+    wave = sum(np.sin(2 * np.pi * phase * k) / k for k in range(1, 8))
+    return (0.25 * gate * wave / np.max(np.abs(wave)) * 32767).astype(np.int16)
+
+
+def test_devices_are_listed(pulse: VirtualSoundDevices) -> None:
+    names = [d.name for d in list_audio_devices()]
+    assert "pulse" in names or "default" in names
+
+
+@pytest.mark.speko_agent(greeting=None)
+def test_tone_into_the_microphone_reaches_the_agent(pulse: VirtualSoundDevices, speko_server: LocalServer,
+                                                    speko_agent: ScriptedAgent) -> None:
+    with open_conversation(speko_server, speko_agent, audio=None, audio_constraints=RAW):
+        pulse.play_into_microphone(tone(1000, 5.0, 0.3))
+        speko_agent.wait_for(lambda: len(speko_agent.received_audio()) > RATE // 2
+                             and rms(speko_agent.received_audio()[-RATE // 2:]) > 0.05, timeout=15)
+        heard = speko_agent.received_audio()[-RATE // 2:]
+    assert abs(dominant_frequency(heard) - 1000) < 10
+
+
+@pytest.mark.speko_agent(greeting=None)
+def test_agent_tone_comes_out_of_the_speaker_and_volume_halves_it(
+        pulse: VirtualSoundDevices, speko_server: LocalServer, speko_agent: ScriptedAgent) -> None:
+    recording = pulse.record_speaker()
+    levels = []
+    with open_conversation(speko_server, speko_agent, audio=None, audio_constraints=RAW) as conv:
+        speko_agent.say_tone(700, 1.0, 0.4, wait=True)  # lets the output stream start
+        for volume in (1.0, 0.5):
+            conv.set_volume(volume)
+            start = len(recording.audio())
+            speko_agent.say_tone(700, 1.5, 0.4, wait=True)
+            deadline = time.monotonic() + 5
+            while len(recording.audio()) - start < 1.8 * RATE and time.monotonic() < deadline:
+                time.sleep(0.02)
+            played = recording.audio()[start:]
+            assert abs(dominant_frequency(played[-RATE:]) - 700) < 10
+            levels.append(float(np.percentile(np.abs(played), 99)))
+        stats = conv.stats()
+    recording.stop()
+    assert levels[1] / levels[0] == pytest.approx(0.5, abs=0.05)
+    assert stats["frames_played"] > 200 and stats["frames_captured"] > 200
+
+
+def _echo_level(server: LocalServer, agent: ScriptedAgent, constraints: AudioConstraints) -> float:
+    with open_conversation(server, agent, audio=None, audio_constraints=constraints):
+        agent.say(speechlike(1.5), wait=True)  # the canceller converges on this
+        agent.wait_for(lambda: len(agent.received_audio()) > 2 * RATE)
+        agent.clear_audio()
+        agent.say(speechlike(4.0), wait=True)
+        agent.wait_for(lambda: len(agent.received_audio()) > 4 * RATE)
+        return rms(agent.received_audio())
+
+
+def test_echo_cancellation_removes_the_speaker_from_the_microphone(
+        pulse: VirtualSoundDevices, speko_server: LocalServer) -> None:
+    pulse.loop_speaker_into_microphone()
+    without = _echo_level(speko_server, speko_server.add_agent("echo-off", greeting=None), RAW)
+    with_aec = _echo_level(speko_server, speko_server.add_agent("echo-on", greeting=None),
+                           AudioConstraints(echo_cancellation=True, noise_suppression=False,
+                                            auto_gain_control=False))
+    reduction_db = 20 * np.log10(without / max(with_aec, 1e-9))
+    print(f"echo: {without:.4f} without, {with_aec:.5f} with echo cancellation ({reduction_db:.1f} dB less)")
+    assert without > 0.02  # the loop really carries the agent into the microphone
+    assert reduction_db > 20
+
+
+def test_unknown_device_is_a_microphone_failure_listing_devices(
+        pulse: VirtualSoundDevices, speko_server: LocalServer) -> None:
+    agent = speko_server.add_agent("devices", greeting=None)
+    with pytest.raises(SpekoClientError) as err:
+        Conversation(speko_server.token("u", "devices"), speko_server.url, input_device="no-such-mic")
+    assert err.value.code == ErrorCode.MICROPHONE_FAILED
+    assert "no input device 'no-such-mic'" in err.value.message and "pulse" in err.value.message
+    assert agent.wait_for(lambda: speko_server.participants("devices") == ["agent"]) is None

@@ -41,6 +41,7 @@ test: lint pytest
 
 bench: setup
 	$(PY) benchmarks/bench_server.py
+	$(PY) benchmarks/bench_conversation.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -9,7 +9,15 @@ blocking Python.
 """
 
 from . import signals
-from .audio import AudioConstraints, AudioDevice, BufferAudio, NullAudio, PyAudioBackend, list_audio_devices
+from .audio import (
+    AudioBackend,
+    AudioConstraints,
+    AudioDevice,
+    BufferAudio,
+    NullAudio,
+    PyAudioBackend,
+    list_audio_devices,
+)
 from .conversation import Conversation
 from .errors import ErrorCode, SpekoClientError
 from .events import DisconnectionDetails, DisconnectReason, Event, EventBatch, Message, MessageSource, Mode, Status
@@ -19,6 +27,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AgentOverrides",
+    "AudioBackend",
     "AudioConstraints",
     "AudioDevice",
     "BufferAudio",

@@ -1,100 +1,135 @@
-"""``python -m speko_sync demo``: a whole voice session, offline.
+"""Command line: ``python -m speko_sync demo`` and ``python -m speko_sync talk``.
 
-Starts the local LiveKit-compatible server with its scripted agent (inside a
-private network namespace, which WebRTC needs), joins the room with the real
-``livekit.rtc`` client, speaks a synthetic utterance and a text message, prints
-what the agent says and saves the agent's audio to a WAV file.
+``demo`` holds a whole voice conversation offline: it starts the local
+LiveKit-compatible server with its scripted agent (inside a private network
+namespace, which WebRTC needs), opens a :class:`Conversation` and prints status,
+mode and transcripts live. With sound devices it uses them; without, the
+microphone is a synthetic utterance and the agent's audio goes to a WAV file.
+
+``talk`` joins a real Speko session with a URL and token from your server.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
+import signal
 import sys
+import threading
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 
+from . import AudioBackend, BufferAudio, Conversation, Message, SpekoClientError, Status
 
-async def _session(url: str, token: str, wav_path: Path) -> None:
-    from livekit import rtc
 
-    from speko_sync.testing import tone
-
-    room = rtc.Room()
-    heard: list[np.ndarray] = []
-    done = asyncio.Event()
-    t0 = time.monotonic()
-
+def _printer(t0: float):  # type: ignore[no-untyped-def]
     def say(line: str) -> None:
         print(f"[{time.monotonic() - t0:5.2f} s] {line}", flush=True)
+    return say
 
-    def on_data(packet: rtc.DataPacket) -> None:
-        try:
-            message = json.loads(packet.data)
-        except ValueError:
-            say(f"unparsable packet: {packet.data!r}")
-            return
-        final = "" if message.get("isFinal", True) else " (partial)"
-        say(f"{message.get('type')}: {message.get('text')}{final}")
-        if message.get("type") == "agent_message" and "heard" in str(message.get("text")):
-            done.set()
 
-    async def listen(track: rtc.Track) -> None:
-        async for event in rtc.AudioStream(track, sample_rate=48000, num_channels=1):
-            heard.append(np.frombuffer(event.frame.data, dtype=np.int16).copy())
+def _callbacks(say, agent_answered: threading.Event):  # type: ignore[no-untyped-def]
+    def on_message(message: Message) -> None:
+        partial = "" if message.is_final else " (partial)"
+        say(f"{message.source.value}: {message.text}{partial}")
+        if message.source.value == "agent" and "heard" in message.text:
+            agent_answered.set()
 
-    tasks: list[asyncio.Task[None]] = []
-    room.on("data_received", on_data)
-    room.on("track_subscribed", lambda track, pub, p: tasks.append(asyncio.create_task(listen(track))))
-    room.on("active_speakers_changed", lambda speakers: say(
-        "mode: " + ("speaking" if any(s.identity != room.local_participant.identity for s in speakers)
-                    else "listening")))
-    say(f"connecting to {url}")
-    await room.connect(url, token)
-    say(f"connected to room {room.name!r}; participants: {', '.join(room.remote_participants) or 'none'}")
-    source = rtc.AudioSource(48000, 1)
-    track = rtc.LocalAudioTrack.create_audio_track("microphone", source)
-    await room.local_participant.publish_track(
-        track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
-    say("microphone published; status: connected")
-    await room.local_participant.publish_data(json.dumps({"type": "user_message", "text": "Hi there!"}).encode())
-    await asyncio.sleep(1.5)
-    say("speaking a 1.2 s synthetic utterance")
-    utterance = np.concatenate([tone(300, 1.2, 0.4), np.zeros(48000 // 2, dtype=np.int16)])
-    for i in range(0, len(utterance), 480):
-        await source.capture_frame(rtc.AudioFrame(utterance[i:i + 480].tobytes(), 48000, 1, 480))
+    return dict(
+        on_status_change=lambda status: say(f"status: {status.value}"),
+        on_mode_change=lambda mode: say(f"mode: {mode.value}"),
+        on_message=on_message,
+        on_error=lambda err: say(f"error: {err}"),
+        on_disconnect=lambda details: say(f"disconnected: {details.reason.value} ({details.message})"),
+    )
+
+
+def _audio_for_demo(say) -> tuple[AudioBackend | None, BufferAudio | None]:  # type: ignore[no-untyped-def]
+    from .audio import DeviceError, PyAudioBackend
+
+    backend = PyAudioBackend()
     try:
-        await asyncio.wait_for(done.wait(), 10)
-    except asyncio.TimeoutError:
-        say("the agent did not answer the utterance in time")
-    await room.disconnect()
-    for task in tasks:
-        task.cancel()
-    audio = np.concatenate(heard) if heard else np.zeros(0, dtype=np.int16)
-    with wave.open(str(wav_path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(48000)
-        out.writeframes(audio.tobytes())
-    say(f"status: disconnected; saved {len(audio) / 48000:.1f} s of agent audio to {wav_path}")
+        mic, speaker, _ = backend.probe()
+        say(f"using sound devices: microphone {mic.name!r}, speaker {speaker.name!r}")
+        return backend, None
+    except (DeviceError, ImportError, OSError) as exc:
+        say(f"no sound devices ({str(exc).split(';')[0]}): the microphone is a synthetic utterance")
+    finally:
+        backend.close()
+    from .testing import tone
+
+    quiet = np.zeros(48000, dtype=np.int16)
+    buffer = BufferAudio(np.concatenate([quiet, quiet, tone(300, 1.2, 0.4), quiet]))
+    return buffer, buffer
 
 
-def demo(wav_path: Path) -> int:
-    from speko_sync.testing import IsolationUnavailable, LocalServer, reexec_isolated
+def demo(wav_path: Path, seconds: float) -> int:
+    from .testing import IsolationUnavailable, LocalServer, reexec_isolated
 
     try:
         reexec_isolated()
     except IsolationUnavailable as exc:
         print(f"warning: no private network namespace ({exc}); trying the host network", file=sys.stderr)
-    print("No sound devices are used: the microphone is a synthetic utterance and the agent's audio "
-          "goes to a WAV file.")
+    say = _printer(time.monotonic())
+    audio, buffer = _audio_for_demo(say)
+    answered = threading.Event()
     with LocalServer(default_agent=True) as server:
-        asyncio.run(_session(server.url, server.token("demo-user", "speko_demo"), wav_path))
+        say(f"local server at {server.url} with a scripted agent")
+        with Conversation(server.token("demo-user", "speko_demo"), server.url, audio=audio,
+                          overrides={"agent": {"firstMessage": "Hi! This is the offline Speko demo agent."}},
+                          **_callbacks(say, answered)) as conv:
+            say(f"conversation {conv.conversation_id!r} is {conv.status.value}")
+            conv.send_user_message("Hello, agent!")
+            if buffer is not None:
+                answered.wait(seconds)
+            else:
+                say(f"speak into the microphone; ending in {seconds:.0f} s (Ctrl-C to end now)")
+                _wait_interruptibly(conv, seconds)
+            stats = conv.stats()
+        say(f"stats: {stats['frames_captured']} frames captured, {stats['frames_played']} played, "
+            f"{stats['underruns']} underruns, {stats['packets_received']} packets received")
+    if buffer is not None:
+        buffer.save_wav(wav_path)
+        say(f"saved {buffer.played_seconds():.1f} s of the agent's audio to {wav_path}")
     return 0
+
+
+def _wait_interruptibly(conv: Conversation, seconds: float) -> None:
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and conv.status == Status.CONNECTED and time.monotonic() < deadline:
+            stop.wait(0.2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def talk(url: str, token: str, input_device: str | None, output_device: str | None) -> int:
+    say = _printer(time.monotonic())
+    try:
+        conv = Conversation(token, url, input_device=_device(input_device), output_device=_device(output_device),
+                            **_callbacks(say, threading.Event()))
+    except SpekoClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    say("talk now; type a line and Enter to send it as a message, Ctrl-D or Ctrl-C to end")
+    try:
+        for line in sys.stdin:
+            if conv.status != Status.CONNECTED:
+                break
+            if line.strip():
+                conv.send_user_message(line.strip())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        conv.end_session()
+    return 0
+
+
+def _device(value: str | None) -> int | str | None:
+    return int(value) if value is not None and value.isdigit() else value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,9 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo_cmd = sub.add_parser("demo", help="a live conversation with the embedded local agent")
     demo_cmd.add_argument("--wav", type=Path, default=Path("speko_demo_agent.wav"),
-                          help="where to save the agent's audio")
+                          help="where to save the agent's audio when there are no sound devices")
+    demo_cmd.add_argument("--seconds", type=float, default=20.0, help="how long the demo may last")
+    talk_cmd = sub.add_parser("talk", help="join a real Speko session")
+    talk_cmd.add_argument("--url", required=True, help="the session's livekitUrl")
+    talk_cmd.add_argument("--token", required=True, help="the session's conversationToken")
+    talk_cmd.add_argument("--input-device", help="microphone: PortAudio index or name")
+    talk_cmd.add_argument("--output-device", help="speaker: PortAudio index or name")
     args = parser.parse_args(argv)
-    return demo(args.wav)
+    if args.command == "demo":
+        return demo(args.wav, args.seconds)
+    return talk(args.url, args.token, args.input_device, args.output_device)
+
 
 
 if __name__ == "__main__":

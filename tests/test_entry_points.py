@@ -95,3 +95,28 @@ def test_plugin_skips_or_fails_without_a_namespace(pytester: pytest.Pytester, mo
     result.assert_outcomes(**{outcome: 1})
     result.stdout.fnmatch_lines(["*needs a private network namespace*unshare*not installed*"])
     assert os.environ.get("SPEKO_SYNC_NETNS") is None
+
+
+@pytest.mark.webrtc
+def test_demo_command_holds_a_whole_conversation(tmp_path: object) -> None:
+    import wave
+    from pathlib import Path
+
+    import numpy as np
+
+    from speko_sync.testing.pytest_plugin import require_webrtc
+
+    require_webrtc()
+    wav = Path(str(tmp_path)) / "agent.wav"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}  # no sound devices
+    proc = subprocess.run([sys.executable, "-m", "speko_sync", "demo", "--wav", str(wav)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    for expected in ("status: connected", "agent: Hi! This is the offline Speko demo agent.",
+                     "(partial)", "agent: I heard", "mode: speaking", "status: disconnected",
+                     "disconnected: user (CLIENT_INITIATED)", "saved"):
+        assert expected in out, out
+    with wave.open(str(wav)) as f:
+        audio = np.frombuffer(f.readframes(f.getnframes()), dtype=np.int16)
+    assert np.abs(audio).max() > 3000  # the agent's greeting tone was played

@@ -1,0 +1,160 @@
+"""Figures for ``Conversation`` (run with ``make bench``).
+
+1. Connect: median time for ``Conversation(...)`` to return (joined, microphone
+   published) against the local server, compared in the same run with the raw
+   ``rtc.Room.connect`` plus a microphone publish (goal: at most 1.15x).
+2. Playback: mean playback buffer depth and underruns over 60 s of agent
+   speech, on real PortAudio with virtual PulseAudio devices.
+3. CPU: the client process's CPU during 60 s of full-duplex audio with the
+   buffer backend (the server runs in a child process and is not counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def serve_child() -> None:
+    from speko_sync.testing import LocalServer
+
+    with LocalServer() as server:
+        agents = {}
+        print(server.url, flush=True)
+        for line in sys.stdin:
+            words = line.split()
+            if words[0] == "agent":
+                agents[words[1]] = server.add_agent(words[1], greeting=None)
+                print("ok", flush=True)
+            elif words[0] == "speak":
+                agents[words[1]].say_tone(440, float(words[2]), 0.3)
+                print("ok", flush=True)
+            elif words[0] == "token":
+                print(server.token(words[1], words[2]), flush=True)
+            elif words[0] == "quit":
+                return
+
+
+class Child:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve-child"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.url = self._read()
+
+    def _read(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
+
+    def ask(self, *words: object) -> str:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(" ".join(map(str, words)) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.close()
+        self.proc.wait(15)
+
+
+async def raw_connect(url: str, token: str) -> float:
+    from livekit import rtc
+
+    room = rtc.Room()
+    started = time.perf_counter()
+    await room.connect(url, token)
+    source = rtc.AudioSource(48000, 1)
+    track = rtc.LocalAudioTrack.create_audio_track("microphone", source)
+    await room.local_participant.publish_track(track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
+    elapsed = time.perf_counter() - started
+    await room.disconnect()
+    return elapsed
+
+
+def connect_figures(child: Child, runs: int) -> tuple[float, float]:
+    from speko_sync import Conversation, NullAudio
+
+    ours, raw = [], []
+    for i in range(runs):
+        started = time.perf_counter()
+        conv = Conversation(child.ask("token", f"c{i}", f"conv{i}"), child.url, audio=NullAudio())
+        ours.append(time.perf_counter() - started)
+        conv.end_session()
+        raw.append(asyncio.run(raw_connect(child.url, child.ask("token", f"r{i}", f"raw{i}"))))
+    return statistics.median(ours), statistics.median(raw)
+
+
+def playback_figures(child: Child, seconds: float) -> tuple[float, int, float]:
+    from speko_sync import Conversation
+    from speko_sync.testing._pulse import VirtualSoundDevices
+
+    with VirtualSoundDevices():
+        child.ask("agent", "playback")
+        conv = Conversation(child.ask("token", "listener", "playback"), child.url)
+        child.ask("speak", "playback", seconds + 3)
+        time.sleep(2.0)  # output stream start-up
+        base = conv.stats()
+        depths = []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            depths.append(conv.stats()["playback_buffer_ms"])
+            time.sleep(0.1)
+        stats = conv.stats()
+        conv.end_session()
+    played_s = (stats["frames_played"] - base["frames_played"]) / 100
+    return float(np.mean(depths)), int(stats["underruns"] - base["underruns"]), played_s
+
+
+def cpu_figure(child: Child, seconds: float) -> float:
+    from speko_sync import BufferAudio, Conversation
+    from speko_sync.testing import tone
+
+    child.ask("agent", "duplex")
+    audio = BufferAudio(tone(300, seconds + 10, 0.3))
+    conv = Conversation(child.ask("token", "duplexer", "duplex"), child.url, audio=audio)
+    child.ask("speak", "duplex", seconds + 5)
+    time.sleep(2.0)
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    time.sleep(seconds)
+    cpu = (time.process_time() - cpu0) / (time.monotonic() - wall0)
+    conv.end_session()
+    return cpu
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--serve-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    args = parser.parse_args()
+    if args.serve_child:
+        serve_child()
+        return 0
+    from speko_sync.testing import reexec_isolated
+
+    reexec_isolated()
+    child = Child()
+    try:
+        ours, raw = connect_figures(child, args.runs)
+        print(f"connect: Conversation median {ours * 1000:.0f} ms, raw Room.connect + publish median "
+              f"{raw * 1000:.0f} ms over {args.runs} runs each: {ours / raw:.2f}x (goal <= 1.15x)", flush=True)
+        depth, underruns, played = playback_figures(child, args.seconds)
+        print(f"playback over {args.seconds:.0f} s of agent speech (PyAudio, virtual PulseAudio devices): "
+              f"mean buffer depth {depth:.1f} ms, {underruns} underruns, {played:.1f} s played", flush=True)
+        cpu = cpu_figure(child, args.seconds)
+        print(f"client CPU during {args.seconds:.0f} s of full-duplex audio (buffer backend): "
+              f"{cpu * 100:.1f} % of one core", flush=True)
+        return 0
+    finally:
+        child.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -90,6 +90,7 @@ class Session:
         self._tasks: list[asyncio.Task[None]] = []
         self._mode = Mode.LISTENING
         self.muted = False
+        self.volume = 1.0  # applied to the audio io when it opens
         self.closing = False
         self.packets_sent = 0
         self.packets_received = 0
@@ -139,6 +140,7 @@ class Session:
     async def _start_microphone(self) -> None:
         audio = self._audio
         io = self.io = AudioIO(audio.rate)
+        io.volume = self.volume
         try:
             await asyncio.to_thread(audio.open, io)
         except Exception as exc:

@@ -105,6 +105,7 @@ class Conversation:
         self._conversation_id = ""
         self._details: DisconnectionDetails | None = None
         self._ended = threading.Event()
+        self._end_requested = False
         self._receivers: list[tuple[Any, Any]] = []
         self._volume = 1.0
         self._audio = audio or PyAudioBackend(input_device, output_device)
@@ -132,6 +133,9 @@ class Conversation:
             if self._status == Status.CONNECTING:
                 self._set_status(Status.CONNECTED)
                 self._emit("connected", self._conversation_id)
+            end_now = self._end_requested
+        if end_now:  # end_session() was called while connecting
+            self.end_session()
 
     # -- internals ----------------------------------------------------------------------
     def _emit(self, kind: str, value: Any) -> None:
@@ -230,7 +234,7 @@ class Conversation:
         audio buffer. Raises ``TypeError`` for a non-number."""
         if isinstance(volume, bool) or not isinstance(volume, (int, float)) or volume != volume:
             raise TypeError(f"volume must be a number between 0 and 1, got {volume!r}")
-        self._volume = min(1.0, max(0.0, float(volume)))
+        self._volume = self._session.volume = min(1.0, max(0.0, float(volume)))
         io = self._session.io
         if io is not None:
             io.volume = self._volume
@@ -268,6 +272,8 @@ class Conversation:
             starting = self._status == Status.CONNECTED
             if starting:
                 self._status = Status.DISCONNECTING
+            elif self._status == Status.CONNECTING:
+                self._end_requested = True  # the constructor ends it once connected
         if starting:
             self._emit("status_changed", Status.DISCONNECTING)
             details = _protocol.disconnection_details("CLIENT_INITIATED")

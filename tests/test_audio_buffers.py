@@ -149,3 +149,33 @@ def test_slow_receiver_does_not_block_posting() -> None:
     release.set()
     dispatcher.stop(5)
     signals.message.disconnect(slow, sender=owner)
+
+
+def test_buffer_audio_reads_wav_files_and_resamples(tmp_path: object) -> None:
+    import wave
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "in.wav"
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(2)
+        f.setsampwidth(2)
+        f.setframerate(16000)
+        f.writeframes(np.full((1600, 2), 1000, dtype=np.int16).tobytes())  # 100 ms stereo at 16 kHz
+    audio = BufferAudio(path)
+    assert audio.pending_seconds() == pytest.approx(0.1, abs=0.001)
+    audio.save_wav(Path(str(tmp_path)) / "out.wav")  # nothing played yet: an empty file is fine
+
+
+def test_reframer_resamples_device_audio_to_10_ms_frames() -> None:
+    from speko_sync._session import _Reframer
+
+    reframe = _Reframer(44100, 48000)
+    t = np.arange(441 * 50) / 44100
+    tone = (np.sin(2 * np.pi * 1000 * t) * 10000).astype(np.int16)
+    frames = []
+    for i in range(0, len(tone), 441):
+        frames.extend(reframe.push(tone[i:i + 441]))
+    assert all(len(f) == 480 for f in frames) and len(frames) >= 45
+    joined = np.concatenate(frames)[4800:]
+    spectrum = np.abs(np.fft.rfft(joined * np.hanning(len(joined))))
+    assert abs(np.argmax(spectrum) * 48000 / len(joined) - 1000) < 15

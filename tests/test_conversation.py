@@ -325,3 +325,25 @@ def test_poll_events_and_signals(speko_server: LocalServer, speko_agent: Scripte
     conv.end_session()
     assert heard == [Message(MessageSource.AGENT, "polled", True)]
     signals.message.disconnect(on_message, sender=conv)
+
+
+@pytest.mark.speko_agent(greeting=None)
+def test_end_session_while_connecting_ends_right_after_connect(speko_server: LocalServer,
+                                                                speko_agent: ScriptedAgent) -> None:
+    results: list[object] = []
+    holder: list[Conversation] = []
+
+    def on_status(status: Status) -> None:
+        if status == Status.CONNECTING and holder:
+            results.append(holder[0].end_session(timeout=15))
+
+    class Capture(Conversation):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            holder.append(self)
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    conv = Capture(speko_server.token("u", speko_agent.room), speko_server.url, audio=NullAudio(),
+                   on_status_change=on_status)
+    details = conv.wait_for_end(timeout=15)
+    assert details.reason == DisconnectReason.USER and results == [details]
+    assert conv.status == Status.DISCONNECTED

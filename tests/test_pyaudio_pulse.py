@@ -13,8 +13,7 @@ from conv import open_conversation
 from lk import RATE, dominant_frequency, rms
 
 from speko_sync import AudioConstraints, Conversation, ErrorCode, SpekoClientError, list_audio_devices
-from speko_sync.testing import LocalServer, ScriptedAgent, tone
-from speko_sync.testing._pulse import PulseUnavailable, VirtualSoundDevices
+from speko_sync.testing import LocalServer, PulseUnavailable, ScriptedAgent, VirtualSoundDevices, tone
 
 pytestmark = pytest.mark.webrtc
 RAW = AudioConstraints(echo_cancellation=False, noise_suppression=False, auto_gain_control=False)
@@ -111,3 +110,26 @@ def test_unknown_device_is_a_microphone_failure_listing_devices(
     assert err.value.code == ErrorCode.MICROPHONE_FAILED
     assert "no input device 'no-such-mic'" in err.value.message and "pulse" in err.value.message
     assert agent.wait_for(lambda: speko_server.participants("devices") == ["agent"]) is None
+
+
+def test_talk_command_joins_and_sends_typed_lines(pulse: VirtualSoundDevices, speko_server: LocalServer) -> None:
+    import subprocess
+    import sys
+
+    agent = speko_server.add_agent("talk", greeting=None)
+    proc = subprocess.run([sys.executable, "-m", "speko_sync", "talk", "--url", speko_server.url,
+                           "--token", speko_server.token("typist", "talk")],
+                          input="hello from stdin\n", capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert agent.wait_for_packet("user_message").data == {"type": "user_message", "text": "hello from stdin"}
+    assert "status: connected" in proc.stdout and "disconnected: user (CLIENT_INITIATED)" in proc.stdout
+
+
+def test_talk_command_reports_a_bad_token(pulse: VirtualSoundDevices, speko_server: LocalServer) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "speko_sync", "talk", "--url", speko_server.url,
+                           "--token", speko_server.token("typist", "talk", ttl=-60)],
+                          input="", capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "CONNECTION_FAILED" in proc.stderr and "expired" in proc.stderr

@@ -27,6 +27,7 @@ from ._netns import (
     reexec_isolated,
     run_isolated,
 )
+from ._pulse import PulseUnavailable, Recording, VirtualSoundDevices
 from ._server import DEFAULT_API_KEY, DEFAULT_API_SECRET, LocalServer, disconnect_reason
 
 __all__ = [
@@ -36,9 +37,12 @@ __all__ = [
     "Grant",
     "IsolationUnavailable",
     "LocalServer",
+    "PulseUnavailable",
     "ReceivedPacket",
+    "Recording",
     "ScriptedAgent",
     "TokenError",
+    "VirtualSoundDevices",
     "check_isolation",
     "disconnect_reason",
     "in_isolated_namespace",

@@ -126,8 +126,8 @@ class Conversation:
                 timeout=connect_timeout + 10)
         except BaseException as exc:
             self._abort()
-            if isinstance(exc, SpekoClientError):
-                raise
+            if isinstance(exc, SpekoClientError) or not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt and friends pass through unchanged
             raise SpekoClientError(ErrorCode.CONNECTION_FAILED, f"could not connect: {exc}", exc) from exc
         with self._lock:
             if self._status == Status.CONNECTING:

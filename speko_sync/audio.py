@@ -139,7 +139,10 @@ class NullAudio(AudioBackend):
         self.io.render(self._out[:samples], self._scratch[:samples])
 
 
-def _load(source: np.ndarray | str | Path, sample_rate: int) -> np.ndarray:
+def load_pcm16(source: np.ndarray | str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Mono int16 at 48 kHz from int16 or float (-1..1) samples at ``sample_rate``
+    (a single-column 2-D array counts as mono) or from a 16-bit WAV file.
+    Raises ``ValueError`` naming what is wrong."""
     if isinstance(source, (str, Path)):
         with wave.open(str(source), "rb") as f:
             if f.getsampwidth() != 2:
@@ -150,12 +153,14 @@ def _load(source: np.ndarray | str | Path, sample_rate: int) -> np.ndarray:
             data = data.reshape(-1, channels).mean(axis=1).astype(np.int16)
         return _to_rate(data, rate)
     data = np.asarray(source)
+    if data.ndim == 2 and 1 in data.shape:
+        data = data.reshape(-1)
     if data.ndim != 1:
-        raise ValueError(f"microphone audio must be mono (1-D), got shape {data.shape}")
+        raise ValueError(f"audio must be mono (1-D), got shape {data.shape}")
     if np.issubdtype(data.dtype, np.floating):
         data = (np.clip(data, -1.0, 1.0) * 32767).astype(np.int16)
     elif data.dtype != np.int16:
-        raise ValueError(f"microphone audio must be int16 or float, got {data.dtype}")
+        raise ValueError(f"audio must be int16 or float samples, got {data.dtype}")
     return _to_rate(data, sample_rate)
 
 
@@ -196,7 +201,7 @@ class BufferAudio(AudioBackend):
     def feed(self, microphone: np.ndarray | str | Path, sample_rate: int = SAMPLE_RATE) -> None:
         """Queue more microphone audio after what is queued. Raises ``ValueError``
         for audio that is not mono int16/float or a 16-bit WAV file."""
-        data = _load(microphone, sample_rate)
+        data = load_pcm16(microphone, sample_rate)
         with self._lock:
             self._pending.append(data)
 

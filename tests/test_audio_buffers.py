@@ -179,3 +179,21 @@ def test_reframer_resamples_device_audio_to_10_ms_frames() -> None:
     joined = np.concatenate(frames)[4800:]
     spectrum = np.abs(np.fft.rfft(joined * np.hanning(len(joined))))
     assert abs(np.argmax(spectrum) * 48000 / len(joined) - 1000) < 15
+
+
+@pytest.mark.parametrize(("samples", "match"), [
+    (np.zeros(10, dtype=np.int32), "int16 or float"),
+    (np.zeros((3, 3), dtype=np.int16), "mono"),
+])
+def test_bad_audio_arrays_are_refused(samples: np.ndarray, match: str) -> None:
+    from speko_sync.audio import load_pcm16
+
+    with pytest.raises(ValueError, match=match):
+        load_pcm16(samples)
+
+
+def test_float_audio_is_scaled_and_resampled() -> None:
+    from speko_sync.audio import load_pcm16
+
+    out = load_pcm16(np.full((1600, 1), 0.5), 16000)
+    assert len(out) == 4800 and out.dtype == np.int16 and int(out[100]) == 16383

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from livekit.protocol import models
 
+from ..audio import load_pcm16
 from ._client import RemoteClient
 from ._media import FRAME_SAMPLES, SAMPLE_RATE, Fanout, PacedSource
 from ._room import Participant, PublishedTrack, Room, new_sid
@@ -58,28 +59,6 @@ class ReceivedPacket:
     def type(self) -> str | None:
         value = self.data.get("type")
         return value if isinstance(value, str) else None
-
-
-def to_int16(samples: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Mono int16 at 48 kHz from int16 or float (-1..1) samples at ``sample_rate``.
-    Raises ``ValueError`` for other dtypes, non-1-D input or a bad rate."""
-    samples = np.asarray(samples)
-    if samples.ndim == 2 and 1 in samples.shape:
-        samples = samples.reshape(-1)
-    if samples.ndim != 1:
-        raise ValueError(f"samples must be mono (1-D), got shape {samples.shape}")
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    if np.issubdtype(samples.dtype, np.floating):
-        samples = np.clip(samples, -1.0, 1.0) * 32767.0
-    elif samples.dtype != np.int16:
-        raise ValueError(f"samples must be int16 or float, got {samples.dtype}")
-    if sample_rate != SAMPLE_RATE and len(samples):
-        n_out = round(len(samples) * SAMPLE_RATE / sample_rate)
-        x_old = np.arange(len(samples)) / sample_rate
-        x_new = np.arange(n_out) / SAMPLE_RATE
-        samples = np.interp(x_new, x_old, samples.astype(np.float64))
-    return np.asarray(samples).astype(np.int16)
 
 
 def tone(freq_hz: float, seconds: float, amplitude: float = 0.3,
@@ -366,7 +345,7 @@ class ScriptedAgent:
             timeout: float | None = None) -> None:
         """Speak ``samples`` (mono int16, or float in -1..1) after anything already
         queued, paced in real time. With ``wait`` block until it has been sent."""
-        pcm = to_int16(samples, sample_rate)
+        pcm = load_pcm16(samples, sample_rate)
         peer = self._peer_or_raise()
         self.server._require()[0].call_soon(peer.source.enqueue, pcm)
         if wait:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import functools
 import json
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import numpy as np
@@ -162,7 +162,3 @@ def dominant_frequency(samples: np.ndarray, rate: int = RATE) -> float:
 
 def rms(samples: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(samples.astype(np.float64))))) / 32768.0
-
-
-async def within(awaitable: Awaitable[T], timeout: float) -> T:
-    return await asyncio.wait_for(awaitable, timeout)

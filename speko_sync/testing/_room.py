@@ -14,7 +14,6 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Iterable
 
 from livekit.protocol import models
 
@@ -269,7 +268,3 @@ class Room:
         """Identities currently reported as speaking."""
         by_sid = {p.sid: p.identity for p in self.participants.values()}
         return [by_sid[s] for s in self._active if s in by_sid]
-
-
-def infos(participants: Iterable[Participant]) -> list[models.ParticipantInfo]:
-    return [p.info() for p in participants]

@@ -10,7 +10,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 from aiohttp import web
 from livekit.protocol import models, rtc
@@ -407,11 +406,7 @@ class LocalServer:
         """Hold every new join for ``seconds`` before answering it (0 to stop)."""
         self._require()[1].join_delay = max(0.0, seconds)
 
-    def refuse_joins(self, message: str | None = "joins refused by test", status: int = 503) -> None:
+    def refuse_joins(self, message: str | None = "joins are refused", status: int = 503) -> None:
         """Refuse every new join with HTTP ``status`` and ``message``; ``None`` to
         accept joins again."""
         self._require()[1].join_refusal = None if message is None else (status, message)
-
-
-def url_host(url: str) -> str:
-    return urlparse(url).hostname or ""

@@ -103,8 +103,6 @@ class Session:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         room = self.room = rtc.Room(loop)
-        # Ready before joining: the agent's track may be subscribed during connect.
-        self._mixer = rtc.AudioMixer(SAMPLE_RATE, 1, blocksize=FRAME, stream_timeout_ms=40)
         room.on("disconnected", self._on_disconnected)
         room.on("active_speakers_changed", self._on_speakers)
         room.on("data_received", self._on_data)
@@ -162,6 +160,13 @@ class Session:
         except Exception as exc:
             raise SpekoClientError(ErrorCode.MICROPHONE_FAILED, f"could not publish the microphone: {exc}",
                                    exc) from exc
+        # Agent tracks subscribed while joining start playing only now, so no
+        # stale audio queues up before the speaker is open.
+        self._mixer = rtc.AudioMixer(SAMPLE_RATE, 1, blocksize=FRAME, stream_timeout_ms=40)
+        for participant in self.room.remote_participants.values():
+            for publication in participant.track_publications.values():
+                if publication.track is not None:
+                    self._on_track_subscribed(publication.track, publication, participant)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._capture_pump()), loop.create_task(self._playback_pump())]
 

@@ -32,6 +32,7 @@ class LoopThread:
         try:
             self.loop.run_forever()
         finally:
+            self.loop.run_until_complete(asyncio.sleep(0))  # start what was submitted last
             pending = asyncio.all_tasks(self.loop)
             for task in pending:
                 task.cancel()
@@ -45,7 +46,13 @@ class LoopThread:
         return threading.current_thread() is self._thread
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        """Schedule ``coro`` on the loop. Raises ``RuntimeError`` once the loop
+        has been asked to stop."""
+        with self._stop_lock:
+            if self._stopping:
+                coro.close()
+                raise RuntimeError("the event loop has stopped")
+            return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
         if self.in_loop_thread:
@@ -57,6 +64,8 @@ class LoopThread:
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise TimeoutError(f"operation did not finish within {timeout} s") from None
+        except concurrent.futures.CancelledError:
+            raise RuntimeError("the event loop stopped before the operation finished") from None
 
     def call_soon(self, fn: Any, *args: Any) -> None:
         self.loop.call_soon_threadsafe(fn, *args)

@@ -221,13 +221,21 @@ class Conversation:
         if self.status != Status.CONNECTED:
             raise SpekoClientError(ErrorCode.NOT_CONNECTED, f"the conversation is {self.status.value}")
 
+    def _call(self, coro: Any) -> Any:
+        """Run a session command on the loop; a session that ended meanwhile is
+        NOT_CONNECTED."""
+        try:
+            return self._runner.call(coro, timeout=10)
+        except RuntimeError as exc:
+            raise SpekoClientError(ErrorCode.NOT_CONNECTED, "the conversation has ended", exc) from exc
+
     def set_mic_muted(self, muted: bool) -> None:
         """Mute or unmute the microphone: a LiveKit track mute the agent sees, and
         no audio is sent while muted. Raises NOT_CONNECTED after the end."""
         if not isinstance(muted, bool):
             raise TypeError("muted must be a bool")
         self._require_connected()
-        self._runner.call(self._session.set_muted(muted), timeout=10)
+        self._call(self._session.set_muted(muted))
 
     def set_volume(self, volume: float) -> None:
         """Set the agent's playback volume, 0..1 (clamped), effective within one
@@ -244,13 +252,13 @@ class Conversation:
         connected or after it ended; ``TypeError`` if ``text`` is not a str."""
         payload = _protocol.encode_user_message(text)
         self._require_connected()
-        self._runner.call(self._session.send(payload), timeout=10)
+        self._call(self._session.send(payload))
 
     def send_contextual_update(self, text: str) -> None:
         """Send an invisible hint to the agent (same rules as :meth:`send_user_message`)."""
         payload = _protocol.encode_contextual_update(text)
         self._require_connected()
-        self._runner.call(self._session.send(payload), timeout=10)
+        self._call(self._session.send(payload))
 
     def poll_events(self) -> EventBatch:
         """Return and clear the events since the last call, without blocking.

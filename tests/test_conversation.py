@@ -347,3 +347,34 @@ def test_end_session_while_connecting_ends_right_after_connect(speko_server: Loc
     details = conv.wait_for_end(timeout=15)
     assert details.reason == DisconnectReason.USER and results == [details]
     assert conv.status == Status.DISCONNECTED
+
+
+@pytest.mark.speko_agent(greeting=None)
+def test_sends_racing_the_end_fail_only_with_not_connected(speko_server: LocalServer,
+                                                           speko_agent: ScriptedAgent) -> None:
+    conv = open_conversation(speko_server, speko_agent)
+    unexpected: list[BaseException] = []
+    go = threading.Event()
+
+    def sender() -> None:
+        go.wait()
+        for i in range(50):
+            try:
+                conv.send_user_message(str(i))
+            except SpekoClientError as exc:
+                if exc.code != ErrorCode.NOT_CONNECTED:
+                    unexpected.append(exc)
+                return
+            except BaseException as exc:
+                unexpected.append(exc)
+                return
+
+    threads = [threading.Thread(target=sender) for _ in range(4)]
+    for t in threads:
+        t.start()
+    go.set()
+    conv.end_session()
+    for t in threads:
+        t.join(30)
+    assert unexpected == []
+    assert conv.status == Status.DISCONNECTED

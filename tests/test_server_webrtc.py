@@ -300,3 +300,22 @@ def test_packet_flood_arrives_in_order(speko_server: LocalServer) -> None:
         assert all(p.participant.identity == "agent" for (p,) in ev.of("data_received"))
         await room.disconnect()
     run(scenario())
+
+
+def test_server_stop_ends_sessions_with_server_shutdown() -> None:
+    from speko_sync.testing.pytest_plugin import require_webrtc
+
+    require_webrtc()
+    server = LocalServer().start()
+
+    async def scenario() -> None:
+        _, ev = await connect(server, "last", "closing")
+        await asyncio.to_thread(server.stop)
+        (reason,) = await ev.wait_for("disconnected")
+        assert reason == rtc.DisconnectReason.SERVER_SHUTDOWN
+    try:
+        run(scenario())
+    finally:
+        server.stop()  # idempotent
+    with pytest.raises(RuntimeError, match="not running"):
+        server.rooms()

@@ -308,7 +308,12 @@ class LocalServer:
         return self._runner, self._core
 
     def _call(self, coro: Any, timeout: float = 15.0) -> Any:
-        return self._require()[0].call(coro, timeout)
+        try:
+            runner = self._require()[0]
+        except RuntimeError:
+            coro.close()
+            raise
+        return runner.call(coro, timeout)
 
     def token(self, identity: str, room: str, *, ttl: float = 3600.0, **grants: Any) -> str:
         """Mint a token for ``identity`` in ``room`` valid for ``ttl`` seconds.

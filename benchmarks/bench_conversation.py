@@ -104,12 +104,12 @@ def playback_figures(child: Child, seconds: float) -> tuple[float, int, float]:
         depths = []
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            depths.append(conv.stats()["playback_buffer_ms"])
+            depths.append(conv.stats().playback_buffer_ms)
             time.sleep(0.1)
         stats = conv.stats()
         conv.end_session()
-    played_s = (stats["frames_played"] - base["frames_played"]) / 100
-    return float(np.mean(depths)), int(stats["underruns"] - base["underruns"]), played_s
+    played_s = (stats.frames_played - base.frames_played) / 100
+    return float(np.mean(depths)), int(stats.underruns - base.underruns), played_s
 
 
 def cpu_figure(child: Child, seconds: float) -> float:

@@ -20,7 +20,17 @@ from .audio import (
 )
 from .conversation import Conversation
 from .errors import ErrorCode, SpekoClientError
-from .events import DisconnectionDetails, DisconnectReason, Event, EventBatch, Message, MessageSource, Mode, Status
+from .events import (
+    ConversationStats,
+    DisconnectionDetails,
+    DisconnectReason,
+    Event,
+    EventBatch,
+    Message,
+    MessageSource,
+    Mode,
+    Status,
+)
 from .overrides import AgentOverrides, Overrides, TtsOverrides
 
 __version__ = "0.1.0.dev0"
@@ -32,6 +42,7 @@ __all__ = [
     "AudioDevice",
     "BufferAudio",
     "Conversation",
+    "ConversationStats",
     "DisconnectReason",
     "DisconnectionDetails",
     "ErrorCode",

@@ -87,8 +87,8 @@ def demo(wav_path: Path, seconds: float) -> int:
                 say(f"speak into the microphone; ending in {seconds:.0f} s (Ctrl-C to end now)")
                 _wait_interruptibly(conv, seconds)
             stats = conv.stats()
-        say(f"stats: {stats['frames_captured']} frames captured, {stats['frames_played']} played, "
-            f"{stats['underruns']} underruns, {stats['packets_received']} packets received")
+        say(f"stats: {stats.frames_captured} frames captured, {stats.frames_played} played, "
+            f"{stats.underruns} underruns, {stats.packets_received} packets received")
     if buffer is not None:
         buffer.save_wav(wav_path)
         say(f"saved {buffer.played_seconds():.1f} s of the agent's audio to {wav_path}")

@@ -36,7 +36,7 @@ from .audio import (
     AudioIO,
 )
 from .errors import ErrorCode, SpekoClientError
-from .events import DisconnectionDetails, Mode
+from .events import ConversationStats, DisconnectionDetails, Mode
 
 log = logging.getLogger("speko_sync")
 
@@ -280,23 +280,23 @@ class Session:
             else:
                 self._track.unmute()
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> ConversationStats:
         io = self.io
         counters = io.counters if io is not None else np.zeros(8, dtype=np.int64)
         frame = (io.rate // 100) if io is not None else FRAME
-        return {
-            "frames_captured": int(counters[CAPTURED]) // frame,
-            "frames_played": int(counters[PLAYED]) // frame,
-            "underruns": int(counters[UNDERRUNS]),
-            "overruns": int(counters[OVERRUNS]),
-            "playback_dropped": int(counters[PLAYBACK_DROPPED]),
-            "input_overflows": int(counters[INPUT_OVERFLOWS]),
-            "output_underflows": int(counters[OUTPUT_UNDERFLOWS]),
-            "playback_buffer_ms": io.playback_depth_ms() if io is not None else 0.0,
-            "packets_sent": self.packets_sent,
-            "packets_received": self.packets_received,
-            "malformed_packets": self.malformed,
-        }
+        return ConversationStats(
+            frames_captured=int(counters[CAPTURED]) // frame,
+            frames_played=int(counters[PLAYED]) // frame,
+            underruns=int(counters[UNDERRUNS]),
+            overruns=int(counters[OVERRUNS]),
+            playback_dropped=int(counters[PLAYBACK_DROPPED]),
+            input_overflows=int(counters[INPUT_OVERFLOWS]),
+            output_underflows=int(counters[OUTPUT_UNDERFLOWS]),
+            playback_buffer_ms=io.playback_depth_ms() if io is not None else 0.0,
+            packets_sent=self.packets_sent,
+            packets_received=self.packets_received,
+            malformed_packets=self.malformed,
+        )
 
     async def close(self) -> None:
         """Leave the room (if still in it) and release everything. Idempotent."""

@@ -14,7 +14,7 @@ from ._loop import LoopThread
 from ._session import Session
 from .audio import AudioBackend, AudioConstraints, PyAudioBackend
 from .errors import ErrorCode, SpekoClientError
-from .events import DisconnectionDetails, DisconnectReason, EventBatch, Message, Mode, Status
+from .events import ConversationStats, DisconnectionDetails, DisconnectReason, EventBatch, Message, Mode, Status
 from .overrides import OverridesLike, overrides_to_wire
 
 __all__ = ["Conversation"]
@@ -265,10 +265,8 @@ class Conversation:
         Keeps the newest 1000; ``EventBatch.dropped`` counts the older ones lost."""
         return self._dispatcher.poll()
 
-    def stats(self) -> dict[str, float]:
-        """Counters: frames_captured and frames_played (10 ms frames), underruns,
-        overruns, playback_dropped, input_overflows, output_underflows,
-        playback_buffer_ms, packets_sent, packets_received, malformed_packets."""
+    def stats(self) -> ConversationStats:
+        """A snapshot of the audio and packet counters (see :class:`ConversationStats`)."""
         return self._session.stats()
 
     def end_session(self, timeout: float = 10.0) -> DisconnectionDetails:

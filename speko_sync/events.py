@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from .errors import SpekoClientError
 
 __all__ = [
+    "ConversationStats",
     "DisconnectReason",
     "DisconnectionDetails",
     "Event",
@@ -98,3 +99,28 @@ class EventBatch:
 
     def __len__(self) -> int:
         return len(self.events)
+
+
+@dataclass(frozen=True)
+class ConversationStats:
+    """A snapshot of a conversation's counters (:meth:`Conversation.stats`).
+
+    ``frames_*`` count 10 ms frames at the device rate. ``underruns``: playback
+    callbacks that found too little agent audio (silence filled in);
+    ``overruns``: microphone or playback audio dropped because a ring was full;
+    ``playback_dropped``: times the oldest queued agent audio was dropped to keep
+    latency bounded; ``input_overflows``/``output_underflows``: PortAudio status
+    flags; ``playback_buffer_ms``: agent audio queued for the speaker now.
+    """
+
+    frames_captured: int = 0
+    frames_played: int = 0
+    underruns: int = 0
+    overruns: int = 0
+    playback_dropped: int = 0
+    input_overflows: int = 0
+    output_underflows: int = 0
+    playback_buffer_ms: float = 0.0
+    packets_sent: int = 0
+    packets_received: int = 0
+    malformed_packets: int = 0

@@ -86,7 +86,7 @@ def test_utterance_gives_transcripts_partial_then_final(speko_server: LocalServe
     transcripts = [m for m in rec.of("message") if m.source == MessageSource.USER]
     assert [m.is_final for m in transcripts] == [False, True]
     assert 0.8 <= speko_agent.utterances[0] <= 1.2
-    assert stats["frames_captured"] >= 100 and stats["packets_received"] == 3
+    assert stats.frames_captured >= 100 and stats.packets_received == 3
 
 
 @pytest.mark.speko_agent(greeting=None)
@@ -185,7 +185,7 @@ def test_malformed_and_unknown_packets_keep_the_session(speko_server: LocalServe
         assert [e.code for e in errors] == [ErrorCode.INVALID_MESSAGE] * 2
         assert rec.of("message") == [Message(MessageSource.AGENT, "still here", True)]
         assert conv.is_open()
-        assert conv.stats()["malformed_packets"] == 2
+        assert conv.stats().malformed_packets == 2
         conv.send_user_message("ok")
         speko_agent.wait_for_packet("user_message")
 

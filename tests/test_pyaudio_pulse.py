@@ -76,7 +76,7 @@ def test_agent_tone_comes_out_of_the_speaker_and_volume_halves_it(
         stats = conv.stats()
     recording.stop()
     assert levels[1] / levels[0] == pytest.approx(0.5, abs=0.05)
-    assert stats["frames_played"] > 200 and stats["frames_captured"] > 200
+    assert stats.frames_played > 200 and stats.frames_captured > 200
 
 
 def _echo_level(server: LocalServer, agent: ScriptedAgent, constraints: AudioConstraints) -> float:

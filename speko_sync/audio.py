@@ -181,6 +181,9 @@ class BufferAudio(AudioBackend):
         microphone: audio to play into the microphone at the start (mono int16,
             or float in -1..1, at ``sample_rate``; or a 16-bit WAV file path).
             After it (and anything :meth:`feed` adds) the microphone is silent.
+            Capture starts once the microphone is published; the agent hears it
+            from when it has subscribed, a few hundred ms later on a fresh
+            session, so lead with some silence (or :meth:`feed` after connecting).
         sample_rate: rate of ``microphone`` arrays, Hz.
 
     Thread-safe: :meth:`feed`, :meth:`played` and the waits may be called from

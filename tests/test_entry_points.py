@@ -120,3 +120,23 @@ def test_demo_command_holds_a_whole_conversation(tmp_path: object) -> None:
     with wave.open(str(wav)) as f:
         audio = np.frombuffer(f.readframes(f.getnframes()), dtype=np.int16)
     assert np.abs(audio).max() > 3000  # the agent's greeting tone was played
+
+
+@pytest.mark.webrtc
+@pytest.mark.parametrize(("script", "expected"), [
+    ("local_agent_session.py", "'You said: \"hello\"'"),
+    ("robot_control_loop.py", 'agent: You said: "Robot online. What should I do?"'),
+    ("batch_job.py", "agent: I heard 1.5 seconds of speech."),
+])
+def test_examples_run(tmp_path: object, script: str, expected: str) -> None:
+    from pathlib import Path
+
+    from speko_sync.testing.pytest_plugin import require_webrtc
+
+    require_webrtc()
+    example = Path(__file__).parent.parent / "examples" / script
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
+    proc = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=120,
+                          cwd=str(tmp_path), env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert expected in proc.stdout, proc.stdout

@@ -155,9 +155,7 @@ class Conversation:
         except Exception:
             pass
         self._runner.stop()
-        with self._lock:
-            self._status = Status.DISCONNECTED
-        self._emit("status_changed", Status.DISCONNECTED)
+        self._set_status(Status.DISCONNECTED)
         self._ended.set()
         self._dispatcher.stop(timeout=5)
         self._disconnect_receivers()

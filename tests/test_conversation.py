@@ -193,12 +193,16 @@ def test_malformed_and_unknown_packets_keep_the_session(speko_server: LocalServe
 def test_bad_token_fails_promptly_and_leaves_nothing(speko_server: LocalServer) -> None:
     before = speko_threads()
     started = time.monotonic()
+    rec = Recorder()
     with pytest.raises(SpekoClientError) as err:
-        Conversation(speko_server.token("u", "r", ttl=-60), speko_server.url, audio=NullAudio())
+        Conversation(speko_server.token("u", "r", ttl=-60), speko_server.url, audio=NullAudio(),
+                     **rec.callbacks())
     assert err.value.code == ErrorCode.CONNECTION_FAILED
     assert "expired" in err.value.message and err.value.cause is not None
     assert time.monotonic() - started < 5
     assert speko_threads() == before
+    assert rec.of("status_changed") == [Status.CONNECTING, Status.DISCONNECTED]
+    assert rec.of("connected") == [] and rec.of("disconnected") == []
 
 
 def test_unreachable_url_fails_promptly(speko_server: LocalServer) -> None:

@@ -137,7 +137,10 @@ class RemoteClient(Participant):
             except Exception:
                 log.warning("client %s sent an unparsable signal request", self.identity)
                 continue
-            await self._handle(req)
+            try:
+                await self._handle(req)
+            except Exception:  # one bad request must not end the session
+                log.exception("client %s: %s request failed", self.identity, req.WhichOneof("message"))
             if req.WhichOneof("message") == "leave":
                 break
 
@@ -159,10 +162,8 @@ class RemoteClient(Participant):
             await self._trickle(req.trickle)
         elif which == "add_track":
             await self._add_track(req.add_track)
-        elif which == "mute":
-            sid = req.mute.sid
-            if self.room.set_muted(self, sid, req.mute.muted):
-                await self.send(mute=rtc.MuteTrackRequest(sid=sid, muted=req.mute.muted))
+        elif which == "mute":  # the others learn it from a participant update
+            self.room.set_muted(self, req.mute.sid, req.mute.muted)
         elif which == "leave":
             await self.room.leave(self, models.DisconnectReason.CLIENT_INITIATED)
         # subscription, track_setting, update_metadata, sync_state...: accepted, ignored

@@ -320,3 +320,24 @@ def test_server_stop_ends_sessions_with_server_shutdown() -> None:
         server.stop()  # idempotent
     with pytest.raises(RuntimeError, match="not running"):
         server.rooms()
+
+
+@pytest.mark.speko_server(default_agent=True, empty_room_timeout=0.2)
+def test_empty_rooms_close_and_their_agents_stop(speko_server: LocalServer) -> None:
+    async def scenario() -> None:
+        room, ev = await connect(speko_server, "visitor", "transient")
+        await ev.wait_for("participant_connected")
+        await room.disconnect()
+    run(scenario())
+    deadline = time.monotonic() + 10
+    while "transient" in speko_server.rooms() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "transient" not in speko_server.rooms()
+    assert speko_server.agents == []
+
+    async def again() -> None:  # the room comes back, with a new agent
+        room, ev = await connect(speko_server, "visitor", "transient")
+        (p,) = await ev.wait_for("participant_connected")
+        assert p.identity == "agent"
+        await room.disconnect()
+    run(again())

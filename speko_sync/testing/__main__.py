@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--room", default="speko_local", help="room of the printed token")
     serve.add_argument("--identity", default="user", help="identity of the printed token")
     serve.add_argument("--ttl", type=float, default=24 * 3600, help="lifetime of the printed token, seconds")
+    serve.add_argument("--empty-room-timeout", type=float, default=60.0,
+                       help="close a room (and stop its agent) this many seconds after its last client left")
     serve.add_argument("--no-v1", action="store_true",
                        help="answer /rtc/v1 with 404 so clients use the classic /rtc path")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every session")
@@ -35,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     server = LocalServer(host=args.host, port=args.port, api_key=args.api_key, api_secret=args.api_secret,
-                         default_agent=not args.no_agent, single_pc=not args.no_v1)
+                         default_agent=not args.no_agent, single_pc=not args.no_v1,
+                         empty_room_timeout=args.empty_room_timeout)
     try:
         server.start()
     except OSError as exc:

@@ -70,6 +70,7 @@ class RemoteClient(Participant):
         self._unattached: list[str] = []  # track sids waiting for an m-line (v1)
         self._closed = False
         self._ready = asyncio.Event()  # data channel open and every track attached
+        self._gone = asyncio.Event()  # released: waiters give up
         self._sub_pending = False  # v0: a subscriber negotiation is under way
         self._tasks: set[asyncio.Task[None]] = set()
         self.pc.on("datachannel", self._on_datachannel)
@@ -394,12 +395,15 @@ class RemoteClient(Participant):
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait until the client can hear every track it subscribes to and has an
-        open data channel. Returns false on timeout."""
+        open data channel. Returns false on timeout or if the client goes."""
+        ready = asyncio.ensure_future(self._ready.wait())
+        gone = asyncio.ensure_future(self._gone.wait())
         try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+            await asyncio.wait((ready, gone), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            gone.cancel()
+        return self._ready.is_set() and not self._gone.is_set()
 
     # -- room events ----------------------------------------------------------
     def on_participants_changed(self, infos: list[models.ParticipantInfo]) -> None:
@@ -429,6 +433,7 @@ class RemoteClient(Participant):
 
     async def release(self) -> None:
         self._closed = True
+        self._gone.set()
         for track, forward in self._subscriptions.values():
             track.fanout.unsubscribe_track(forward)
         self._subscriptions.clear()

@@ -178,7 +178,23 @@ class _ServerCore:
             await client.release()
             if not ws.closed:
                 await ws.close()
+            self._watch_empty(room)
         return ws
+
+    def _watch_empty(self, room: Room) -> None:
+        timeout = self.server.empty_room_timeout
+        if timeout is None or any(isinstance(p, RemoteClient) for p in room.participants.values()):
+            return
+        asyncio.get_running_loop().call_later(timeout, lambda: asyncio.ensure_future(self._close_if_empty(room)))
+
+    async def _close_if_empty(self, room: Room) -> None:
+        if self.rooms.get(room.name) is not room:
+            return
+        if any(isinstance(p, RemoteClient) for p in room.participants.values()):
+            return
+        del self.rooms[room.name]
+        await room.close(models.DisconnectReason.ROOM_DELETED)
+        self.server._room_closed(room.name)
 
     async def drop_connections(self, room: str | None, refuse_rejoin: bool) -> int:
         victims = [c for c in self.clients if room is None or c.room.name == room]
@@ -234,6 +250,8 @@ class LocalServer:
         auto_create_rooms: create rooms on demand from the token's grant; when
             false only rooms made with :meth:`create_room` can be joined.
         ping_interval, ping_timeout: seconds, sent to clients in the join.
+        empty_room_timeout: seconds after its last client left that a room is
+            closed (its agents leave and stop); ``None`` keeps rooms forever.
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0,
@@ -241,7 +259,8 @@ class LocalServer:
                  single_pc: bool = True,
                  default_agent: bool | Callable[[LocalServer, str], ScriptedAgent] = False,
                  auto_create_rooms: bool = True,
-                 ping_interval: int = 5, ping_timeout: int = 15) -> None:
+                 ping_interval: int = 5, ping_timeout: int = 15,
+                 empty_room_timeout: float | None = None) -> None:
         if ping_interval <= 0 or ping_timeout <= 0:
             raise ValueError("ping_interval and ping_timeout must be positive (seconds)")
         self.host = host
@@ -252,6 +271,7 @@ class LocalServer:
         self.auto_create_rooms = auto_create_rooms
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
+        self.empty_room_timeout = empty_room_timeout
         self._port = port
         self._runner: LoopThread | None = None
         self._core: _ServerCore | None = None
@@ -357,6 +377,14 @@ class LocalServer:
         self.agents.append(agent)
         agent._join()
         return agent
+
+    def _room_closed(self, name: str) -> None:
+        """On the loop: a room was closed; its agents stop (on a worker thread,
+        since stopping waits for their behaviour threads)."""
+        gone = [a for a in self.agents if a.room == name]
+        self.agents = [a for a in self.agents if a.room != name]
+        for agent in gone:
+            asyncio.get_running_loop().run_in_executor(None, agent._shutdown)
 
     def _room_created(self, room: Room) -> None:
         """On the loop: a room appeared; give it its default agent if asked."""

@@ -6,34 +6,42 @@ blocking Python.
     with Conversation(token, url, on_message=print) as conv:
         conv.send_user_message("hello")
         conv.wait_for_end(timeout=60)
+
+Public names load on first use, so importing a submodule (the pytest plugin,
+say) does not load LiveKit and numpy.
 """
 
-from . import signals
-from .audio import (
-    AudioBackend,
-    AudioConstraints,
-    AudioDevice,
-    BufferAudio,
-    NullAudio,
-    PyAudioBackend,
-    list_audio_devices,
-)
-from .conversation import Conversation
-from .errors import ErrorCode, SpekoClientError
-from .events import (
-    ConversationStats,
-    DisconnectionDetails,
-    DisconnectReason,
-    Event,
-    EventBatch,
-    Message,
-    MessageSource,
-    Mode,
-    Status,
-)
-from .overrides import AgentOverrides, Overrides, TtsOverrides
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0.dev0"
+
+_EXPORTS = {
+    "AgentOverrides": "overrides",
+    "AudioBackend": "audio",
+    "AudioConstraints": "audio",
+    "AudioDevice": "audio",
+    "BufferAudio": "audio",
+    "Conversation": "conversation",
+    "ConversationStats": "events",
+    "DisconnectReason": "events",
+    "DisconnectionDetails": "events",
+    "ErrorCode": "errors",
+    "Event": "events",
+    "EventBatch": "events",
+    "Message": "events",
+    "MessageSource": "events",
+    "Mode": "events",
+    "NullAudio": "audio",
+    "Overrides": "overrides",
+    "PyAudioBackend": "audio",
+    "SpekoClientError": "errors",
+    "Status": "events",
+    "TtsOverrides": "overrides",
+    "list_audio_devices": "audio",
+}
 
 __all__ = [
     "AgentOverrides",
@@ -61,3 +69,44 @@ __all__ = [
     "list_audio_devices",
     "signals",
 ]
+
+if TYPE_CHECKING:
+    from . import signals
+    from .audio import (
+        AudioBackend,
+        AudioConstraints,
+        AudioDevice,
+        BufferAudio,
+        NullAudio,
+        PyAudioBackend,
+        list_audio_devices,
+    )
+    from .conversation import Conversation
+    from .errors import ErrorCode, SpekoClientError
+    from .events import (
+        ConversationStats,
+        DisconnectionDetails,
+        DisconnectReason,
+        Event,
+        EventBatch,
+        Message,
+        MessageSource,
+        Mode,
+        Status,
+    )
+    from .overrides import AgentOverrides, Overrides, TtsOverrides
+
+
+def __getattr__(name: str) -> Any:
+    if name == "signals":
+        return importlib.import_module(".signals", __name__)
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'speko_sync' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

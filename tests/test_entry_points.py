@@ -140,3 +140,24 @@ def test_examples_run(tmp_path: object, script: str, expected: str) -> None:
                           cwd=str(tmp_path), env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert expected in proc.stdout, proc.stdout
+
+
+def test_pytest_plugin_loads_nothing_heavy() -> None:
+    code = ("import sys, speko_sync.testing.pytest_plugin\n"
+            "heavy = [m for m in ('aiortc', 'av', 'livekit', 'numpy', 'aiohttp') if m in sys.modules]\n"
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
+
+
+def test_public_names_resolve_lazily() -> None:
+    import speko_sync
+    import speko_sync.testing
+
+    assert set(speko_sync.__all__) <= set(dir(speko_sync))
+    for name in speko_sync.__all__:
+        assert getattr(speko_sync, name) is not None
+    for name in speko_sync.testing.__all__:
+        assert getattr(speko_sync.testing, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = speko_sync.Nope  # type: ignore[attr-defined]

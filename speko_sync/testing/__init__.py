@@ -13,22 +13,38 @@ Run apps and test suites against a voice agent with no account and no network::
 Also a pytest plugin (fixtures ``speko_server`` and ``speko_agent``) and a
 command: ``python -m speko_sync.testing serve``.
 
-Needs the ``testing`` extra: ``pip install speko_sync[testing]``.
+Needs the ``testing`` extra: ``pip install speko_sync[testing]``. Names load on
+first use, so the pytest plugin costs nothing where they are not used.
 """
 
-from ._agent import ReceivedPacket, ScriptedAgent, tone
-from ._auth import Grant, TokenError, mint_token, verify_token
-from ._netns import (
-    VETH_ADDRESS,
-    IsolationUnavailable,
-    check_isolation,
-    in_isolated_namespace,
-    isolation_command,
-    reexec_isolated,
-    run_isolated,
-)
-from ._pulse import PulseUnavailable, Recording, VirtualSoundDevices
-from ._server import DEFAULT_API_KEY, DEFAULT_API_SECRET, LocalServer, disconnect_reason
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "DEFAULT_API_KEY": "_server",
+    "DEFAULT_API_SECRET": "_server",
+    "Grant": "_auth",
+    "IsolationUnavailable": "_netns",
+    "LocalServer": "_server",
+    "PulseUnavailable": "_pulse",
+    "ReceivedPacket": "_agent",
+    "Recording": "_pulse",
+    "ScriptedAgent": "_agent",
+    "TokenError": "_auth",
+    "VETH_ADDRESS": "_netns",
+    "VirtualSoundDevices": "_pulse",
+    "check_isolation": "_netns",
+    "disconnect_reason": "_server",
+    "in_isolated_namespace": "_netns",
+    "isolation_command": "_netns",
+    "mint_token": "_auth",
+    "reexec_isolated": "_netns",
+    "run_isolated": "_netns",
+    "tone": "_agent",
+    "verify_token": "_auth",
+}
 
 __all__ = [
     "DEFAULT_API_KEY",
@@ -53,3 +69,35 @@ __all__ = [
     "tone",
     "verify_token",
 ]
+
+if TYPE_CHECKING:
+    from ._agent import ReceivedPacket, ScriptedAgent, tone
+    from ._auth import Grant, TokenError, mint_token, verify_token
+    from ._netns import (
+        VETH_ADDRESS,
+        IsolationUnavailable,
+        check_isolation,
+        in_isolated_namespace,
+        isolation_command,
+        reexec_isolated,
+        run_isolated,
+    )
+    from ._pulse import PulseUnavailable, Recording, VirtualSoundDevices
+    from ._server import DEFAULT_API_KEY, DEFAULT_API_SECRET, LocalServer, disconnect_reason
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'speko_sync.testing' has no attribute {name!r}")
+    try:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+    except ImportError as exc:
+        raise ImportError(f"speko_sync.testing.{name} needs the testing extra "
+                          f"(pip install 'speko_sync[testing]'): {exc}") from exc
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return list(__all__)

@@ -308,8 +308,26 @@ class ScriptedAgent:
             while not condition():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError(f"condition not met within {timeout} s")
+                    raise TimeoutError(f"condition not met within {timeout} s; room: {self.describe()}")
                 self._changed.wait(min(remaining, 0.05))
+
+    def describe(self) -> dict[str, Any]:
+        """The room as the agent sees it, for diagnostics: every participant with
+        its tracks (sid, muted, frames forwarded so far) and what the agent heard."""
+        peer = self._peer
+        if peer is None:
+            return {}
+
+        async def snapshot() -> dict[str, Any]:
+            return {p.identity: [(t.sid, t.muted, t.fanout.frames) for t in p.tracks.values()]
+                    for p in peer.room.participants.values()}
+        try:
+            room = self.server._call(snapshot(), timeout=2)
+        except (RuntimeError, TimeoutError) as exc:
+            room = repr(exc)
+        with self._lock:
+            heard = {identity: sum(len(c) for c in chunks) / SAMPLE_RATE for identity, chunks in self._audio.items()}
+        return {"participants": room, "heard_s": heard, "listening_to": list(peer.listeners)}
 
     def received_audio(self, identity: str | None = None) -> np.ndarray:
         """The decoded microphone audio of ``identity`` (default: the first client

@@ -68,6 +68,7 @@ class RemoteClient(Participant):
         self._published_sids: dict[str, str] = {}  # cid -> track sid
         self._subscriptions: dict[str, tuple[PublishedTrack, ForwardTrack]] = {}
         self._unattached: list[str] = []  # track sids waiting for an m-line (v1)
+        self._sections_requested = 0  # m-lines asked for and not yet offered (v1)
         self._closed = False
         self._ready = asyncio.Event()  # data channel open and every track attached
         self._gone = asyncio.Event()  # released: waiters give up
@@ -147,6 +148,8 @@ class RemoteClient(Participant):
 
     async def _handle(self, req: rtc.SignalRequest) -> None:
         which = req.WhichOneof("message")
+        if which not in ("ping_req", "ping", "trickle"):
+            log.debug("client %s -> %s", self.identity, which)
         if which == "ping_req":
             if not self.core.pongs_paused():
                 await self.send(pong_resp=rtc.Pong(
@@ -202,6 +205,8 @@ class RemoteClient(Participant):
         await self.send(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=info))
 
     def _on_track(self, track: MediaStreamTrack) -> None:
+        log.debug("client %s: %s track %s arrived (pending %s)", self.identity, track.kind, track.id,
+                  list(self._pending_publish))
         if track.kind != "audio":
             return  # never acknowledged, so never negotiated in earnest
         cid = track.id if track.id in self._pending_publish else next(iter(self._pending_publish), None)
@@ -236,7 +241,7 @@ class RemoteClient(Participant):
         if self.single_pc:
             self._unattached.append(track.sid)
             self._update_ready()
-            self.spawn(self.send(media_sections_requirement=rtc.MediaSectionsRequirement(num_audios=1)))
+            self.spawn(self._request_sections())
         else:
             self.spawn(self._offer_subscriber())
 
@@ -255,6 +260,16 @@ class RemoteClient(Participant):
                 transceiver.direction = "inactive" if not self.single_pc else "recvonly"
         if not self.single_pc:
             self.spawn(self._offer_subscriber())
+
+    async def _request_sections(self) -> None:
+        """v1: ask the client for m-lines for tracks still unattached, once any
+        negotiation under way is done (its answer may attach them; an extra,
+        needless renegotiation can race the client's own publish)."""
+        async with self._negotiate_lock:
+            missing = len(self._unattached) - self._sections_requested
+            if missing > 0 and not self._closed:
+                self._sections_requested += missing
+                await self.send(media_sections_requirement=rtc.MediaSectionsRequirement(num_audios=missing))
 
     def _attach(self, transceiver: RTCRtpTransceiver, track_sid: str) -> None:
         track, forward = self._subscriptions[track_sid]
@@ -279,14 +294,16 @@ class RemoteClient(Participant):
                         and t._offerDirection in ("sendonly", "sendrecv")]
                 while self._unattached and free:
                     self._attach(free.pop(0), self._unattached.pop(0))
+                if not self._unattached:
+                    self._sections_requested = 0
             answer = await self.pc.createAnswer()
             await self.pc.setLocalDescription(answer)
+            log.debug("client %s <- answer to offer %d, tracks %s", self.identity, offer.id,
+                      [(t.mid, t._offerDirection, t.receiver.track is not None) for t in self.pc.getTransceivers()
+                       if t.kind == "audio"])
             await self.send(answer=rtc.SessionDescription(
                 type="answer", sdp=self.pc.localDescription.sdp, id=offer.id,
                 mid_to_track_id=self._mid_map(self.pc) if self.single_pc else {}))
-            if self.single_pc and self._unattached:
-                await self.send(media_sections_requirement=rtc.MediaSectionsRequirement(
-                    num_audios=len(self._unattached)))
             self._update_ready()
 
     async def _offer_subscriber(self) -> None:

@@ -85,12 +85,11 @@ class _Listener:
         self.quiet_frames = 0
         self.loud_run = 0
 
-    def __call__(self, frame: AudioFrame, mono: np.ndarray) -> None:
+    def __call__(self, frame: AudioFrame, mono: np.ndarray, rms: float) -> None:
         agent = self.agent
         with agent._lock:
             chunks = agent._audio.setdefault(self.identity, collections.deque(maxlen=agent._max_chunks))
             chunks.append(mono)
-        rms = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64)))) / 32768.0
         loud = rms >= agent.speech_threshold
         if self.speech_frames == 0:
             self.loud_run = self.loud_run + 1 if loud else 0

@@ -21,7 +21,8 @@ FRAME_SAMPLES = 960  # 20 ms, what Opus carries per packet
 _TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 _QUEUE_FRAMES = 10  # 200 ms per subscriber; older frames are dropped beyond that
 
-FrameSink = Callable[[AudioFrame, "np.ndarray"], None]
+#: An in-process subscriber: called with each frame, its mono samples and their RMS (0..1).
+FrameSink = Callable[[AudioFrame, "np.ndarray", float], None]
 
 
 def frame_to_mono(frame: AudioFrame) -> np.ndarray:
@@ -127,7 +128,7 @@ class Fanout:
                 for track in self._tracks:
                     track.push(frame)
                 for sink in list(self._sinks):
-                    sink(frame, mono)
+                    sink(frame, mono, rms)
         except (MediaStreamError, asyncio.CancelledError):
             pass
         finally:

@@ -164,3 +164,15 @@ def test_disconnect_reasons_by_name_or_value(given: str | int, value: int) -> No
 def test_unknown_disconnect_reason_is_refused(bad: str | int) -> None:
     with pytest.raises(ValueError, match="unknown DisconnectReason"):
         disconnect_reason(bad)
+
+
+def test_stereo_frames_average_to_mono_and_rms_is_full_scale_relative() -> None:
+    from av import AudioFrame
+
+    from speko_sync.testing._media import frame_to_mono, rms_level
+
+    stereo = np.array([[1000, 3000, -2000, -4000, 32767, 32767]], dtype=np.int16)
+    frame = AudioFrame.from_ndarray(stereo, format="s16", layout="stereo")
+    assert list(frame_to_mono(frame)) == [2000, -3000, 32767]
+    assert rms_level(np.full(480, 16384, dtype=np.int16)) == pytest.approx(0.5)
+    assert rms_level(np.zeros(0, dtype=np.int16)) == 0.0

@@ -31,9 +31,20 @@ def frame_to_mono(frame: AudioFrame) -> np.ndarray:
     channels = len(frame.layout.channels)
     if data.dtype != np.int16:
         data = np.clip(data * 32768.0, -32768, 32767).astype(np.int16)
-    if channels > 1:
-        data = data.reshape(-1, channels).mean(axis=1).astype(np.int16)
-    return data.reshape(-1)
+    data = data.reshape(-1)
+    if channels == 2:  # the usual case (Opus decodes to stereo): integer average, no floats
+        return ((data[0::2].astype(np.int32) + data[1::2]) >> 1).astype(np.int16)
+    if channels > 2:
+        return np.asarray(data.reshape(-1, channels).mean(axis=1), dtype=np.int16)
+    return data
+
+
+def rms_level(mono: np.ndarray) -> float:
+    """RMS of int16 samples as a fraction of full scale (0..1)."""
+    if not len(mono):
+        return 0.0
+    x = mono.astype(np.float32)
+    return float(np.sqrt(np.dot(x, x) / len(x))) / 32768.0
 
 
 def mono_to_frame(samples: np.ndarray, pts: int) -> AudioFrame:
@@ -121,7 +132,7 @@ class Fanout:
             while True:
                 frame = await self._source()
                 mono = frame_to_mono(frame)
-                rms = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64)))) / 32768.0
+                rms = rms_level(mono)
                 self.level = rms
                 self.peak_level = max(self.peak_level, rms)
                 self.frames += 1

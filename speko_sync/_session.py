@@ -137,9 +137,9 @@ class Session:
 
     async def _start_microphone(self) -> None:
         audio = self._audio
-        io = self.io = AudioIO(audio.rate)
-        io.volume = self.volume
         try:
+            io = self.io = AudioIO(await asyncio.to_thread(audio.prepare))
+            io.volume = self.volume
             await asyncio.to_thread(audio.open, io)
         except Exception as exc:
             raise SpekoClientError(ErrorCode.MICROPHONE_FAILED, f"could not open the audio device: {exc}",

@@ -114,6 +114,11 @@ class AudioBackend:
     #: Seconds of audio between capture and playback the echo canceller should expect.
     latency_s: float = 0.0
 
+    def prepare(self) -> int:
+        """Find the device rate in Hz, before the rings are sized for it (called
+        on a worker thread; may raise, reported as MICROPHONE_FAILED)."""
+        return self.rate
+
     def open(self, io: AudioIO) -> None:
         self.io = io
 
@@ -380,6 +385,16 @@ class PyAudioBackend(AudioBackend):
         except ValueError:
             rate = int(mic.default_sample_rate)
         return mic, speaker, rate
+
+    def prepare(self) -> int:
+        """Resolve the devices; the rate is 48 kHz when both take it, else the
+        microphone's default rate (the conversation resamples)."""
+        try:
+            self.rate = self.probe()[2]
+        except BaseException:
+            self.close()
+            raise
+        return self.rate
 
     def open(self, io: AudioIO) -> None:
         import pyaudio

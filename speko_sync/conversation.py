@@ -107,7 +107,6 @@ class Conversation:
         self._ended = threading.Event()
         self._end_requested = False
         self._receivers: list[tuple[Any, Any]] = []
-        self._volume = 1.0
         self._audio = audio or PyAudioBackend(input_device, output_device)
         for name, fn in callbacks.items():
             signal = getattr(signals, _CALLBACKS[name])
@@ -209,7 +208,7 @@ class Conversation:
 
     @property
     def volume(self) -> float:
-        return self._volume
+        return self._session.volume
 
     def is_open(self) -> bool:
         """True while connected."""
@@ -240,10 +239,10 @@ class Conversation:
         audio buffer. Raises ``TypeError`` for a non-number."""
         if isinstance(volume, bool) or not isinstance(volume, (int, float)) or volume != volume:
             raise TypeError(f"volume must be a number between 0 and 1, got {volume!r}")
-        self._volume = self._session.volume = min(1.0, max(0.0, float(volume)))
+        self._session.volume = min(1.0, max(0.0, float(volume)))
         io = self._session.io
         if io is not None:
-            io.volume = self._volume
+            io.volume = self._session.volume
 
     def send_user_message(self, text: str) -> None:
         """Send a visible user turn. Raises NOT_CONNECTED before the session is

@@ -14,6 +14,7 @@ import numpy as np
 from livekit import rtc
 
 from speko_sync.testing import LocalServer, tone
+from speko_sync.testing._media import rms_level
 
 T = TypeVar("T")
 RATE = 48_000
@@ -160,5 +161,4 @@ def dominant_frequency(samples: np.ndarray, rate: int = RATE) -> float:
     return float(np.argmax(spectrum) * rate / len(samples))
 
 
-def rms(samples: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(samples.astype(np.float64))))) / 32768.0
+rms = rms_level

@@ -298,9 +298,10 @@ class RemoteClient(Participant):
                     self._sections_requested = 0
             answer = await self.pc.createAnswer()
             await self.pc.setLocalDescription(answer)
-            log.debug("client %s <- answer to offer %d, tracks %s", self.identity, offer.id,
-                      [(t.mid, t._offerDirection, t.receiver.track is not None) for t in self.pc.getTransceivers()
-                       if t.kind == "audio"])
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("client %s <- answer to offer %d, audio m-lines %s", self.identity, offer.id,
+                          [(t.mid, t._offerDirection, t.receiver.track is not None)
+                           for t in self.pc.getTransceivers() if t.kind == "audio"])
             await self.send(answer=rtc.SessionDescription(
                 type="answer", sdp=self.pc.localDescription.sdp, id=offer.id,
                 mid_to_track_id=self._mid_map(self.pc) if self.single_pc else {}))

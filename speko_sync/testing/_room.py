@@ -141,8 +141,7 @@ class Room:
         does, with DUPLICATE_IDENTITY)."""
         old = self.participants.get(p.identity)
         if old is not None:
-            await old.close(models.DisconnectReason.DUPLICATE_IDENTITY)
-            await self.leave(old, models.DisconnectReason.DUPLICATE_IDENTITY)
+            await self.evict(old, models.DisconnectReason.DUPLICATE_IDENTITY)
         self.participants[p.identity] = p
         if self._speaker_task is None:
             self._speaker_task = asyncio.get_running_loop().create_task(self._speaker_loop())
@@ -166,11 +165,15 @@ class Room:
         self._broadcast_update(p)
         self._active.pop(p.sid, None)
 
+    async def evict(self, p: Participant, reason: int) -> None:
+        """End ``p``'s session with ``reason`` and take it out of the room."""
+        await p.close(reason)
+        await self.leave(p, reason)
+
     async def close(self, reason: int) -> None:
         self.closed = True
         for p in list(self.participants.values()):
-            await p.close(reason)
-            await self.leave(p, reason)
+            await self.evict(p, reason)
         if self._speaker_task is not None:
             self._speaker_task.cancel()
 

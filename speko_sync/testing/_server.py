@@ -211,8 +211,7 @@ class _ServerCore:
         removed = 0
         for p in list(room.participants.values()):
             if isinstance(p, RemoteClient) and (identity is None or p.identity == identity):
-                await p.close(reason)
-                await room.leave(p, reason)
+                await room.evict(p, reason)
                 removed += 1
         return removed
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
-from livekit.protocol import models
+from livekit.protocol import models, rtc
 
 from speko_sync.testing import disconnect_reason
 from speko_sync.testing._media import _QUEUE_FRAMES, FRAME_SAMPLES, Fanout, PacedSource, mono_to_frame
@@ -16,8 +17,8 @@ from speko_sync.testing._room import _HANGOVER_TICKS, SPEAKING_LEVEL, Participan
 
 
 class Probe(Participant):
-    def __init__(self, room: Room, identity: str) -> None:
-        super().__init__(room, identity)
+    def __init__(self, room: Room, identity: str, **options: Any) -> None:
+        super().__init__(room, identity, **options)
         self.data: list[models.DataPacket] = []
         self.updates: list[models.ParticipantInfo] = []
 
@@ -176,3 +177,147 @@ def test_stereo_frames_average_to_mono_and_rms_is_full_scale_relative() -> None:
     assert list(frame_to_mono(frame)) == [2000, -3000, 32767]
     assert rms_level(np.full(480, 16384, dtype=np.int16)) == pytest.approx(0.5)
     assert rms_level(np.zeros(0, dtype=np.int16)) == 0.0
+
+
+# -- livekit-server rules that LiveKit Agents rely on ---------------------------------
+
+def metadata_request(request_id: int = 1, **fields: object) -> rtc.UpdateParticipantMetadata:
+    return rtc.UpdateParticipantMetadata(request_id=request_id, **fields)  # type: ignore[arg-type]
+
+
+def joined(room: Room, *people: Participant) -> None:
+    """Seat participants without a loop (room.join starts the speaker task)."""
+    for p in people:
+        room.participants[p.identity] = p
+
+
+def allowed(**extra: bool) -> models.ParticipantPermission:
+    return models.ParticipantPermission(can_subscribe=True, can_publish=True, can_publish_data=True,
+                                        can_update_metadata=True, **extra)
+
+
+def test_update_metadata_merges_attributes_and_echoes_to_everyone_the_sender_included() -> None:
+    room = Room("r")
+    agent = Probe(room, "agent", permission=allowed(), attributes={"keep": "1", "drop": "2"})
+    user = Probe(room, "user")
+    joined(room, agent, user)
+    answer = room.update_metadata(agent, metadata_request(
+        7, name="Speko", attributes={"lk.agent.state": "listening", "drop": ""}))
+    assert answer.request_id == 7 and answer.reason == rtc.RequestResponse.Reason.OK
+    assert answer.WhichOneof("request") == "update_metadata"
+    assert agent.attributes == {"keep": "1", "lk.agent.state": "listening"} and agent.name == "Speko"
+    for p in (agent, user):
+        assert dict(p.updates[-1].attributes) == {"keep": "1", "lk.agent.state": "listening"}
+        assert p.updates[-1].name == "Speko"
+    versions = [u.version for u in user.updates]
+    room.update_metadata(agent, metadata_request(8, attributes={"lk.agent.state": "speaking"}))
+    assert user.updates[-1].version > versions[-1]  # clients drop updates that are not newer
+    assert agent.updates[-1].attributes["lk.agent.state"] == "speaking"
+
+
+def test_update_metadata_needs_the_grant_and_respects_limits() -> None:
+    room = Room("r")
+    plain = Probe(room, "plain")
+    agent = Probe(room, "agent", permission=allowed())
+    joined(room, plain, agent)
+    refused = room.update_metadata(plain, metadata_request(3, attributes={"a": "b"}))
+    assert refused.reason == rtc.RequestResponse.Reason.NOT_ALLOWED and refused.request_id == 3
+    assert plain.attributes == {} and agent.updates == []
+    too_big = room.update_metadata(agent, metadata_request(4, attributes={"a": "x" * (64 * 1024)}))
+    assert too_big.reason == rtc.RequestResponse.Reason.LIMIT_EXCEEDED and "attributes" in too_big.message
+    long_name = room.update_metadata(agent, metadata_request(5, name="n" * 257))
+    assert long_name.reason == rtc.RequestResponse.Reason.LIMIT_EXCEEDED and agent.name == ""
+    same = room.update_metadata(agent, metadata_request(6, metadata=""))  # empty = unchanged, no update
+    assert same.reason == rtc.RequestResponse.Reason.OK and plain.updates == []
+
+
+def test_participant_info_carries_attributes_protocol_capabilities_and_permissions() -> None:
+    room = Room("r")
+    p = Probe(room, "user", attributes={"team": "blue"}, permission=allowed(agent=True))
+    p.client_protocol = 2
+    p.capabilities = [models.ClientInfo.Capability.CAP_PACKET_TRAILER]
+    info = p.info()
+    assert dict(info.attributes) == {"team": "blue"} and info.client_protocol == 2
+    assert list(info.capabilities) == [models.ClientInfo.Capability.CAP_PACKET_TRAILER]
+    assert info.permission.can_update_metadata and info.permission.agent and p.is_agent
+
+
+class Publisher(Probe):
+    def __init__(self, room: Room, identity: str) -> None:
+        super().__init__(room, identity)
+        self.subscribed: list[str] = []
+
+    def on_track_subscribed(self, track: PublishedTrack) -> None:
+        self.subscribed.append(track.sid)
+
+
+def test_publisher_hears_of_its_first_subscriber_once_per_track() -> None:
+    async def scenario() -> None:
+        room = Room("r")
+        alice = Publisher(room, "alice")
+        await room.join(alice)
+
+        async def silence() -> AudioFrame:
+            await asyncio.sleep(1)
+            raise MediaStreamError
+        track = PublishedTrack(alice, Fanout("TR_a", silence), name="microphone", cid="c")
+        room.publish(track)
+        room.subscribed(track)
+        room.subscribed(track)  # a second subscriber: no second signal
+        assert alice.subscribed == ["TR_a"]
+        await room.close(models.DisconnectReason.ROOM_DELETED)
+    asyncio.run(scenario())
+
+
+def transcription_packet() -> models.DataPacket:
+    return models.DataPacket(transcription=models.Transcription(
+        transcribed_participant_identity="user", track_id="TR_x",
+        segments=[models.TranscriptionSegment(id="s1", text="hi", final=True)]))
+
+
+def test_transcriptions_are_forwarded_from_agents_only() -> None:
+    room = Room("r")
+    agent = Probe(room, "agent", permission=allowed(agent=True))
+    user, other = Probe(room, "user"), Probe(room, "other")
+    joined(room, agent, user, other)
+    assert room.route_data(user, transcription_packet()) == 0
+    assert room.route_data(agent, transcription_packet()) == 2
+    assert other.data[-1].participant_identity == "agent"
+    assert other.data[-1].transcription.transcribed_participant_identity == "user"
+
+
+def stream_header(identity: str, *, text: bool = True) -> models.DataPacket:
+    header = models.DataStream.Header(stream_id="st1", topic="lk.transcription")
+    if text:
+        header.text_header.CopyFrom(models.DataStream.TextHeader())
+    else:
+        header.byte_header.CopyFrom(models.DataStream.ByteHeader(name="b"))
+    return models.DataPacket(participant_identity=identity, stream_header=header)
+
+
+def test_agents_publish_text_streams_on_behalf_of_others_marked_generated() -> None:
+    room = Room("r")
+    agent = Probe(room, "agent", permission=allowed(agent=True))
+    user, other = Probe(room, "user"), Probe(room, "other")
+    joined(room, agent, user, other)
+    room.route_data(agent, stream_header("user"))
+    got = other.data[-1]
+    assert got.participant_identity == "user" and got.stream_header.text_header.generated
+    assert got.participant_sid == agent.sid
+    room.route_data(agent, stream_header("user", text=False))  # byte streams: never on behalf
+    assert other.data[-1].participant_identity == "agent"
+    chunk = models.DataPacket(participant_identity="user",
+                              stream_chunk=models.DataStream.Chunk(stream_id="st1", content=b"hi"))
+    room.route_data(agent, chunk)  # chunks always carry the publisher
+    assert other.data[-1].participant_identity == "agent"
+    room.route_data(user, stream_header("other"))  # only agents may
+    got = other.data[-1]
+    assert got.participant_identity == "user" and not got.stream_header.text_header.generated
+
+
+def test_no_data_from_a_participant_without_the_permission() -> None:
+    room = Room("r")
+    mute = Probe(room, "mute", permission=models.ParticipantPermission(can_subscribe=True, can_publish_data=False))
+    ear = Probe(room, "ear")
+    joined(room, mute, ear)
+    assert room.route_data(mute, user_packet(b"x")) == 0 and ear.data == []

@@ -118,6 +118,8 @@ class _AgentPeer(Participant):
 
     def on_participants_changed(self, infos: list[models.ParticipantInfo]) -> None:
         for info in infos:
+            if info.identity == self.identity:
+                continue  # the echo of our own changes
             if info.state == models.ParticipantInfo.State.DISCONNECTED:
                 if info.identity in self.known:
                     self.known.discard(info.identity)
@@ -138,6 +140,7 @@ class _AgentPeer(Participant):
         listener = _Listener(self.agent, track.owner.identity)
         self.listeners[track.sid] = (track, listener)
         track.fanout.add_sink(listener)
+        self.room.subscribed(track)
 
     def on_track_gone(self, track: PublishedTrack) -> None:
         entry = self.listeners.pop(track.sid, None)

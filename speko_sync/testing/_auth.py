@@ -35,6 +35,8 @@ class Grant:
     can_publish: bool = True
     can_subscribe: bool = True
     can_publish_data: bool = True
+    can_update_metadata: bool = False
+    agent: bool = False
 
 
 def mint_token(
@@ -51,12 +53,19 @@ def mint_token(
     can_publish: bool = True,
     can_subscribe: bool = True,
     can_publish_data: bool = True,
+    can_update_own_metadata: bool = False,
+    agent: bool = False,
+    attributes: Mapping[str, str] | None = None,
     not_before: float | None = None,
 ) -> str:
     """Return a LiveKit JWT for ``identity`` in ``room``, valid for ``ttl`` seconds.
 
     ``ttl`` may be negative to mint an already expired token (for tests);
     ``not_before`` (Unix seconds) makes a token that is not yet valid.
+    ``kind="agent"`` marks an agent participant; ``can_update_own_metadata``
+    lets it change its own name, metadata and attributes (off by default, as in
+    LiveKit); ``agent`` is the agent grant LiveKit gives dispatched agent jobs;
+    ``attributes`` are the participant's initial attributes.
     Raises ``ValueError`` for an empty key, secret or identity.
     """
     if not api_key or not api_secret:
@@ -72,6 +81,10 @@ def mint_token(
     }
     if room_join:
         video["roomJoin"] = True
+    if can_update_own_metadata:
+        video["canUpdateOwnMetadata"] = True
+    if agent:
+        video["agent"] = True
     claims: dict[str, Any] = {
         "iss": api_key,
         "sub": identity,
@@ -82,15 +95,20 @@ def mint_token(
     for key, value in (("name", name), ("kind", kind), ("metadata", metadata)):
         if value:
             claims[key] = value
+    if attributes:
+        claims["attributes"] = dict(attributes)
     return jwt.encode(claims, api_secret, algorithm="HS256")
 
 
-def verify_token(token: str, keys: Mapping[str, str], *, room: str | None = None) -> Grant:
+def verify_token(token: str, keys: Mapping[str, str], *, room: str | None = None,
+                 require_room_join: bool = True) -> Grant:
     """Check ``token`` against ``keys`` (API key -> secret) and return its grant.
 
     Checks the signature (HS256), ``nbf`` and ``exp`` (with :data:`LEEWAY_S`), the
     ``roomJoin`` grant, a non-empty identity and room and, if given, that the
-    grant's room is ``room``. Raises :class:`TokenError` naming what was wrong.
+    grant's room is ``room``. With ``require_room_join`` false (agent workers
+    registering) only the signature and validity times are checked. Raises
+    :class:`TokenError` naming what was wrong.
     """
     if not token:
         raise TokenError("missing access token")
@@ -107,7 +125,7 @@ def verify_token(token: str, keys: Mapping[str, str], *, room: str | None = None
             keys[issuer],
             algorithms=["HS256"],
             leeway=LEEWAY_S,
-            options={"require": ["exp", "sub"], "verify_aud": False},
+            options={"require": ["exp", "sub"] if require_room_join else ["exp"], "verify_aud": False},
         )
     except jwt.ExpiredSignatureError as exc:
         raise TokenError("access token expired") from exc
@@ -118,20 +136,25 @@ def verify_token(token: str, keys: Mapping[str, str], *, room: str | None = None
     except jwt.PyJWTError as exc:
         raise TokenError(f"invalid access token: {exc}") from exc
     video = claims.get("video")
-    if not isinstance(video, dict) or not video.get("roomJoin"):
-        raise TokenError("token has no roomJoin grant")
-    identity = claims.get("sub")
-    granted_room = video.get("room")
-    if not isinstance(identity, str) or not identity:
-        raise TokenError("token has no identity (sub)")
-    if not isinstance(granted_room, str) or not granted_room:
-        raise TokenError("token grants no room")
+    if not isinstance(video, dict):
+        video = {}
+    identity = claims.get("sub", "")
+    granted_room = video.get("room", "")
+    if require_room_join:
+        if not video.get("roomJoin"):
+            raise TokenError("token has no roomJoin grant")
+        if not isinstance(identity, str) or not identity:
+            raise TokenError("token has no identity (sub)")
+        if not isinstance(granted_room, str) or not granted_room:
+            raise TokenError("token grants no room")
     if room is not None and room != granted_room:
         raise TokenError(f"token is for room {granted_room!r}, not {room!r}")
     attributes = claims.get("attributes")
+    if isinstance(attributes, dict):
+        attributes = {str(k): str(v) for k, v in attributes.items()}
     return Grant(
-        identity=identity,
-        room=granted_room,
+        identity=str(identity),
+        room=str(granted_room),
         name=str(claims.get("name", "")),
         kind=str(claims.get("kind", "")),
         metadata=str(claims.get("metadata", "")),
@@ -139,4 +162,6 @@ def verify_token(token: str, keys: Mapping[str, str], *, room: str | None = None
         can_publish=bool(video.get("canPublish", True)),
         can_subscribe=bool(video.get("canSubscribe", True)),
         can_publish_data=bool(video.get("canPublishData", True)),
+        can_update_metadata=bool(video.get("canUpdateOwnMetadata", False)),
+        agent=bool(video.get("agent", False)),
     )

@@ -36,6 +36,7 @@ from ._media import Fanout, ForwardTrack
 from ._room import Participant, PublishedTrack, Room, new_sid
 
 if TYPE_CHECKING:
+    from ._auth import Grant
     from ._server import _ServerCore
 
 log = logging.getLogger("speko_sync.testing")
@@ -43,13 +44,22 @@ log = logging.getLogger("speko_sync.testing")
 _OUTBOX_LIMIT = 1000  # data packets held while the client's data channel opens
 
 
+def permission_of(grant: Grant) -> models.ParticipantPermission:
+    """A token's grant as the ``ParticipantPermission`` livekit-server reports."""
+    return models.ParticipantPermission(
+        can_subscribe=grant.can_subscribe, can_publish=grant.can_publish,
+        can_publish_data=grant.can_publish_data, can_update_metadata=grant.can_update_metadata,
+        agent=grant.agent)
+
+
 class RemoteClient(Participant):
     """One connected client. Created by the server after the token checked out."""
 
     def __init__(self, core: _ServerCore, room: Room, ws: web.WebSocketResponse, *,
-                 identity: str, name: str, metadata: str, kind: str, single_pc: bool) -> None:
-        super().__init__(room, identity, name=name, metadata=metadata)
-        if kind == "agent":
+                 grant: Grant, single_pc: bool) -> None:
+        super().__init__(room, grant.identity, name=grant.name, metadata=grant.metadata,
+                         attributes=grant.attributes, permission=permission_of(grant))
+        if grant.kind == "agent":
             self.kind = models.ParticipantInfo.Kind.AGENT
         self.core = core
         self.ws = ws
@@ -107,6 +117,11 @@ class RemoteClient(Participant):
 
     async def start(self, join: rtc.JoinRequest) -> None:
         """Send the JoinResponse, then answer or offer as the mode wants."""
+        self.client_protocol = join.client_info.client_protocol
+        self.capabilities = list(join.client_info.capabilities)
+        if join.metadata:
+            self.metadata = join.metadata
+        self.attributes.update({k: v for k, v in join.participant_attributes.items() if v})
         others = [p.info() for p in self.room.others(self)]
         await self.send(join=rtc.JoinResponse(
             room=self.room.info(),
@@ -168,9 +183,11 @@ class RemoteClient(Participant):
             await self._add_track(req.add_track)
         elif which == "mute":  # the others learn it from a participant update
             self.room.set_muted(self, req.mute.sid, req.mute.muted)
+        elif which == "update_metadata":
+            await self.send(request_response=self.room.update_metadata(self, req.update_metadata))
         elif which == "leave":
             await self.room.leave(self, models.DisconnectReason.CLIENT_INITIATED)
-        # subscription, track_setting, update_metadata, sync_state...: accepted, ignored
+        # subscription, track_setting, sync_state...: accepted, ignored
 
     async def _trickle(self, trickle: rtc.TrickleRequest) -> None:
         try:
@@ -245,6 +262,40 @@ class RemoteClient(Participant):
         else:
             self.spawn(self._offer_subscriber())
 
+    def on_track_subscribed(self, track: PublishedTrack) -> None:
+        self.spawn(self.send(track_subscribed=rtc.TrackSubscribed(track_sid=track.sid)))
+
+    def _report_bound(self, pc: RTCPeerConnection) -> None:
+        """Tell the room which of our subscriptions are bound (attached to an
+        m-line) once ``pc`` is connected, as livekit-server does on bind."""
+        bound = [track for track, forward in self._subscriptions.values()
+                 if not track.ever_subscribed
+                 and any(t.sender.track is forward for t in pc.getTransceivers())]
+        if not bound:
+            return
+        if pc.connectionState == "connected":
+            for track in bound:
+                self.room.subscribed(track)
+            return
+
+        async def when_connected() -> None:
+            connected = asyncio.Event()
+
+            def changed() -> None:
+                if pc.connectionState == "connected":
+                    connected.set()
+            pc.on("connectionstatechange", changed)
+            try:
+                changed()
+                await asyncio.wait_for(connected.wait(), 30.0)
+            except asyncio.TimeoutError:
+                return
+            finally:
+                pc.remove_listener("connectionstatechange", changed)
+            for track in bound:
+                self.room.subscribed(track)
+        self.spawn(when_connected())
+
     def on_track_gone(self, track: PublishedTrack) -> None:
         entry = self._subscriptions.pop(track.sid, None)
         if entry is None:
@@ -306,6 +357,8 @@ class RemoteClient(Participant):
                 type="answer", sdp=self.pc.localDescription.sdp, id=offer.id,
                 mid_to_track_id=self._mid_map(self.pc) if self.single_pc else {}))
             self._update_ready()
+            if self.single_pc:
+                self._report_bound(self.pc)
 
     async def _offer_subscriber(self) -> None:
         """v0: (re)negotiate the subscriber connection, the server offering."""
@@ -342,6 +395,7 @@ class RemoteClient(Participant):
             log.warning("client %s never answered the subscriber offer", self.identity)
             return
         await self.sub_pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+        self._report_bound(self.sub_pc)
 
     def _is_attached(self, track_sid: str) -> bool:
         forward = self._subscriptions[track_sid][1]

@@ -14,8 +14,9 @@ import itertools
 import logging
 import secrets
 import time
+from collections.abc import Mapping
 
-from livekit.protocol import models
+from livekit.protocol import models, rtc
 
 from ._media import Fanout
 
@@ -27,6 +28,10 @@ SPEAKING_LEVEL = 0.01
 SPEAKER_TICK_S = 0.1
 #: Quiet ticks before an active speaker is reported inactive.
 _HANGOVER_TICKS = 4
+#: livekit-server's default limits on a participant's own updates (bytes).
+MAX_NAME_BYTES = 256
+MAX_METADATA_BYTES = 512 * 1024
+MAX_ATTRIBUTES_BYTES = 64 * 1024
 
 
 def new_sid(prefix: str) -> str:
@@ -47,6 +52,7 @@ class PublishedTrack:
         self.muted = False
         self.mid = ""
         self.receiver_track: object | None = None  # what a remote client sends it on
+        self.ever_subscribed = False  # the publisher got its TrackSubscribed
 
     def info(self) -> models.TrackInfo:
         return models.TrackInfo(
@@ -67,12 +73,19 @@ class Participant:
 
     kind: int = models.ParticipantInfo.Kind.STANDARD
 
-    def __init__(self, room: Room, identity: str, *, name: str = "", metadata: str = "") -> None:
+    def __init__(self, room: Room, identity: str, *, name: str = "", metadata: str = "",
+                 attributes: Mapping[str, str] | None = None,
+                 permission: models.ParticipantPermission | None = None) -> None:
         self.room = room
         self.sid = new_sid("PA")
         self.identity = identity
         self.name = name
         self.metadata = metadata
+        self.attributes: dict[str, str] = dict(attributes or {})
+        self.permission = permission or models.ParticipantPermission(
+            can_subscribe=True, can_publish=True, can_publish_data=True)
+        self.client_protocol = 0  # from the client's ClientInfo, as livekit-server copies it
+        self.capabilities: list[int] = []
         self.joined_at = time.time()
         self.tracks: dict[str, PublishedTrack] = {}
         self.version = 0
@@ -93,16 +106,24 @@ class Participant:
             version=self.version,
             kind=self.kind,  # type: ignore[arg-type]
             is_publisher=bool(self.tracks),
-            permission=models.ParticipantPermission(
-                can_subscribe=True, can_publish=True, can_publish_data=True
-            ),
+            permission=self.permission,
+            attributes=self.attributes,
+            client_protocol=self.client_protocol,
+            capabilities=self.capabilities,  # type: ignore[arg-type]
             disconnect_reason=self.disconnect_reason,
         )
+
+    @property
+    def is_agent(self) -> bool:
+        """An agent as livekit-server counts one: kind AGENT or the agent grant."""
+        return self.kind == models.ParticipantInfo.Kind.AGENT or self.permission.agent
 
     # Hooks the room calls (on the loop). Defaults do nothing.
     def on_participants_changed(self, infos: list[models.ParticipantInfo]) -> None: ...
     def on_track_available(self, track: PublishedTrack) -> None: ...
     def on_track_gone(self, track: PublishedTrack) -> None: ...
+    def on_track_subscribed(self, track: PublishedTrack) -> None:
+        """``track`` (one of ours) has its first subscriber bound."""
     def on_data(self, packet: models.DataPacket) -> None: ...
     def on_speakers(self, speakers: list[models.SpeakerInfo]) -> None: ...
     async def close(self, reason: int, *, send_leave: bool = True) -> None: ...
@@ -177,10 +198,48 @@ class Room:
         if self._speaker_task is not None:
             self._speaker_task.cancel()
 
-    def _broadcast_update(self, p: Participant) -> None:
+    def _broadcast_update(self, p: Participant, *, include_self: bool = False) -> None:
+        """Send ``p``'s state to the others and, as livekit-server does for
+        changes a participant makes to itself (metadata, attributes, mute), to
+        ``p`` too: a client learns its own attributes only from that echo."""
         info = p.info()
-        for other in self.others(p):
+        for other in self.participants.values() if include_self else self.others(p):
             other.on_participants_changed([info])
+
+    # -- a participant's own metadata -----------------------------------------
+    def update_metadata(self, p: Participant, req: rtc.UpdateParticipantMetadata) -> rtc.RequestResponse:
+        """Apply ``p``'s ``update_metadata`` request as livekit-server does: it
+        needs the ``canUpdateOwnMetadata`` grant and must fit the size limits; an
+        empty name or metadata means "unchanged"; attributes merge into the
+        existing ones, an empty value deleting its key. On success everyone, ``p``
+        included, gets a participant update. Returns the ``RequestResponse`` to
+        send back (``p``'s SDK waits for it)."""
+        def answer(reason: int, message: str = "") -> rtc.RequestResponse:
+            return rtc.RequestResponse(request_id=req.request_id, reason=reason,  # type: ignore[arg-type]
+                                       message=message, update_metadata=req)
+
+        if not p.permission.can_update_metadata:
+            return answer(rtc.RequestResponse.Reason.NOT_ALLOWED, "does not have permission to update own metadata")
+        if len(req.name.encode()) > MAX_NAME_BYTES:
+            return answer(rtc.RequestResponse.Reason.LIMIT_EXCEEDED, "exceeds name length limit")
+        if len(req.metadata.encode()) > MAX_METADATA_BYTES:
+            return answer(rtc.RequestResponse.Reason.LIMIT_EXCEEDED, "exceeds metadata size limit")
+        if sum(len(k.encode()) + len(v.encode()) for k, v in req.attributes.items()) > MAX_ATTRIBUTES_BYTES:
+            return answer(rtc.RequestResponse.Reason.LIMIT_EXCEEDED, "exceeds attributes size limit")
+        changed = False
+        if req.name and req.name != p.name:
+            p.name, changed = req.name, True
+        if req.metadata and req.metadata != p.metadata:
+            p.metadata, changed = req.metadata, True
+        for key, value in req.attributes.items():
+            changed = True  # livekit-server broadcasts any attribute request
+            if value:
+                p.attributes[key] = value
+            else:
+                p.attributes.pop(key, None)
+        if changed and self.participants.get(p.identity) is p:
+            self._broadcast_update(p, include_self=True)
+        return answer(rtc.RequestResponse.Reason.OK)
 
     # -- tracks -------------------------------------------------------------
     def publish(self, track: PublishedTrack) -> None:
@@ -189,6 +248,15 @@ class Room:
         self._broadcast_update(track.owner)
         for other in self.others(track.owner):
             other.on_track_available(track)
+
+    def subscribed(self, track: PublishedTrack) -> None:
+        """A subscriber is bound to ``track`` and can receive it: the publisher
+        hears of it once per track (LiveKit's ``TrackSubscribed``, which a
+        publisher's ``wait_for_subscription()`` waits for)."""
+        if track.ever_subscribed or track.owner.tracks.get(track.sid) is not track:
+            return
+        track.ever_subscribed = True
+        track.owner.on_track_subscribed(track)
 
     async def unpublish(self, owner: Participant, track_sid: str) -> None:
         track = owner.tracks.pop(track_sid, None)
@@ -206,20 +274,38 @@ class Room:
         if track is None or track.muted == muted:
             return False
         track.muted = muted
-        self._broadcast_update(owner)
+        self._broadcast_update(owner, include_self=True)
         return True
 
     # -- data ---------------------------------------------------------------
     def route_data(self, sender: Participant, packet: models.DataPacket) -> int:
         """Forward ``packet`` from ``sender`` to the others (or to its destination
         identities only), stamped with the sender's identity and a sequence that
-        rises strictly per (receiver, sender). Returns how many got it."""
+        rises strictly per (receiver, sender). Returns how many got it.
+
+        As in livekit-server: nothing is forwarded from a participant without
+        the ``canPublishData`` permission; ``Transcription`` packets only from
+        agents; an agent may publish a text-stream header (or a chat message) on
+        behalf of another participant, which keeps that identity and is marked
+        ``generated``; every other packet carries the sender's own identity."""
+        if not sender.permission.can_publish_data:
+            return 0
+        which = packet.WhichOneof("value")
+        if which == "transcription" and not sender.is_agent:
+            return 0
         destinations = set(packet.destination_identities)
         if packet.HasField("user"):
             destinations.update(packet.user.destination_identities)
             packet.user.participant_identity = sender.identity
             packet.user.participant_sid = sender.sid
-        packet.participant_identity = sender.identity
+        on_behalf = (sender.is_agent and packet.participant_identity not in ("", sender.identity)
+                     and which in ("stream_header", "chat_message"))
+        if on_behalf and which == "stream_header" and packet.stream_header.HasField("text_header"):
+            packet.stream_header.text_header.generated = True
+        elif on_behalf and which == "chat_message":
+            packet.chat_message.generated = True
+        elif not on_behalf or which == "stream_header":  # a byte stream header is never on behalf
+            packet.participant_identity = sender.identity
         packet.participant_sid = sender.sid
         delivered = 0
         for other in self.others(sender):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gzip
 import logging
 import time
@@ -18,6 +19,7 @@ from .._loop import LoopThread
 from ._auth import Grant, TokenError, mint_token, verify_token
 from ._client import RemoteClient
 from ._room import Room
+from ._workers import Dispatcher, JobRecord
 
 if TYPE_CHECKING:
     from ._agent import ScriptedAgent
@@ -59,6 +61,7 @@ class _ServerCore:
         self.stats: Counter[str] = Counter()
         self.runner: web.AppRunner | None = None
         self.port = 0
+        self.dispatcher = Dispatcher(self)
 
     def pongs_paused(self) -> bool:
         return time.monotonic() < self.pong_pause_until
@@ -69,6 +72,7 @@ class _ServerCore:
         app.router.add_get("/rtc", self._handle_v0)
         app.router.add_get("/rtc/validate", self._handle_validate)
         app.router.add_get("/rtc/v1/validate", self._handle_validate)
+        app.router.add_get("/agent", self.dispatcher.handle)
         app.router.add_get("/", self._handle_root)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
@@ -79,6 +83,7 @@ class _ServerCore:
         self.port = server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        await self.dispatcher.close()
         for room in list(self.rooms.values()):
             await room.close(models.DisconnectReason.SERVER_SHUTDOWN)
         self.rooms.clear()
@@ -145,6 +150,13 @@ class _ServerCore:
     async def _handle_v0(self, request: web.Request) -> web.StreamResponse:
         join = rtc.JoinRequest()
         join.connection_settings.auto_subscribe = request.query.get("auto_subscribe", "1") in ("1", "true")
+        query = request.query
+        with contextlib.suppress(ValueError):
+            join.client_info.protocol = int(query.get("protocol", "0"))
+            join.client_info.client_protocol = int(query.get("client_protocol", "0"))
+        for name in filter(None, query.get("capabilities", "").split(",")):
+            if name.strip() in models.ClientInfo.Capability.keys():
+                join.client_info.capabilities.append(models.ClientInfo.Capability.Value(name.strip()))  # type: ignore[arg-type]
         if request.query.get("reconnect") in ("1", "true"):
             join.reconnect = True
         return await self._join(request, join, single_pc=False)
@@ -153,6 +165,8 @@ class _ServerCore:
         if self.join_delay > 0:
             await asyncio.sleep(self.join_delay)
         grant = self._admit(request)
+        if (join.metadata or any(join.participant_attributes.values())) and not grant.can_update_metadata:
+            raise web.HTTPUnauthorized(text="setting metadata or attributes at join needs canUpdateOwnMetadata")
         if join.reconnect:
             # Resuming a session is not supported: the client then rejoins fully.
             raise web.HTTPNotFound(text="participant session not found; rejoin")
@@ -160,14 +174,14 @@ class _ServerCore:
         assert room is not None
         ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
         await ws.prepare(request)
-        client = RemoteClient(self, room, ws, identity=grant.identity, name=grant.name,
-                              metadata=grant.metadata, kind=grant.kind, single_pc=single_pc)
+        client = RemoteClient(self, room, ws, grant=grant, single_pc=single_pc)
         self.clients.add(client)
         self.stats["joins"] += 1
         self.stats["joins_v1" if single_pc else "joins_v0"] += 1
         try:
             await room.join(client)
             await client.start(join)
+            self.dispatcher.request_agent(room)
             await client.serve()
         except Exception:
             log.exception("client %s failed", client.identity)
@@ -194,6 +208,7 @@ class _ServerCore:
             return
         del self.rooms[room.name]
         await room.close(models.DisconnectReason.ROOM_DELETED)
+        await self.dispatcher.room_closed(room.name)
         self.server._room_closed(room.name)
 
     async def drop_connections(self, room: str | None, refuse_rejoin: bool) -> int:
@@ -404,6 +419,56 @@ class LocalServer:
         self._background.add(future)
         future.add_done_callback(self._background.discard)
 
+    # -- LiveKit Agents workers -------------------------------------------------
+    def workers(self) -> list[str]:
+        """Ids of the LiveKit Agents workers registered on ``/agent`` now."""
+        async def get() -> list[str]:
+            return list(self._require()[1].dispatcher.workers)
+        return self._call(get())  # type: ignore[no-any-return]
+
+    def jobs(self, room: str | None = None) -> list[JobRecord]:
+        """Agent jobs dispatched so far (or those for ``room``), oldest first."""
+        async def get() -> list[JobRecord]:
+            jobs = self._require()[1].dispatcher.jobs.values()
+            return [JobRecord(**vars(j)) for j in jobs if room is None or j.room == room]
+        return self._call(get())  # type: ignore[no-any-return]
+
+    def wait_for_worker(self, timeout: float = 30.0) -> str:
+        """Block until a worker is registered; return its id. Raises ``TimeoutError``."""
+        return self._wait(lambda d: next(iter(d.workers), None), timeout, "no agent worker registered")  # type: ignore[no-any-return]
+
+    def wait_for_job(self, room: str, status: str = "JS_RUNNING", timeout: float = 30.0) -> JobRecord:
+        """Block until a job for ``room`` reaches ``status`` (a ``JobStatus`` name);
+        return it. Raises ``TimeoutError`` saying what the jobs were."""
+        def found(d: Dispatcher) -> JobRecord | None:
+            return next((JobRecord(**vars(j)) for j in d.jobs.values() if j.room == room and j.status == status), None)
+        return self._wait(found, timeout, f"no {status} job for room {room!r}")  # type: ignore[no-any-return]
+
+    def _wait(self, probe: Callable[[Dispatcher], Any], timeout: float, what: str) -> Any:
+        async def wait() -> Any:
+            dispatcher = self._require()[1].dispatcher
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while (value := probe(dispatcher)) is None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    jobs = [(j.room, j.status, j.error) for j in dispatcher.jobs.values()]
+                    raise TimeoutError(f"{what} within {timeout} s (workers {list(dispatcher.workers)}, jobs {jobs})")
+                await dispatcher.wait_changed(remaining)
+            return value
+        return self._call(wait(), timeout=timeout + 5)
+
+    def hold_dispatch(self) -> None:
+        """Dispatch no agent to any room until :meth:`release_dispatch` (an
+        agent that joins late, or never)."""
+        self._require()[1].dispatcher.held = True
+
+    def release_dispatch(self) -> None:
+        """Dispatch agents again; rooms that wait for one get it now."""
+        async def release() -> None:
+            self._require()[1].dispatcher.release()
+        self._call(release())
+
     # -- faults -----------------------------------------------------------------
     def drop_connections(self, room: str | None = None, *, refuse_rejoin: bool = False) -> int:
         """Abort every client connection (or those in ``room``) with no leave, as
@@ -427,6 +492,7 @@ class LocalServer:
             r = core.rooms.pop(room, None)
             if r is not None:
                 await r.close(models.DisconnectReason.ROOM_DELETED)
+                await core.dispatcher.room_closed(room)
         self._call(delete())
 
     def pause_pongs(self, seconds: float) -> None:

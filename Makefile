@@ -4,9 +4,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := portaudio19-dev pulseaudio pulseaudio-utils libasound2-plugins sox iproute2 util-linux
+APT_PACKAGES := portaudio19-dev pulseaudio pulseaudio-utils libasound2-plugins sox iproute2 util-linux espeak-ng
+# LiveKit Agents pins its own livekit release: the offline agent runs from an environment of its own
+AGENT_VENV ?= .venv-agent
 
-.PHONY: setup system-packages demo test lint pytest bench clean
+.PHONY: setup system-packages agent-env demo test lint pytest bench clean
 
 setup: system-packages $(VENV)/.installed
 
@@ -27,21 +29,27 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-demo: setup
+agent-env: $(AGENT_VENV)/.installed
+
+$(AGENT_VENV)/.installed: $(VENV)/.installed speko_sync/testing/_worker_process.py
+	$(PY) -m speko_sync.testing agent-env $(AGENT_VENV)
+	touch $@
+
+demo: setup agent-env
 	$(PY) -m speko_sync demo
 
 lint: setup
 	$(PY) -m ruff check speko_sync tests benchmarks examples
 	$(PY) -m mypy speko_sync
 
-pytest: setup
-	$(PY) -m pytest
+pytest: setup agent-env
+	SPEKO_SYNC_AGENT_PYTHON=$(CURDIR)/$(AGENT_VENV)/bin/python $(PY) -m pytest
 
 test: lint pytest
 
-bench: setup
+bench: setup agent-env
 	$(PY) benchmarks/bench_server.py
 	$(PY) benchmarks/bench_conversation.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(AGENT_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

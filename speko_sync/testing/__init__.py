@@ -23,6 +23,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
+    "AGENT_REQUIREMENTS": "_worker_process",
+    "AgentEnvUnavailable": "_worker_process",
+    "AgentWorker": "_worker_process",
+    "JobRecord": "_workers",
+    "agent_python": "_worker_process",
+    "create_agent_env": "_worker_process",
     "DEFAULT_API_KEY": "_server",
     "DEFAULT_API_SECRET": "_server",
     "Grant": "_auth",
@@ -47,11 +53,15 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "AGENT_REQUIREMENTS",
     "DEFAULT_API_KEY",
     "DEFAULT_API_SECRET",
     "VETH_ADDRESS",
+    "AgentEnvUnavailable",
+    "AgentWorker",
     "Grant",
     "IsolationUnavailable",
+    "JobRecord",
     "LocalServer",
     "PulseUnavailable",
     "ReceivedPacket",
@@ -59,7 +69,9 @@ __all__ = [
     "ScriptedAgent",
     "TokenError",
     "VirtualSoundDevices",
+    "agent_python",
     "check_isolation",
+    "create_agent_env",
     "disconnect_reason",
     "in_isolated_namespace",
     "isolation_command",
@@ -84,6 +96,14 @@ if TYPE_CHECKING:
     )
     from ._pulse import PulseUnavailable, Recording, VirtualSoundDevices
     from ._server import DEFAULT_API_KEY, DEFAULT_API_SECRET, LocalServer, disconnect_reason
+    from ._worker_process import (
+        AGENT_REQUIREMENTS,
+        AgentEnvUnavailable,
+        AgentWorker,
+        agent_python,
+        create_agent_env,
+    )
+    from ._workers import JobRecord
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,6 @@
-"""``python -m speko_sync.testing serve``: run the local server standalone."""
+"""``python -m speko_sync.testing serve``: run the local server standalone, with
+the offline Speko agent (a LiveKit Agents worker) in every room;
+``python -m speko_sync.testing agent-env``: create that agent's environment."""
 
 from __future__ import annotations
 
@@ -9,6 +11,14 @@ import sys
 import threading
 
 from ._server import DEFAULT_API_KEY, DEFAULT_API_SECRET, LocalServer
+from ._worker_process import AgentEnvUnavailable, agent_python
+from ._worker_process import main as worker_env_main
+
+_AGENT_NOTE = {
+    "worker": "the offline Speko agent (LiveKit Agents) joins every room",
+    "scripted": "a scripted agent joins every new room",
+    "none": "no agent",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,7 +30,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=7880, help="port to listen on (default 7880; 0 = any free)")
     serve.add_argument("--api-key", default=DEFAULT_API_KEY, help="API key tokens are checked against")
     serve.add_argument("--api-secret", default=DEFAULT_API_SECRET, help="API secret tokens are checked against")
-    serve.add_argument("--no-agent", action="store_true", help="no default agent in new rooms")
+    serve.add_argument("--agent", choices=("auto", "worker", "scripted", "none"), default="auto",
+                       help="who joins each room: the offline LiveKit Agents worker, the in-process "
+                            "scripted agent, or nobody (default auto: the worker when its environment exists)")
+    serve.add_argument("--no-agent", action="store_true", help="same as --agent none")
+    env = sub.add_parser("agent-env", help="create the LiveKit Agents environment the offline agent runs from")
+    env.add_argument("path", nargs="?", default=None, help="where (default .venv-agent)")
     serve.add_argument("--room", default="speko_local", help="room of the printed token")
     serve.add_argument("--identity", default="user", help="identity of the printed token")
     serve.add_argument("--ttl", type=float, default=24 * 3600, help="lifetime of the printed token, seconds")
@@ -32,25 +47,46 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _choose_agent(wanted: str) -> str:
+    if wanted != "auto":
+        return wanted
+    try:
+        agent_python()
+        return "worker"
+    except AgentEnvUnavailable as exc:
+        print(f"note: {exc}; using the scripted agent", file=sys.stderr)
+        return "scripted"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "agent-env":
+        return worker_env_main([args.path] if args.path else [])
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    agent = _choose_agent("none" if args.no_agent else args.agent)
     server = LocalServer(host=args.host, port=args.port, api_key=args.api_key, api_secret=args.api_secret,
-                         default_agent=not args.no_agent, single_pc=not args.no_v1,
+                         default_agent=agent == "scripted", single_pc=not args.no_v1,
                          empty_room_timeout=args.empty_room_timeout)
     try:
         server.start()
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2
+    if agent == "worker":
+        try:
+            server.start_agent_worker(log_level="INFO" if args.verbose else "WARNING")
+        except (AgentEnvUnavailable, TimeoutError, RuntimeError) as exc:
+            server.stop()
+            print(f"error: the offline agent worker did not start: {exc}", file=sys.stderr)
+            return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     print(f"url:   {server.url}")
     print(f"token: {server.token(args.identity, args.room, ttl=args.ttl)}")
     print(f"(room {args.room!r}, identity {args.identity!r}; "
-          f"{'no agent' if args.no_agent else 'a scripted agent joins every new room'}; Ctrl-C stops)",
+          f"{_AGENT_NOTE[agent]}; Ctrl-C stops)",
           flush=True)
     try:
         stop.wait()

@@ -23,6 +23,7 @@ from ._workers import Dispatcher, JobRecord
 
 if TYPE_CHECKING:
     from ._agent import ScriptedAgent
+    from ._worker_process import AgentWorker
 
 log = logging.getLogger("speko_sync.testing")
 
@@ -290,6 +291,7 @@ class LocalServer:
         self._runner: LoopThread | None = None
         self._core: _ServerCore | None = None
         self.agents: list[ScriptedAgent] = []
+        self.agent_workers: list[AgentWorker] = []
         self._background: set[asyncio.Future[None]] = set()
 
     # -- life cycle -------------------------------------------------------------
@@ -314,6 +316,8 @@ class LocalServer:
             return
         for agent in list(self.agents):
             agent._shutdown()
+        for worker in self.agent_workers:
+            worker.stop()
         try:
             runner.call(core.stop(), timeout=15)
         finally:
@@ -420,6 +424,32 @@ class LocalServer:
         future.add_done_callback(self._background.discard)
 
     # -- LiveKit Agents workers -------------------------------------------------
+    def start_agent_worker(self, *, wait: bool = True, timeout: float = 60.0, **options: Any) -> AgentWorker:
+        """Start the offline Speko agent (a real LiveKit Agents worker, see
+        ``speko_sync/testing/offline_worker.py``) as its own process; it is
+        dispatched to every room with a client and no agent. With ``wait``,
+        return once it has registered. Options: ``greeting`` (``""`` for none),
+        ``rules`` (``(regex, reply)`` pairs), ``tts`` (``auto``/``espeak``/
+        ``tone``), ``stt`` (``auto``/``pocketsphinx``/``describe``), ``program``
+        (another worker's argv after the Python), ``python``, ``env``,
+        ``log_level``. The server stops it when it stops.
+
+        Raises :class:`AgentEnvUnavailable` when there is no agent environment
+        (``make agent-env``), ``TimeoutError`` or ``RuntimeError`` when the
+        worker does not register."""
+        from ._worker_process import AgentWorker
+
+        self._require()
+        worker = AgentWorker(self, **options)
+        self.agent_workers.append(worker)
+        if wait:
+            try:
+                worker.wait_registered(timeout)
+            except BaseException:
+                worker.stop()
+                raise
+        return worker
+
     def workers(self) -> list[str]:
         """Ids of the LiveKit Agents workers registered on ``/agent`` now."""
         async def get() -> list[str]:

@@ -1,0 +1,173 @@
+"""Run a LiveKit Agents worker (by default the offline Speko agent) as its own
+process, from its own environment, against a :class:`LocalServer`.
+
+LiveKit Agents pins a ``livekit`` release of its own, so the worker cannot share
+this process or its environment; it runs as a real worker does, from the
+environment ``make agent-env`` (or :func:`create_agent_env`) builds.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import venv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._server import LocalServer
+
+#: What the agent environment holds (LiveKit Agents with offline speech parts).
+AGENT_REQUIREMENTS = (
+    "livekit-agents==1.8.9",
+    "livekit-plugins-silero==1.8.9",
+    "pocketsphinx==5.1.1",
+)
+#: Environment variable naming the agent environment's Python.
+AGENT_PYTHON_ENV = "SPEKO_SYNC_AGENT_PYTHON"
+#: The offline Speko agent program.
+OFFLINE_WORKER = Path(__file__).with_name("offline_worker.py")
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class AgentEnvUnavailable(RuntimeError):
+    """No environment with LiveKit Agents was found; the message says how to make one."""
+
+
+def default_agent_env() -> Path:
+    """Where the agent environment lives by default: ``.venv-agent`` next to the
+    project (a source checkout) or in the current directory."""
+    if (_PROJECT_ROOT / "setup.py").exists():
+        return _PROJECT_ROOT / ".venv-agent"
+    return Path.cwd() / ".venv-agent"
+
+
+def agent_python() -> str:
+    """The Python of the agent environment: ``$SPEKO_SYNC_AGENT_PYTHON``, else
+    ``.venv-agent/bin/python``. Raises :class:`AgentEnvUnavailable`."""
+    configured = os.environ.get(AGENT_PYTHON_ENV)
+    candidate = Path(configured) if configured else default_agent_env() / "bin" / "python"
+    if not candidate.exists():
+        raise AgentEnvUnavailable(
+            f"no LiveKit Agents environment at {candidate}: run `make agent-env` or "
+            f"`python -m speko_sync.testing agent-env` (or set {AGENT_PYTHON_ENV})")
+    return str(candidate)
+
+
+def create_agent_env(path: Path | None = None, *, quiet: bool = True) -> Path:
+    """Create (or complete) the agent environment at ``path`` (default
+    :func:`default_agent_env`) with :data:`AGENT_REQUIREMENTS`. Returns its
+    Python. Raises ``subprocess.CalledProcessError`` when pip fails."""
+    path = path or default_agent_env()
+    python = path / "bin" / "python"
+    if not python.exists():
+        venv.EnvBuilder(with_pip=True).create(path)
+    flags = ["-q"] if quiet else []
+    subprocess.run([str(python), "-m", "pip", "install", *flags, *AGENT_REQUIREMENTS], check=True)
+    return python
+
+
+class AgentWorker:
+    """A LiveKit Agents worker process registered with a :class:`LocalServer`.
+
+    Made by :meth:`LocalServer.start_agent_worker`. The server dispatches it to
+    every room that has a client and no agent (as LiveKit Cloud does with
+    automatic dispatch). Its output is kept (:meth:`output`) for diagnostics.
+    Thread-safe; :meth:`stop` is idempotent.
+    """
+
+    def __init__(self, server: LocalServer, *, program: Sequence[str] | None = None,
+                 python: str | None = None, greeting: str | None = None,
+                 rules: Sequence[tuple[str, str]] = (), tts: str = "auto", stt: str = "auto",
+                 env: dict[str, str] | None = None, log_level: str = "WARNING") -> None:
+        self.server = server
+        cmd = [python or agent_python(), *(program or [str(OFFLINE_WORKER)]), "--log-level", log_level]
+        if program is None:
+            cmd += ["--tts", tts, "--stt", stt]
+            if greeting is not None:
+                cmd += ["--greeting", greeting]
+            for pattern, reply in rules:
+                cmd += ["--rule", pattern, reply]
+        child_env = dict(os.environ, LIVEKIT_URL=server.url, LIVEKIT_API_KEY=server.api_key,
+                         LIVEKIT_API_SECRET=server.api_secret, PYTHONUNBUFFERED="1", **(env or {}))
+        self.command = cmd
+        self._lines: collections.deque[str] = collections.deque(maxlen=2000)
+        self._proc = subprocess.Popen(cmd, env=child_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self._reader = threading.Thread(target=self._read, name="speko-agent-worker-output", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self._lines.append(line.rstrip("\n"))
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the process ended (negative: killed by that signal)."""
+        return self._proc.poll()
+
+    def output(self) -> str:
+        """The last 2000 lines the worker printed."""
+        return "\n".join(self._lines)
+
+    def wait_registered(self, timeout: float = 60.0) -> None:
+        """Block until the worker registered with the server. Raises
+        ``TimeoutError`` (or ``RuntimeError`` if it exited), with its output."""
+        deadline = time.monotonic() + timeout
+        while "worker registered" not in self.output():
+            if self.returncode is not None:
+                raise RuntimeError(f"agent worker exited with {self.returncode}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"agent worker not registered within {timeout} s:\n{self.output()}")
+            try:
+                self.server.wait_for_worker(timeout=min(0.5, max(0.01, deadline - time.monotonic())))
+            except TimeoutError:
+                pass
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its job processes at once (a crash)."""
+        self._signal(signal.SIGKILL)
+        self._proc.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Ask the worker to drain and exit (SIGTERM); kill it after ``timeout``."""
+        if self.returncode is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._reader.join(5)
+
+    def _signal(self, sig: int) -> None:
+        if self.returncode is None:
+            try:
+                os.killpg(self._proc.pid, sig)  # its own session: the job processes too
+            except ProcessLookupError:
+                pass
+
+    def __enter__(self) -> AgentWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m speko_sync.testing agent-env [PATH]``."""
+    args = list(argv if argv is not None else sys.argv[1:])
+    target = Path(args[0]) if args else None
+    python = create_agent_env(target, quiet=False)
+    print(f"agent environment ready: {python}")
+    return 0

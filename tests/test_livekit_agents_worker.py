@@ -1,0 +1,215 @@
+"""An unmodified LiveKit Agents worker (the offline Speko agent) against
+LocalServer, seen by the real livekit.rtc client over WebRTC: dispatch, the
+agent's audio, ``lk.agent.state``, ``lk.transcription`` streams and legacy
+transcriptions, typed turns on ``lk.chat``, spoken turns transcribed on the
+user's behalf, and the worker's own failure modes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from livekit import rtc
+from lk import RATE, Ear, Mic, Recorder, rms, run
+
+from speko_sync.testing import AgentEnvUnavailable, LocalServer, agent_python
+from speko_sync.testing.pytest_plugin import require_webrtc
+
+pytestmark = pytest.mark.webrtc
+
+GREETING = "Hello from the offline agent."
+RULES = [("weather", "It is always sunny here.")]
+
+
+def _require_agent_env() -> None:
+    try:
+        agent_python()
+    except AgentEnvUnavailable as exc:
+        if os.environ.get("SPEKO_SYNC_REQUIRE_WEBRTC") == "1":
+            pytest.fail(str(exc), pytrace=False)
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def worker_server() -> Iterator[LocalServer]:
+    """One server with one offline Speko worker for the module (it takes a few
+    seconds to start); each test uses a room of its own."""
+    require_webrtc()
+    _require_agent_env()
+    with LocalServer() as server:
+        server.start_agent_worker(greeting=GREETING, rules=RULES)
+        yield server
+
+
+@dataclass
+class AgentView:
+    """What a client sees of the agent, by both transcript paths."""
+
+    states: list[str] = field(default_factory=list)
+    streams: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)  # sender, text, attributes
+    legacy: list[tuple[str | None, str, bool]] = field(default_factory=list)  # participant, text, final
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def attach(self, room: rtc.Room) -> None:
+        def on_attributes(changed: dict[str, str], who: rtc.Participant) -> None:
+            if "lk.agent.state" in changed and who.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+                self.states.append(changed["lk.agent.state"])
+                self.changed.set()
+
+        def on_stream(reader: rtc.TextStreamReader, sender: str) -> None:
+            async def read() -> None:
+                text = await reader.read_all()
+                self.streams.append((sender, text, dict(reader.info.attributes or {})))
+                self.changed.set()
+            self.tasks.append(asyncio.ensure_future(read()))
+
+        def on_legacy(segments: list[rtc.TranscriptionSegment], who: rtc.Participant | None,
+                      _pub: rtc.TrackPublication | None) -> None:
+            for s in segments:
+                self.legacy.append((who.identity if who else None, s.text, s.final))
+            self.changed.set()
+        room.on("participant_attributes_changed", on_attributes)
+        room.register_text_stream_handler("lk.transcription", on_stream)
+        room.on("transcription_received", on_legacy)
+
+    async def wait(self, what: str, condition: object, timeout: float = 20.0) -> None:
+        assert callable(condition)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not condition():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"{what} not seen within {timeout} s; states {self.states}, "
+                                   f"streams {self.streams}, legacy {self.legacy[-5:]}")
+            self.changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), remaining)
+
+    def final_texts(self, sender: str) -> list[str]:
+        return [text for who, text, attrs in self.streams
+                if who == sender and attrs.get("lk.transcription_final") == "true"]
+
+
+async def join_with_agent(server: LocalServer, room_name: str) -> tuple[rtc.Room, Recorder, AgentView, rtc.Track,
+                                                                         rtc.RemoteParticipant]:
+    view = AgentView()
+    room = rtc.Room()
+    recorder = Recorder(room)
+    view.attach(room)
+    await room.connect(server.url, server.token("user", room_name))
+    track, _pub, agent = await recorder.wait_for("track_subscribed", timeout=30)
+    return room, recorder, view, track, agent
+
+
+def test_worker_is_dispatched_and_greets_with_audio_state_and_transcripts(worker_server: LocalServer) -> None:
+    async def scenario() -> None:
+        room, _, view, track, agent = await join_with_agent(worker_server, "greet")
+        assert agent.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+        ear = Ear(track)
+        await view.wait("greeting transcript", lambda: GREETING in view.final_texts(agent.identity))
+        await view.wait("listening again", lambda: view.states[-1:] == ["listening"] and "speaking" in view.states)
+        assert view.states.index("speaking") < len(view.states) - 1  # speaking, then listening
+        heard = ear.audio()
+        assert rms(heard) > 0.005, "the greeting was not heard"
+        _, _, attrs = next(s for s in view.streams if s[1] == GREETING)
+        agent_tracks = [p.sid for p in agent.track_publications.values()]
+        assert attrs["lk.transcribed_track_id"] in agent_tracks and attrs["lk.segment_id"]
+        # the client reports client_protocol < 3, so the worker also sends legacy packets
+        await view.wait("legacy final", lambda: (agent.identity, GREETING, True) in view.legacy)
+        partials = [t for who, t, final in view.legacy if not final]
+        assert partials and all(GREETING.startswith(t) for t in partials)  # cumulative updates
+        job = worker_server.wait_for_job("greet", "JS_RUNNING", timeout=5)
+        assert job.identity == agent.identity
+        await ear.close()
+        await room.disconnect()
+    run(scenario(), timeout=90)
+
+
+def test_typed_turn_on_lk_chat_is_answered_like_a_spoken_one(worker_server: LocalServer) -> None:
+    async def scenario() -> None:
+        room, _, view, _, agent = await join_with_agent(worker_server, "chat")
+        await view.wait("greeting", lambda: GREETING in view.final_texts(agent.identity))
+        await room.local_participant.send_text("what is the weather", topic="lk.chat")
+        await view.wait("rule reply", lambda: "It is always sunny here." in view.final_texts(agent.identity))
+        await room.local_participant.send_text("tell me a story", topic="lk.chat")
+        await view.wait("echo reply", lambda: "You said: tell me a story." in view.final_texts(agent.identity))
+        assert "thinking" in view.states
+        await room.disconnect()
+    run(scenario(), timeout=90)
+
+
+def espeak(text: str) -> np.ndarray:
+    wav = subprocess.run(["espeak-ng", "-v", "en-us", "--stdout", text], capture_output=True, check=True).stdout
+    pcm = np.frombuffer(wav[44:], dtype=np.int16)  # 22050 Hz mono
+    positions = np.arange(0, len(pcm), 22050 / RATE)
+    return np.interp(positions, np.arange(len(pcm)), pcm).astype(np.int16)
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng to speak to the agent")
+def test_spoken_turn_is_transcribed_on_the_users_behalf_and_answered(worker_server: LocalServer) -> None:
+    async def scenario() -> None:
+        room, _, view, _, agent = await join_with_agent(worker_server, "speak")
+        mic = await Mic(room).publish()
+        assert mic.publication is not None
+        await view.wait("greeting", lambda: GREETING in view.final_texts(agent.identity))
+        silence = np.zeros(RATE // 2, dtype=np.int16)
+        await mic.play(np.concatenate([silence, espeak("what is the weather"), silence, silence, silence]))
+        await view.wait("user transcript", lambda: view.final_texts("user"), timeout=30)
+        text = view.final_texts("user")[0]
+        # PocketSphinx hears espeak through Opus well, not perfectly: some of the words
+        assert {"what", "is", "the", "weather"} & set(text.lower().split()), text
+        _, _, attrs = next(s for s in view.streams if s[0] == "user")
+        assert attrs["lk.transcribed_track_id"] == mic.publication.sid
+        # published by the agent on the user's behalf: the stream's sender is the user
+        await view.wait("answer", lambda: len(view.final_texts(agent.identity)) >= 2)
+        answer = view.final_texts(agent.identity)[-1]
+        assert answer == "It is always sunny here." or answer.startswith("You said: "), answer
+        await room.disconnect()
+    run(scenario(), timeout=90)
+
+
+def test_a_worker_killed_mid_turn_leaves_the_room() -> None:
+    """A crash of the worker's processes while the agent speaks: the agent
+    participant goes away (its connection dies with it), the job is failed."""
+    require_webrtc()
+    _require_agent_env()
+    with LocalServer() as server:
+        doomed = server.start_agent_worker(greeting="This greeting is long enough to be cut. " * 10)
+
+        async def scenario() -> None:
+            room, recorder, view, _, agent = await join_with_agent(server, "crash")
+            await view.wait("speaking", lambda: "speaking" in view.states)
+            await asyncio.to_thread(doomed.kill)
+            await recorder.wait_for("participant_disconnected", lambda p: p.identity == agent.identity, timeout=30)
+            await room.disconnect()
+        run(scenario(), timeout=120)
+        assert doomed.returncode is not None and doomed.returncode < 0
+        assert [j.status for j in server.jobs("crash")] == ["JS_FAILED"]
+
+
+def test_an_agent_held_back_never_joins_then_joins_late(worker_server: LocalServer) -> None:
+    worker_server.hold_dispatch()
+    try:
+        async def scenario() -> None:
+            room = rtc.Room()
+            recorder = Recorder(room)
+            view = AgentView()
+            view.attach(room)
+            await room.connect(worker_server.url, worker_server.token("user", "late"))
+            # dispatch is decided as the client joins: held, no job and no agent
+            assert worker_server.jobs("late") == [] and worker_server.participants("late") == ["user"]
+            await asyncio.to_thread(worker_server.release_dispatch)
+            (agent,) = await recorder.wait_for("participant_connected", timeout=30)
+            await view.wait("late greeting", lambda: GREETING in view.final_texts(agent.identity))
+            await room.disconnect()
+        run(scenario(), timeout=90)
+    finally:
+        worker_server.release_dispatch()

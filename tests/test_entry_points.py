@@ -3,6 +3,7 @@ is what every other test uses)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -16,12 +17,19 @@ from speko_sync.testing import DEFAULT_API_KEY, DEFAULT_API_SECRET, verify_token
 
 
 @pytest.mark.webrtc
-def test_serve_command_prints_a_working_url_and_token() -> None:
+@pytest.mark.parametrize("agent", ["scripted", "worker"])
+def test_serve_command_prints_a_working_url_and_token(agent: str) -> None:
+    from speko_sync.testing import AgentEnvUnavailable, agent_python
     from speko_sync.testing.pytest_plugin import require_webrtc
 
     require_webrtc()
+    if agent == "worker":
+        try:
+            agent_python()
+        except AgentEnvUnavailable as exc:
+            pytest.skip(str(exc))
     proc = subprocess.Popen([sys.executable, "-m", "speko_sync.testing", "serve", "--port", "0",
-                             "--room", "cli-room", "--identity", "cli-user"],
+                             "--room", "cli-room", "--identity", "cli-user", "--agent", agent],
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -35,9 +43,15 @@ def test_serve_command_prints_a_working_url_and_token() -> None:
             room = rtc.Room()
             events = Recorder(room)
             await room.connect(url, token)
-            (p,) = await events.wait_for("participant_connected")  # the default agent
-            assert p.identity == "agent"
-            await events.wait_for("data_received")  # its greeting
+            (p,) = await events.wait_for("participant_connected", timeout=30)  # the default agent
+            assert p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+            if agent == "scripted":
+                assert p.identity == "agent"
+                await events.wait_for("data_received")  # its greeting
+            else:  # the LiveKit Agents worker says what it is doing
+                await events.wait_for("track_subscribed", timeout=30)
+                while p.attributes.get("lk.agent.state") not in ("listening", "speaking"):
+                    await asyncio.sleep(0.02)
             await room.disconnect()
         run(scenario())
     finally:

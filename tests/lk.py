@@ -8,6 +8,7 @@ import contextlib
 import functools
 import json
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -153,6 +154,70 @@ class Ear:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+@dataclass
+class AgentView:
+    """What a client sees of the agent, by both transcript paths."""
+
+    states: list[str] = field(default_factory=list)
+    streams: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)  # sender, text, attributes
+    opened: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # sender, header attributes
+    legacy: list[tuple[str | None, str, bool]] = field(default_factory=list)  # participant, text, final
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def attach(self, room: rtc.Room) -> None:
+        def on_attributes(changed: dict[str, str], who: rtc.Participant) -> None:
+            if "lk.agent.state" in changed and who.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+                self.states.append(changed["lk.agent.state"])
+                self.changed.set()
+
+        def on_stream(reader: rtc.TextStreamReader, sender: str) -> None:
+            self.opened.append((sender, dict(reader.info.attributes or {})))
+
+            async def read() -> None:
+                text = await reader.read_all()
+                self.streams.append((sender, text, dict(reader.info.attributes or {})))
+                self.changed.set()
+            self.tasks.append(asyncio.ensure_future(read()))
+
+        def on_legacy(segments: list[rtc.TranscriptionSegment], who: rtc.Participant | None,
+                      _pub: rtc.TrackPublication | None) -> None:
+            for s in segments:
+                self.legacy.append((who.identity if who else None, s.text, s.final))
+            self.changed.set()
+        room.on("participant_attributes_changed", on_attributes)
+        room.register_text_stream_handler("lk.transcription", on_stream)
+        room.on("transcription_received", on_legacy)
+
+    async def wait(self, what: str, condition: object, timeout: float = 20.0) -> None:
+        assert callable(condition)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not condition():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"{what} not seen within {timeout} s; states {self.states}, "
+                                   f"streams {self.streams}, legacy {self.legacy[-5:]}")
+            self.changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), remaining)
+
+    def final_texts(self, sender: str) -> list[str]:
+        return [text for who, text, attrs in self.streams
+                if who == sender and attrs.get("lk.transcription_final") == "true"]
+
+
+async def join_with_agent(server: LocalServer, room_name: str) -> tuple[rtc.Room, Recorder, AgentView, rtc.Track,
+                                                                         rtc.RemoteParticipant]:
+    view = AgentView()
+    room = rtc.Room()
+    recorder = Recorder(room)
+    view.attach(room)
+    await room.connect(server.url, server.token("user", room_name))
+    track, _pub, agent = await recorder.wait_for("track_subscribed", timeout=30)
+    return room, recorder, view, track, agent
 
 
 def dominant_frequency(samples: np.ndarray, rate: int = RATE) -> float:

@@ -7,17 +7,15 @@ user's behalf, and the worker's own failure modes."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 from livekit import rtc
-from lk import RATE, Ear, Mic, Recorder, rms, run
+from lk import RATE, AgentView, Ear, Mic, Recorder, join_with_agent, rms, run
 
 from speko_sync.testing import AgentEnvUnavailable, LocalServer, agent_python
 from speko_sync.testing.pytest_plugin import require_webrtc
@@ -46,67 +44,6 @@ def worker_server() -> Iterator[LocalServer]:
     with LocalServer() as server:
         server.start_agent_worker(greeting=GREETING, rules=RULES)
         yield server
-
-
-@dataclass
-class AgentView:
-    """What a client sees of the agent, by both transcript paths."""
-
-    states: list[str] = field(default_factory=list)
-    streams: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)  # sender, text, attributes
-    legacy: list[tuple[str | None, str, bool]] = field(default_factory=list)  # participant, text, final
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    def attach(self, room: rtc.Room) -> None:
-        def on_attributes(changed: dict[str, str], who: rtc.Participant) -> None:
-            if "lk.agent.state" in changed and who.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
-                self.states.append(changed["lk.agent.state"])
-                self.changed.set()
-
-        def on_stream(reader: rtc.TextStreamReader, sender: str) -> None:
-            async def read() -> None:
-                text = await reader.read_all()
-                self.streams.append((sender, text, dict(reader.info.attributes or {})))
-                self.changed.set()
-            self.tasks.append(asyncio.ensure_future(read()))
-
-        def on_legacy(segments: list[rtc.TranscriptionSegment], who: rtc.Participant | None,
-                      _pub: rtc.TrackPublication | None) -> None:
-            for s in segments:
-                self.legacy.append((who.identity if who else None, s.text, s.final))
-            self.changed.set()
-        room.on("participant_attributes_changed", on_attributes)
-        room.register_text_stream_handler("lk.transcription", on_stream)
-        room.on("transcription_received", on_legacy)
-
-    async def wait(self, what: str, condition: object, timeout: float = 20.0) -> None:
-        assert callable(condition)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not condition():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise TimeoutError(f"{what} not seen within {timeout} s; states {self.states}, "
-                                   f"streams {self.streams}, legacy {self.legacy[-5:]}")
-            self.changed.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), remaining)
-
-    def final_texts(self, sender: str) -> list[str]:
-        return [text for who, text, attrs in self.streams
-                if who == sender and attrs.get("lk.transcription_final") == "true"]
-
-
-async def join_with_agent(server: LocalServer, room_name: str) -> tuple[rtc.Room, Recorder, AgentView, rtc.Track,
-                                                                         rtc.RemoteParticipant]:
-    view = AgentView()
-    room = rtc.Room()
-    recorder = Recorder(room)
-    view.attach(room)
-    await room.connect(server.url, server.token("user", room_name))
-    track, _pub, agent = await recorder.wait_for("track_subscribed", timeout=30)
-    return room, recorder, view, track, agent
 
 
 def test_worker_is_dispatched_and_greets_with_audio_state_and_transcripts(worker_server: LocalServer) -> None:

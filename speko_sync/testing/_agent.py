@@ -11,20 +11,22 @@ may call the blocking methods (``send``, ``say``...) freely.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from livekit.protocol import models
+from livekit.protocol import models, rtc
 
 from ..audio import load_pcm16
+from . import _lk_protocol as lk
 from ._client import RemoteClient
 from ._media import FRAME_SAMPLES, SAMPLE_RATE, Fanout, PacedSource
 from ._room import Participant, PublishedTrack, Room, new_sid
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("speko_sync.testing")
 
 _FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
+#: Which protocols a ScriptedAgent speaks: LiveKit Agents' native one, the JSON packets, or both.
+PROTOCOLS = ("both", "livekit", "json")
 
 
 @dataclass(frozen=True)
@@ -110,11 +114,55 @@ class _AgentPeer(Participant):
     kind = models.ParticipantInfo.Kind.AGENT
 
     def __init__(self, agent: ScriptedAgent, room: Room) -> None:
-        super().__init__(room, agent.identity, name=agent.name)
+        # as a dispatched LiveKit Agents job: the agent grant, may set its own attributes
+        super().__init__(room, agent.identity, name=agent.name,
+                         attributes={lk.ATTR_AGENT_NAME: ""} if agent.speaks_livekit else {},
+                         permission=models.ParticipantPermission(
+                             can_subscribe=True, can_publish=True, can_publish_data=True,
+                             can_update_metadata=True, agent=True))
         self.agent = agent
-        self.source = PacedSource()
+        self.source = PacedSource(on_busy=self._on_speaking)
         self.listeners: dict[str, tuple[PublishedTrack, _Listener]] = {}
         self.known: set[str] = set()
+        self.track_sid = ""
+        self.agent_state = ""  # lk.agent.state as published
+        self._chat = lk.StreamAssembler([lk.TOPIC_CHAT])
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- LiveKit Agents' native protocol (loop side) --------------------------------
+    def set_state(self, state: str) -> None:
+        """Publish ``lk.agent.state`` (only on change), as LiveKit Agents does."""
+        if state == self.agent_state or not self.agent.speaks_livekit:
+            return
+        self.agent_state = state
+        self.room.update_metadata(self, rtc.UpdateParticipantMetadata(attributes={lk.ATTR_AGENT_STATE: state}))
+
+    def _on_speaking(self, busy: bool) -> None:
+        self.set_state("speaking" if busy else "listening")
+
+    def track_of(self, identity: str) -> str:
+        """The sid of the track of ``identity`` the agent listens to ("" if none)."""
+        return next((track.sid for track, _ in self.listeners.values() if track.owner.identity == identity), "")
+
+    def wants_legacy(self, identity: str) -> bool:
+        """LiveKit Agents also sends legacy transcriptions to older clients."""
+        p = self.room.participants.get(identity)
+        return p is not None and p.client_protocol < lk.CLIENT_PROTOCOL_TRANSCRIPTION_STREAMS
+
+    def send_paced(self, schedule: list[tuple[float, models.DataPacket]], to: list[str]) -> None:
+        """Send each packet ``seconds`` from now, in order, to ``to``."""
+        async def run() -> None:
+            start = asyncio.get_running_loop().time()
+            for at, packet in schedule:
+                delay = start + at - asyncio.get_running_loop().time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                del packet.destination_identities[:]
+                packet.destination_identities.extend(to)
+                self.room.route_data(self, packet)
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def on_participants_changed(self, infos: list[models.ParticipantInfo]) -> None:
         for info in infos:
@@ -149,6 +197,10 @@ class _AgentPeer(Participant):
 
     def on_data(self, packet: models.DataPacket) -> None:
         if not packet.HasField("user"):
+            if self.agent.speaks_livekit:
+                chat = self._chat.feed(packet)
+                if chat is not None:
+                    self.agent._chat_received(chat.text(), chat.sender or packet.participant_identity)
             return
         raw = bytes(packet.user.payload)
         try:
@@ -163,35 +215,50 @@ class _AgentPeer(Participant):
         for track, listener in self.listeners.values():
             track.fanout.remove_sink(listener)
         self.listeners.clear()
+        for task in list(self._tasks):
+            task.cancel()
 
     async def enter(self) -> None:
+        if self.agent.speaks_livekit:
+            self.agent_state = "initializing"
+            self.attributes[lk.ATTR_AGENT_STATE] = self.agent_state
         await self.room.join(self)
         self.room.announce(self)
         self.on_participants_changed([p.info() for p in self.room.others(self)])
         track = PublishedTrack(self, Fanout(new_sid("TR"), self.source.next_frame),
                                name="agent_voice", cid="agent")
+        self.track_sid = track.sid
         self.room.publish(track)
+        self.set_state("listening")
 
 
 class ScriptedAgent:
     """A scripted Speko agent in a room of a :class:`LocalServer`.
 
-    Made by :meth:`LocalServer.add_agent`. Default behaviour, each step a method
+    Made by :meth:`LocalServer.add_agent`. It speaks two protocols, chosen with
+    ``protocol``: LiveKit Agents' native one, as a real Speko worker does
+    (``lk.agent.state``; transcripts as ``lk.transcription`` text streams, the
+    user's published on the user's behalf, with legacy ``Transcription`` packets
+    for clients below client protocol 3; typed turns read from ``lk.chat``), and
+    the JSON data packets of the Speko v0.0.3 client (``agent_message``,
+    ``transcript``, ``user_message_echo``). Default behaviour, each step a method
     to override in a subclass (hooks run on the agent's behaviour thread):
 
     - :meth:`on_client_joined`: once the client can hear it, wait up to
       ``greet_wait`` seconds for the client's microphone (a Speko client sends
       its overrides before publishing it), then :meth:`greet`;
-    - :meth:`greet`: an ``agent_message`` (the overrides' ``firstMessage`` if
-      given) while speaking a short tone;
-    - :meth:`on_user_message`: reply ``user_message_echo`` and an
+    - :meth:`greet`: speak the greeting (the overrides' ``firstMessage`` if
+      given): a tone, its transcript and an ``agent_message``;
+    - :meth:`on_chat` (native): answer a typed turn, ``You said: <text>.``;
+    - :meth:`on_user_message` (JSON): reply ``user_message_echo`` and an
       ``agent_message`` quoting the text;
     - :meth:`on_utterance`: after each utterance heard in a client's audio
-      (energy up, then ``end_silence_s`` of quiet), a ``transcript`` partial then
-      final describing its duration, then an ``agent_message`` reply;
+      (energy up, then ``end_silence_s`` of quiet), the user's transcript partial
+      then final describing its duration (``[speech, 1.20 s]``), then a reply;
     - overrides and ``contextual_update`` packets are recorded.
 
     Args (besides those :meth:`LocalServer.add_agent` fills in):
+        protocol: ``"both"`` (default), ``"livekit"`` or ``"json"``.
         greeting: the greeting without overrides; ``None`` disables greeting.
         greet_wait: seconds to wait for the client's microphone before greeting.
         speech_threshold: RMS (0..1 of full scale) that counts as speech.
@@ -205,7 +272,11 @@ class ScriptedAgent:
                  greeting: str | None = "Hello! I'm the local Speko test agent.",
                  greet_wait: float = 1.0, greeting_tone_hz: float = 440.0,
                  greeting_tone_s: float = 0.6, speech_threshold: float = 0.02,
-                 end_silence_s: float = 0.4, keep_audio_s: float = 600.0) -> None:
+                 end_silence_s: float = 0.4, keep_audio_s: float = 600.0,
+                 protocol: str = "both") -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
+        self.protocol = protocol
         self.server = server
         self.room = room
         self.identity = identity
@@ -220,6 +291,7 @@ class ScriptedAgent:
         self.contextual_updates: list[str] = []
         self.utterances: list[float] = []
         self.greeted: list[str] = []
+        self.chats: list[tuple[str, str]] = []  # (sender, text) of lk.chat turns
         self._lock = threading.RLock()  # wait_for conditions may call the getters
         self._changed = threading.Condition(self._lock)
         self._packets: list[ReceivedPacket] = []
@@ -429,6 +501,80 @@ class ScriptedAgent:
         except (TimeoutError, RuntimeError):
             return False
 
+    # -- LiveKit Agents' native protocol ---------------------------------------------
+    @property
+    def speaks_livekit(self) -> bool:
+        return self.protocol in ("both", "livekit")
+
+    @property
+    def speaks_json(self) -> bool:
+        return self.protocol in ("both", "json")
+
+    def set_state(self, state: str) -> None:
+        """Publish ``state`` as the agent's ``lk.agent.state`` attribute (one of
+        initializing, idle, listening, thinking, speaking). Speaking and
+        listening also follow the agent's audio on their own."""
+        if state not in lk.AGENT_STATES:
+            raise ValueError(f"agent state must be one of {lk.AGENT_STATES}, not {state!r}")
+        peer = self._peer_or_raise()
+        self.server._require()[0].call_soon(peer.set_state, state)
+
+    def speak(self, text: str, to: Sequence[str], *, tone_hz: float | None = None) -> None:
+        """Say ``text``: a tone (0.3 s plus 0.12 s a word, of ``tone_hz``, default
+        the greeting's) with its transcript paced over it word by word, as
+        LiveKit Agents' synchronised transcript, and legacy transcriptions for
+        older clients. Native protocol only (nothing when ``protocol="json"``)."""
+        words = text.split() or [text]
+        seconds = 0.3 + 0.12 * len(words)
+        self.say_tone(tone_hz or self.greeting_tone_hz, seconds)
+        if not self.speaks_livekit:
+            return
+        peer = self._peer_or_raise()
+        segment = lk.new_id("SG")
+        targets = list(to)
+
+        async def schedule() -> None:
+            packets = lk.agent_transcript(words, segment_id=segment, track_sid=peer.track_sid)
+            step = seconds / (len(words) + 1)
+            timed = [(0.0, packets[0])] + [(step * (i + 1), p) for i, p in enumerate(packets[1:-1])]
+            timed.append((seconds, packets[-1]))
+            for who in targets:
+                if peer.wants_legacy(who):
+                    timed += [(step * (i + 1), lk.legacy_transcription(
+                        participant_identity=self.identity, track_sid=peer.track_sid, segment_id=segment,
+                        text=" ".join(words[:i + 1]), final=False)) for i in range(len(words))]
+                    timed.append((seconds, lk.legacy_transcription(
+                        participant_identity=self.identity, track_sid=peer.track_sid, segment_id=segment,
+                        text=" ".join(words), final=True)))
+                    break  # a legacy packet goes to all of ``to``
+            timed.sort(key=lambda entry: entry[0])
+            peer.send_paced(timed, targets)
+        self.server._call(schedule())
+
+    def transcribe_user(self, identity: str, text: str, *, final: bool, segment_id: str) -> None:
+        """Publish one update of ``identity``'s transcript on their behalf: a
+        ``lk.transcription`` stream (and a legacy packet for older clients)."""
+        if not self.speaks_livekit:
+            return
+        peer = self._peer_or_raise()
+
+        async def send() -> None:
+            track = peer.track_of(identity)
+            packets = lk.user_transcript(text, user_identity=identity, segment_id=segment_id,
+                                         track_sid=track, final=final)
+            if peer.wants_legacy(identity):
+                packets.append(lk.legacy_transcription(participant_identity=identity, track_sid=track,
+                                                       segment_id=segment_id, text=text, final=final))
+            peer.send_paced([(0.0, p) for p in packets], [identity])
+        self.server._call(send())
+
+    def _chat_received(self, text: str, sender: str) -> None:
+        """On the loop: a typed turn arrived on ``lk.chat``."""
+        with self._changed:
+            self.chats.append((sender, text))
+            self._changed.notify_all()
+        self._post("on_chat", text, sender)
+
     # -- behaviour (override in subclasses) ---------------------------------------
     def on_client_joined(self, identity: str) -> None:
         if self.greeting is None or not self._client_ready(identity, 15.0):
@@ -445,8 +591,12 @@ class ScriptedAgent:
         with self._changed:
             self.greeted.append(identity)
             self._changed.notify_all()
-        self.send({"type": "agent_message", "text": text}, to=[identity])
-        self.say_tone(self.greeting_tone_hz, self.greeting_tone_s)
+        if self.speaks_json:
+            self.send({"type": "agent_message", "text": text}, to=[identity])
+        if self.speaks_livekit:
+            self.speak(str(text), [identity])
+        else:
+            self.say_tone(self.greeting_tone_hz, self.greeting_tone_s)
 
     def on_client_left(self, identity: str) -> None:
         pass
@@ -462,6 +612,11 @@ class ScriptedAgent:
     def on_overrides(self, overrides: dict[str, Any], sender: str) -> None:
         pass  # already remembered in self.overrides
 
+    def on_chat(self, text: str, sender: str) -> None:
+        """A typed turn (``lk.chat``), answered as LiveKit Agents answers one."""
+        self.set_state("thinking")
+        self.speak(f"You said: {text}.", [sender])
+
     def on_user_message(self, text: str, sender: str) -> None:
         self.send({"type": "user_message_echo", "text": text}, to=[sender])
         self.send({"type": "agent_message", "text": f'You said: "{text}"'}, to=[sender])
@@ -476,6 +631,15 @@ class ScriptedAgent:
             self.utterances.append(seconds)
             self._changed.notify_all()
         description = f"[speech, {seconds:.2f} s]"
-        self.send({"type": "transcript", "source": "user", "text": description, "isFinal": False}, to=[sender])
-        self.send({"type": "transcript", "source": "user", "text": description, "isFinal": True}, to=[sender])
-        self.send({"type": "agent_message", "text": f"I heard {seconds:.1f} seconds of speech."}, to=[sender])
+        reply = f"I heard {seconds:.1f} seconds of speech."
+        if self.speaks_livekit:
+            segment = lk.new_id("SG")
+            self.transcribe_user(sender, description, final=False, segment_id=segment)
+            self.transcribe_user(sender, description, final=True, segment_id=segment)
+        if self.speaks_json:
+            self.send({"type": "transcript", "source": "user", "text": description, "isFinal": False}, to=[sender])
+            self.send({"type": "transcript", "source": "user", "text": description, "isFinal": True}, to=[sender])
+            self.send({"type": "agent_message", "text": reply}, to=[sender])
+        if self.speaks_livekit:
+            self.set_state("thinking")
+            self.speak(reply, [sender])

@@ -162,7 +162,8 @@ class PacedSource:
     there is some, else silence. Pacing is by the loop clock, so a late tick
     catches up rather than drifting."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_busy: Callable[[bool], None] | None = None) -> None:
+        self._on_busy = on_busy  # called when it starts (True) or stops (False) sending queued audio
         self._pending = np.zeros(0, dtype=np.int16)
         self._start = 0.0
         self._pts = 0
@@ -173,12 +174,20 @@ class PacedSource:
     def enqueue(self, samples: np.ndarray) -> None:
         """Queue int16 mono samples at 48 kHz after what is already queued."""
         self._pending = np.concatenate([self._pending, samples.astype(np.int16, copy=False)])
-        if len(self._pending):
+        if len(self._pending) and self._idle.is_set():
             self._idle.clear()
+            if self._on_busy is not None:
+                self._on_busy(True)
 
     def clear(self) -> None:
         self._pending = np.zeros(0, dtype=np.int16)
-        self._idle.set()
+        self._went_idle()
+
+    def _went_idle(self) -> None:
+        if not self._idle.is_set():
+            self._idle.set()
+            if self._on_busy is not None:
+                self._on_busy(False)
 
     @property
     def queued_seconds(self) -> float:
@@ -201,7 +210,7 @@ class PacedSource:
             if len(chunk) < FRAME_SAMPLES:
                 chunk = np.concatenate([chunk, self._silence[len(chunk):]])
             if not len(self._pending):
-                self._idle.set()
+                self._went_idle()
         else:
             chunk = self._silence
         frame = mono_to_frame(chunk, self._pts)

@@ -7,6 +7,7 @@ user's behalf, and the worker's own failure modes."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import shutil
 import subprocess
@@ -150,3 +151,67 @@ def test_an_agent_held_back_never_joins_then_joins_late(worker_server: LocalServ
         run(scenario(), timeout=90)
     finally:
         worker_server.release_dispatch()
+
+
+async def converse(server: LocalServer, room_name: str) -> dict[str, object]:
+    """One conversation (greeting, a typed turn, a spoken turn), reduced to what
+    is on the wire: kinds, topics, attribute names and update patterns."""
+    room, _, view, _, agent = await join_with_agent(server, room_name)
+    mic = await Mic(room).publish()
+    assert mic.publication is not None
+    await view.wait("greeting", lambda: len(view.final_texts(agent.identity)) >= 1)
+    await view.wait("listening", lambda: view.states[-1:] == ["listening"])
+    await room.local_participant.send_text("what is the weather", topic="lk.chat")
+    await view.wait("typed reply", lambda: len(view.final_texts(agent.identity)) >= 2)
+    await view.wait("listening", lambda: view.states[-1:] == ["listening"])
+    silence = np.zeros(RATE // 2, dtype=np.int16)
+    await mic.play(np.concatenate([silence, espeak("what is the weather"), silence, silence, silence]))
+    await view.wait("user transcript", lambda: view.final_texts("user"), timeout=30)
+    await view.wait("spoken reply", lambda: len(view.final_texts(agent.identity)) >= 3, timeout=30)
+    await view.wait("legacy user final", lambda: any(w == "user" and final for w, _, final in view.legacy))
+    await view.wait("legacy agent finals", lambda: sum(w == agent.identity and final
+                                                       for w, _, final in view.legacy) >= 3)
+    agent_tracks = {p.sid for p in agent.track_publications.values()}
+    agent_opened = [a for who, a in view.opened if who == agent.identity]
+    agent_closed = [a for who, _, a in view.streams if who == agent.identity]
+    user_opened = [a for who, a in view.opened if who == "user"]
+    segments: dict[str, list[str]] = {}
+    for attrs in user_opened:
+        segments.setdefault(attrs["lk.segment_id"], []).append(attrs["lk.transcription_final"])
+    agent_legacy = [(text, final) for who, text, final in view.legacy if who == agent.identity]
+    cumulative = all(b[0].startswith(a[0]) for a, b in itertools.pairwise(agent_legacy)
+                     if not a[1])
+    states = view.states
+    await room.disconnect()
+    return {
+        "agent participant attributes": sorted(k for k in agent.attributes if k.startswith("lk.")),
+        "states seen": sorted(set(states)),
+        "a turn is thinking, speaking, listening": any(
+            states[i:i + 3] == ["thinking", "speaking", "listening"] for i in range(len(states))),
+        "state events only on change": all(a != b for a, b in itertools.pairwise(states)),
+        "agent stream attributes": sorted({k for a in agent_opened for k in a}),
+        "agent streams open non-final, close final": (
+            {a["lk.transcription_final"] for a in agent_opened} == {"false"}
+            and {a["lk.transcription_final"] for a in agent_closed} == {"true"}),
+        "agent streams transcribe the agent's track": {a["lk.transcribed_track_id"] in agent_tracks
+                                                        for a in agent_opened} == {True},
+        "user stream attributes": sorted({k for a in user_opened for k in a}),
+        "user streams transcribe the user's microphone": {a["lk.transcribed_track_id"]
+                                                          for a in user_opened} == {mic.publication.sid},
+        "each user segment ends final": all(finals[-1] == "true" for finals in segments.values()),
+        "legacy agent updates are cumulative, then final": cumulative and agent_legacy[-1][1],
+    }
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng to speak to the agents")
+def test_scripted_agent_sends_what_the_real_worker_sends(worker_server: LocalServer) -> None:
+    """The same conversation with the real LiveKit Agents worker and with the
+    in-process ScriptedAgent: the same kinds of packets, topics, attribute names
+    and update patterns reach the client."""
+    real = run(converse(worker_server, "wire-real"), timeout=120)
+    worker_server.add_agent("wire-scripted")  # an agent is there: nothing is dispatched
+    scripted = run(converse(worker_server, "wire-scripted"), timeout=120)
+    assert worker_server.jobs("wire-scripted") == []
+    assert real["agent stream attributes"] == ["lk.segment_id", "lk.transcribed_track_id", "lk.transcription_final"]
+    assert {k: v for k, v in real.items() if v is not True} != {}  # the summary is not all booleans
+    assert scripted == real

@@ -1,10 +1,14 @@
 """Command line: ``python -m speko_sync demo`` and ``python -m speko_sync talk``.
 
 ``demo`` holds a whole voice conversation offline: it starts the local
-LiveKit-compatible server with its scripted agent (inside a private network
-namespace, which WebRTC needs), opens a :class:`Conversation` and prints status,
-mode and transcripts live. With sound devices it uses them; without, the
-microphone is a synthetic utterance and the agent's audio goes to a WAV file.
+LiveKit-compatible server with an agent (inside a private network namespace,
+which WebRTC needs), opens a :class:`Conversation` and prints status, mode and
+transcripts live. With sound devices it uses them; without, the microphone is
+a synthetic utterance and the agent's audio goes to a WAV file. The agent is
+the offline Speko agent, a real LiveKit Agents worker (``--agent worker``, the
+default when its environment exists: it speaks real words and hears them; its
+transcripts are LiveKit Agents' own, which :class:`Conversation` does not show
+yet), or the scripted agent (``--agent scripted``).
 
 ``talk`` joins a real Speko session with a URL and token from your server.
 """
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import AudioBackend, BufferAudio, Conversation, Message, SpekoClientError, Status
+from . import AudioBackend, BufferAudio, Conversation, Message, Mode, SpekoClientError, Status
 
 
 def _printer(t0: float):  # type: ignore[no-untyped-def]
@@ -29,23 +33,43 @@ def _printer(t0: float):  # type: ignore[no-untyped-def]
     return say
 
 
-def _callbacks(say, agent_answered: threading.Event):  # type: ignore[no-untyped-def]
+def _callbacks(say, agent_answered: threading.Event,  # type: ignore[no-untyped-def]
+               agent_spoke: threading.Event | None = None):
+
     def on_message(message: Message) -> None:
         partial = "" if message.is_final else " (partial)"
         say(f"{message.source.value}: {message.text}{partial}")
         if message.source.value == "agent" and "heard" in message.text:
             agent_answered.set()
 
+    def on_mode_change(mode: Mode) -> None:
+        say(f"mode: {mode.value}")
+        if agent_spoke is not None and mode == Mode.SPEAKING:
+            agent_spoke.set()
+
     return dict(
         on_status_change=lambda status: say(f"status: {status.value}"),
-        on_mode_change=lambda mode: say(f"mode: {mode.value}"),
+        on_mode_change=on_mode_change,
         on_message=on_message,
         on_error=lambda err: say(f"error: {err}"),
         on_disconnect=lambda details: say(f"disconnected: {details.reason.value} ({details.message})"),
     )
 
 
-def _audio_for_demo(say) -> tuple[AudioBackend | None, BufferAudio | None]:  # type: ignore[no-untyped-def]
+def _spoken(text: str) -> np.ndarray | None:
+    """``text`` spoken by espeak-ng as int16 at 48 kHz, or ``None`` without it."""
+    import shutil
+    import subprocess
+
+    if shutil.which("espeak-ng") is None:
+        return None
+    wav = subprocess.run(["espeak-ng", "-v", "en-us", "--stdout", text], capture_output=True, check=True).stdout
+    from .audio import load_pcm16
+
+    return load_pcm16(np.frombuffer(wav[44:], dtype=np.int16), 22050)
+
+
+def _audio_for_demo(say, words: bool = False) -> tuple[AudioBackend | None, BufferAudio | None]:  # type: ignore[no-untyped-def]
     from .audio import DeviceError, PyAudioBackend
 
     backend = PyAudioBackend()
@@ -60,28 +84,48 @@ def _audio_for_demo(say) -> tuple[AudioBackend | None, BufferAudio | None]:  # t
     from .testing import tone
 
     quiet = np.zeros(48000, dtype=np.int16)
-    buffer = BufferAudio(np.concatenate([quiet, quiet, tone(300, 1.2, 0.4), quiet]))
+    utterance = (_spoken("What is the weather like today?") if words else None)
+    if utterance is None:
+        utterance = tone(300, 1.2, 0.4)
+    buffer = BufferAudio(np.concatenate([quiet, quiet, quiet, utterance, quiet]))
     return buffer, buffer
 
 
-def demo(wav_path: Path, seconds: float) -> int:
-    from .testing import IsolationUnavailable, LocalServer, reexec_isolated
+def demo(wav_path: Path, seconds: float, agent: str = "auto") -> int:
+    from .testing import AgentEnvUnavailable, IsolationUnavailable, LocalServer, agent_python, reexec_isolated
 
+    if agent in ("auto", "worker"):
+        try:
+            agent_python()
+            agent = "worker"
+        except AgentEnvUnavailable as exc:
+            if agent == "worker":
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            print(f"note: {exc}; using the scripted agent", file=sys.stderr)
+            agent = "scripted"
     try:
         reexec_isolated()
     except IsolationUnavailable as exc:
         print(f"warning: no private network namespace ({exc}); trying the host network", file=sys.stderr)
     say = _printer(time.monotonic())
-    audio, buffer = _audio_for_demo(say)
+    audio, buffer = _audio_for_demo(say, words=agent == "worker")
     answered = threading.Event()
-    with LocalServer(default_agent=True) as server:
-        say(f"local server at {server.url} with a scripted agent")
+    with LocalServer(default_agent=agent == "scripted") as server:
+        if agent == "worker":
+            server.start_agent_worker(greeting="Hi! This is the offline Speko agent. Ask me anything.")
+            say(f"local server at {server.url} with the offline Speko agent (a LiveKit Agents worker)")
+        else:
+            say(f"local server at {server.url} with a scripted agent")
+        spoke = threading.Event()
         with Conversation(server.token("demo-user", "speko_demo"), server.url, audio=audio,
                           overrides={"agent": {"firstMessage": "Hi! This is the offline Speko demo agent."}},
-                          **_callbacks(say, answered)) as conv:
+                          **_callbacks(say, answered, spoke)) as conv:
             say(f"conversation {conv.conversation_id!r} is {conv.status.value}")
             conv.send_user_message("Hello, agent!")
-            if buffer is not None:
+            if buffer is not None and agent == "worker":
+                _wait_for_spoken_answer(conv, buffer, spoke, seconds)
+            elif buffer is not None:
                 answered.wait(seconds)
             else:
                 say(f"speak into the microphone; ending in {seconds:.0f} s (Ctrl-C to end now)")
@@ -93,6 +137,18 @@ def demo(wav_path: Path, seconds: float) -> int:
         buffer.save_wav(wav_path)
         say(f"saved {buffer.played_seconds():.1f} s of the agent's audio to {wav_path}")
     return 0
+
+
+def _wait_for_spoken_answer(conv: Conversation, buffer: BufferAudio, spoke: threading.Event,
+                            seconds: float) -> None:
+    """The worker answers by voice: wait until our utterance has been sent, then
+    for the agent to speak and fall quiet again (within ``seconds`` in all)."""
+    deadline = time.monotonic() + seconds
+    buffer.wait_until_fed(seconds)
+    spoke.clear()
+    if spoke.wait(max(0.0, deadline - time.monotonic())):
+        while conv.mode == Mode.SPEAKING and time.monotonic() < deadline:
+            spoke.wait(0.05)
 
 
 def _wait_interruptibly(conv: Conversation, seconds: float) -> None:
@@ -139,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     demo_cmd.add_argument("--wav", type=Path, default=Path("speko_demo_agent.wav"),
                           help="where to save the agent's audio when there are no sound devices")
     demo_cmd.add_argument("--seconds", type=float, default=20.0, help="how long the demo may last")
+    demo_cmd.add_argument("--agent", choices=("auto", "worker", "scripted"), default="auto",
+                          help="the offline Speko agent, a real LiveKit Agents worker (needs `make agent-env`; "
+                               "the default when it is there), or the scripted agent")
     talk_cmd = sub.add_parser("talk", help="join a real Speko session")
     talk_cmd.add_argument("--url", required=True, help="the session's livekitUrl")
     talk_cmd.add_argument("--token", required=True, help="the session's conversationToken")
@@ -146,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     talk_cmd.add_argument("--output-device", help="speaker: PortAudio index or name")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        return demo(args.wav, args.seconds)
+        return demo(args.wav, args.seconds, args.agent)
     return talk(args.url, args.token, args.input_device, args.output_device)
 
 

@@ -123,7 +123,7 @@ def test_demo_command_holds_a_whole_conversation(tmp_path: object) -> None:
     require_webrtc()
     wav = Path(str(tmp_path)) / "agent.wav"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}  # no sound devices
-    proc = subprocess.run([sys.executable, "-m", "speko_sync", "demo", "--wav", str(wav)],
+    proc = subprocess.run([sys.executable, "-m", "speko_sync", "demo", "--agent", "scripted", "--wav", str(wav)],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
@@ -134,6 +134,48 @@ def test_demo_command_holds_a_whole_conversation(tmp_path: object) -> None:
     with wave.open(str(wav)) as f:
         audio = np.frombuffer(f.readframes(f.getnframes()), dtype=np.int16)
     assert np.abs(audio).max() > 3000  # the agent's greeting tone was played
+
+
+@pytest.mark.webrtc
+def test_demo_with_the_real_worker_hears_and_answers_by_voice(tmp_path: object) -> None:
+    """``demo --agent worker``: a Conversation with the offline Speko agent, a real
+    LiveKit Agents worker. It greets, hears the spoken question and answers it."""
+    import shutil
+    import wave
+    from pathlib import Path
+
+    import numpy as np
+
+    from speko_sync.testing import AgentEnvUnavailable, agent_python
+    from speko_sync.testing.pytest_plugin import require_webrtc
+
+    require_webrtc()
+    try:
+        agent_python()
+    except AgentEnvUnavailable as exc:
+        pytest.skip(str(exc))
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("needs espeak-ng to ask the question")
+    wav = Path(str(tmp_path)) / "agent.wav"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}  # no sound devices
+    proc = subprocess.run([sys.executable, "-m", "speko_sync", "demo", "--wav", str(wav)],  # worker: the default
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    for expected in ("LiveKit Agents worker", "status: connected", "mode: speaking",
+                     "disconnected: user (CLIENT_INITIATED)", "saved"):
+        assert expected in out, out
+    with wave.open(str(wav)) as f:
+        audio = np.frombuffer(f.readframes(f.getnframes()), dtype=np.int16)
+    loud = np.abs(audio[: len(audio) // 480 * 480].reshape(-1, 480)).max(axis=1) > 1000  # per 10 ms
+    talk = np.flatnonzero(loud)
+    assert len(talk), "the agent was not heard"
+    gaps = np.diff(talk)
+    # the greeting, a long silence while the user asks, then the spoken answer (>= 0.5 s of it)
+    long_gap = np.flatnonzero(gaps >= 100)
+    assert len(long_gap), out
+    answer = talk[long_gap[-1] + 1:]
+    assert answer[-1] - answer[0] >= 50, out
 
 
 @pytest.mark.webrtc

@@ -130,7 +130,8 @@ def test_a_worker_killed_mid_turn_leaves_the_room() -> None:
             await room.disconnect()
         run(scenario(), timeout=120)
         assert doomed.returncode is not None and doomed.returncode < 0
-        assert [j.status for j in server.jobs("crash")] == ["JS_FAILED"]
+        failed = server.wait_for_job("crash", "JS_FAILED", timeout=10)
+        assert failed.error == "worker disconnected" and len(server.jobs("crash")) == 1
 
 
 def test_an_agent_held_back_never_joins_then_joins_late(worker_server: LocalServer) -> None:

@@ -74,3 +74,25 @@ def test_constructor_rejects_zero_ping_interval() -> None:
 def test_methods_need_a_running_server() -> None:
     with pytest.raises(RuntimeError, match="not running"):
         _ = LocalServer().url
+
+
+def test_worker_endpoint_needs_an_agent_grant(server: LocalServer) -> None:
+    assert get(server, "/agent") == (401, "missing access token")
+    assert get(server, "/agent", server.token("u", "open")) == (401, "token has no agent grant")
+    # a worker token (agent grant, no room) passes admission; the websocket upgrade then needs a client
+    status, _ = get(server, "/agent", server.token("worker", "", room_join=False, agent=True))
+    assert status == 400  # not a websocket request, but admitted
+
+
+def test_join_time_attributes_need_the_metadata_grant() -> None:
+    import gzip
+
+    from livekit.protocol import rtc
+
+    with LocalServer() as s:
+        join = rtc.JoinRequest(participant_attributes={"role": "caller"})
+        wrapped = rtc.WrappedJoinRequest(join_request=gzip.compress(join.SerializeToString()),
+                                         compression=rtc.WrappedJoinRequest.Compression.GZIP)
+        query = base64.urlsafe_b64encode(wrapped.SerializeToString()).decode().rstrip("=")
+        status, reason = get(s, f"/rtc/v1?join_request={query}", s.token("u", "r"))
+        assert (status, reason) == (401, "setting metadata or attributes at join needs canUpdateOwnMetadata")

@@ -152,3 +152,20 @@ def test_agent_text_stream_on_behalf_of_the_user(speko_server: LocalServer) -> N
         for room in (user, agent, other):
             await room.disconnect()
     run(scenario())
+
+
+@pytest.mark.parametrize("single_pc", [True, False], ids=["v1", "v0"])
+def test_client_info_and_token_attributes_reach_participant_info(single_pc: bool) -> None:
+    """LiveKit Agents reads ``client_protocol`` to choose its transcript format."""
+    with LocalServer(single_pc=single_pc) as server:
+        async def scenario() -> None:
+            token = server.token("user", "info", attributes={"tier": "gold"})
+            room, _ = await connect(server, "user", "info", token=token)
+            info = await asyncio.to_thread(server.participant_info, "info", "user")
+            assert info is not None
+            assert dict(info.attributes) == {"tier": "gold"}
+            assert info.client_protocol >= 1  # the Rust SDK reports its data-stream level
+            assert info.permission.can_publish_data and not info.permission.can_update_metadata
+            assert await asyncio.to_thread(server.participant_info, "info", "nobody") is None
+            await room.disconnect()
+        run(scenario())

@@ -377,6 +377,15 @@ class LocalServer:
             return list(r.participants) if r else []
         return self._call(get())  # type: ignore[no-any-return]
 
+    def participant_info(self, room: str, identity: str) -> models.ParticipantInfo | None:
+        """The ``ParticipantInfo`` the server sends about ``identity`` in ``room``
+        now (attributes, client protocol, permissions, tracks...), or ``None``."""
+        async def get() -> models.ParticipantInfo | None:
+            r = self._require()[1].rooms.get(room)
+            p = r.participants.get(identity) if r else None
+            return p.info() if p is not None else None
+        return self._call(get())  # type: ignore[no-any-return]
+
     def create_room(self, name: str) -> None:
         """Create ``name`` now (needed when ``auto_create_rooms`` is false)."""
         async def make() -> None:

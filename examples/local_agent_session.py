@@ -2,8 +2,9 @@
 
     python examples/local_agent_session.py
 
-Starts a local LiveKit-compatible server with a scripted Speko agent, joins its
-room, sends a user message and prints what the agent answers.
+Starts a local LiveKit-compatible server with a scripted Speko agent speaking the
+v0.0.3 JSON data packets, joins its room, sends a user message and prints what the
+agent answers.
 """
 
 import asyncio
@@ -29,5 +30,5 @@ async def talk(url: str, token: str) -> None:
 if __name__ == "__main__":
     reexec_isolated()  # WebRTC ignores loopback: run inside a private network namespace
     with LocalServer() as server:
-        server.add_agent("example-room")
+        server.add_agent("example-room", protocol="json")
         asyncio.run(talk(server.url, server.token("me", "example-room")))

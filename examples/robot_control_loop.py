@@ -15,7 +15,7 @@ from speko_sync import Conversation, Message, Mode, NullAudio, Status
 
 def control_loop(conv: Conversation, seconds: float) -> None:
     deadline = time.monotonic() + seconds
-    conv.send_user_message("Robot online. What should I do?")
+    conv.send_chat_message("Robot online. What should I do?")
     while conv.status == Status.CONNECTED and time.monotonic() < deadline:
         batch = conv.poll_events()
         if batch.dropped:

@@ -20,6 +20,9 @@ __version__ = "0.1.0.dev0"
 
 _EXPORTS = {
     "AgentOverrides": "overrides",
+    "AgentState": "events",
+    "ControlEvent": "events",
+    "ControlEventType": "events",
     "AudioBackend": "audio",
     "AudioConstraints": "audio",
     "AudioDevice": "audio",
@@ -45,10 +48,13 @@ _EXPORTS = {
 
 __all__ = [
     "AgentOverrides",
+    "AgentState",
     "AudioBackend",
     "AudioConstraints",
     "AudioDevice",
     "BufferAudio",
+    "ControlEvent",
+    "ControlEventType",
     "Conversation",
     "ConversationStats",
     "DisconnectReason",
@@ -84,6 +90,9 @@ if TYPE_CHECKING:
     from .conversation import Conversation
     from .errors import ErrorCode, SpekoClientError
     from .events import (
+        AgentState,
+        ControlEvent,
+        ControlEventType,
         ConversationStats,
         DisconnectionDetails,
         DisconnectReason,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import AudioBackend, BufferAudio, Conversation, Message, Mode, SpekoClientError, Status
+from . import AudioBackend, BufferAudio, Conversation, Message, MessageSource, SpekoClientError, Status
 
 
 def _printer(t0: float):  # type: ignore[no-untyped-def]
@@ -33,23 +33,21 @@ def _printer(t0: float):  # type: ignore[no-untyped-def]
     return say
 
 
-def _callbacks(say, agent_answered: threading.Event,  # type: ignore[no-untyped-def]
-               agent_spoke: threading.Event | None = None):
+def _callbacks(say, agent_answered: threading.Event):  # type: ignore[no-untyped-def]
+    user_spoke = threading.Event()
 
     def on_message(message: Message) -> None:
         partial = "" if message.is_final else " (partial)"
         say(f"{message.source.value}: {message.text}{partial}")
-        if message.source.value == "agent" and "heard" in message.text:
-            agent_answered.set()
-
-    def on_mode_change(mode: Mode) -> None:
-        say(f"mode: {mode.value}")
-        if agent_spoke is not None and mode == Mode.SPEAKING:
-            agent_spoke.set()
+        if message.is_final and message.source == MessageSource.USER:
+            user_spoke.set()
+        elif message.is_final and user_spoke.is_set():
+            agent_answered.set()  # the agent answered what the user said
 
     return dict(
         on_status_change=lambda status: say(f"status: {status.value}"),
-        on_mode_change=on_mode_change,
+        on_mode_change=lambda mode: say(f"mode: {mode.value}"),
+        on_agent_state_change=lambda state: say(f"agent is {state.value}"),
         on_message=on_message,
         on_error=lambda err: say(f"error: {err}"),
         on_disconnect=lambda details: say(f"disconnected: {details.reason.value} ({details.message})"),
@@ -117,38 +115,24 @@ def demo(wav_path: Path, seconds: float, agent: str = "auto") -> int:
             say(f"local server at {server.url} with the offline Speko agent (a LiveKit Agents worker)")
         else:
             say(f"local server at {server.url} with a scripted agent")
-        spoke = threading.Event()
         with Conversation(server.token("demo-user", "speko_demo"), server.url, audio=audio,
                           overrides={"agent": {"firstMessage": "Hi! This is the offline Speko demo agent."}},
-                          **_callbacks(say, answered, spoke)) as conv:
+                          **_callbacks(say, answered)) as conv:
             say(f"conversation {conv.conversation_id!r} is {conv.status.value}")
-            conv.send_user_message("Hello, agent!")
-            if buffer is not None and agent == "worker":
-                _wait_for_spoken_answer(conv, buffer, spoke, seconds)
-            elif buffer is not None:
-                answered.wait(seconds)
+            if buffer is not None:
+                answered.wait(seconds)  # the agent answered the spoken question
             else:
                 say(f"speak into the microphone; ending in {seconds:.0f} s (Ctrl-C to end now)")
                 _wait_interruptibly(conv, seconds)
             stats = conv.stats()
+            for turn in conv.transcript():
+                say(f"transcript | {turn.source.value}: {turn.text}")
         say(f"stats: {stats.frames_captured} frames captured, {stats.frames_played} played, "
             f"{stats.underruns} underruns, {stats.packets_received} packets received")
     if buffer is not None:
         buffer.save_wav(wav_path)
         say(f"saved {buffer.played_seconds():.1f} s of the agent's audio to {wav_path}")
     return 0
-
-
-def _wait_for_spoken_answer(conv: Conversation, buffer: BufferAudio, spoke: threading.Event,
-                            seconds: float) -> None:
-    """The worker answers by voice: wait until our utterance has been sent, then
-    for the agent to speak and fall quiet again (within ``seconds`` in all)."""
-    deadline = time.monotonic() + seconds
-    buffer.wait_until_fed(seconds)
-    spoke.clear()
-    if spoke.wait(max(0.0, deadline - time.monotonic())):
-        while conv.mode == Mode.SPEAKING and time.monotonic() < deadline:
-            spoke.wait(0.05)
 
 
 def _wait_interruptibly(conv: Conversation, seconds: float) -> None:

@@ -7,14 +7,20 @@ Data flow:
   LiveKit -> ``rtc.AudioStream`` per agent track -> ``rtc.AudioMixer`` ->
   ``_playback_pump`` (echo reference, resampling) -> playback ring -> backend
   -> speaker
-  data packets -> ``_protocol.decode`` -> events -> dispatcher thread
+  data packets (JSON, no topic) -> ``_protocol.decode`` -> messages
+  ``lk.transcription`` text streams and legacy transcriptions -> messages
+  (``_transcript.SegmentUpdates`` lets each update through once)
+  messages -> ``_transcript.reconcile`` -> the transcript; both -> dispatcher
+  ``lk.agent.state`` attribute of the agent -> agent state (and mode)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -22,6 +28,7 @@ import numpy as np
 from livekit import rtc
 
 from . import _protocol
+from ._transcript import SegmentUpdates, Transcript, reconcile
 from .audio import (
     CAPTURED,
     INPUT_OVERFLOWS,
@@ -36,12 +43,30 @@ from .audio import (
     AudioIO,
 )
 from .errors import ErrorCode, SpekoClientError
-from .events import ConversationStats, DisconnectionDetails, Mode
+from .events import (
+    AgentState,
+    ControlEvent,
+    ControlEventType,
+    ConversationStats,
+    DisconnectionDetails,
+    Message,
+    MessageSource,
+    Mode,
+)
 
 log = logging.getLogger("speko_sync")
 
 FRAME = SAMPLE_RATE // 100  # 10 ms at 48 kHz
 Emit = Callable[[str, Any], None]
+
+# LiveKit Agents' native protocol (what a real Speko worker speaks)
+TOPIC_TRANSCRIPTION = "lk.transcription"
+TOPIC_CHAT = "lk.chat"
+TOPIC_CONTROL = "speko.control"
+ATTR_SEGMENT_ID = "lk.segment_id"
+ATTR_FINAL = "lk.transcription_final"
+ATTR_TRACK_ID = "lk.transcribed_track_id"
+ATTR_AGENT_STATE = "lk.agent.state"
 
 
 class _Reframer:
@@ -88,13 +113,19 @@ class Session:
         self._mixer: rtc.AudioMixer | None = None
         self._streams: dict[str, rtc.AudioStream] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._readers: set[asyncio.Task[None]] = set()  # lk.transcription streams being read
         self._mode = Mode.LISTENING
+        self._speakers_mode = Mode.LISTENING  # what active speakers say
+        self.agent_state: AgentState | None = None
+        self.transcript = Transcript()
+        self._updates = SegmentUpdates()
         self.muted = False
         self.volume = 1.0  # applied to the audio io when it opens
         self.closing = False
         self.packets_sent = 0
         self.packets_received = 0
         self.malformed = 0
+        self.ignored = 0
 
     # -- connect ------------------------------------------------------------------
     async def connect(self, url: str, token: str, overrides: bytes | None, timeout: float) -> str:
@@ -108,6 +139,10 @@ class Session:
         room.on("data_received", self._on_data)
         room.on("track_subscribed", self._on_track_subscribed)
         room.on("track_unsubscribed", self._on_track_unsubscribed)
+        room.on("participant_attributes_changed", self._on_attributes)
+        room.on("participant_connected", self._on_participant)
+        room.on("transcription_received", self._on_legacy_transcription)
+        room.register_text_stream_handler(TOPIC_TRANSCRIPTION, self._on_transcription_stream)
         connecting = loop.create_task(room.connect(url, token, rtc.RoomOptions(
             auto_subscribe=True, connect_timeout=max(0.5, timeout))))
         try:
@@ -121,6 +156,8 @@ class Session:
             raise
         except Exception as exc:
             raise SpekoClientError(ErrorCode.CONNECTION_FAILED, f"could not connect to {url}: {exc}", exc) from exc
+        for participant in room.remote_participants.values():
+            self._on_participant(participant)
         try:
             if overrides is not None:
                 await self._publish(overrides)
@@ -230,7 +267,16 @@ class Session:
     def _on_speakers(self, speakers: list[rtc.Participant]) -> None:
         room = self.room
         local = room.local_participant.identity if room is not None else None
-        mode = Mode.SPEAKING if any(p.identity != local for p in speakers) else Mode.LISTENING
+        self._speakers_mode = Mode.SPEAKING if any(p.identity != local for p in speakers) else Mode.LISTENING
+        self._update_mode()
+
+    def _update_mode(self) -> None:
+        """``mode`` follows the agent's own state when it publishes one (speaking
+        iff ``speaking``), else the active speakers."""
+        if self.agent_state is not None:
+            mode = Mode.SPEAKING if self.agent_state == AgentState.SPEAKING else Mode.LISTENING
+        else:
+            mode = self._speakers_mode
         if mode != self._mode:
             self._mode = mode
             self._emit("mode_changed", mode)
@@ -239,16 +285,120 @@ class Session:
     def mode(self) -> Mode:
         return self._mode
 
+    # -- the agent's state (lk.agent.state) ------------------------------------------
+    def _on_participant(self, participant: rtc.RemoteParticipant) -> None:
+        self._on_attributes({}, participant)
+
+    def _on_attributes(self, changed: dict[str, str], participant: rtc.Participant) -> None:
+        room = self.room
+        if room is None or participant.identity == room.local_participant.identity:
+            return
+        value = participant.attributes.get(ATTR_AGENT_STATE)
+        if value is None:
+            return
+        try:
+            state = AgentState(value)
+        except ValueError:
+            log.debug("ignoring unknown agent state %r from %s", value, participant.identity)
+            return
+        if state != self.agent_state:
+            self.agent_state = state
+            self._emit("agent_state_changed", state)
+            self._update_mode()
+
+    # -- transcripts --------------------------------------------------------------------
+    def _deliver(self, message: Message) -> None:
+        self.transcript = reconcile(self.transcript, message)
+        self._emit("message", message)
+        self._emit("transcript", self.transcript.messages)
+
+    def _transcribed(self, source: MessageSource, segment_id: str, text: str, is_final: bool, *,
+                     track: str, path: str) -> None:
+        # the two paths differ in trailing spaces ("Hi! " while the stream grows)
+        message = self._updates.accept(source, segment_id, text.strip(), is_final, time.time(),
+                                       track=track, path=path)
+        if message is not None:
+            self._deliver(message)
+
+    def _source_of(self, identity: str | None, track_sid: str | None) -> MessageSource:
+        """User speech is the transcript of our own microphone track, published
+        on our behalf; everything else is the agent's."""
+        room = self.room
+        if room is None:
+            return MessageSource.AGENT
+        local = room.local_participant
+        if identity == local.identity or (track_sid and track_sid in local.track_publications):
+            return MessageSource.USER
+        return MessageSource.AGENT
+
+    def _on_transcription_stream(self, reader: rtc.TextStreamReader, sender: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._read_transcription(reader, sender))
+        self._readers.add(task)
+        task.add_done_callback(self._readers.discard)
+
+    async def _read_transcription(self, reader: rtc.TextStreamReader, sender: str) -> None:
+        """One ``lk.transcription`` stream: the agent's speech grows chunk by chunk
+        and turns final in its trailer; the user's comes whole, one stream per update."""
+        info = reader.info
+        attributes = dict(info.attributes or {})
+        segment_id = attributes.get(ATTR_SEGMENT_ID) or info.stream_id
+        track = attributes.get(ATTR_TRACK_ID, "")
+        source = self._source_of(sender, track)
+        final_at_open = attributes.get(ATTR_FINAL) == "true"
+        text = ""
+        try:
+            async for chunk in reader:
+                text += chunk
+                if not final_at_open:
+                    self._transcribed(source, segment_id, text, False, track=track, path="stream")
+        except Exception as exc:  # the sender aborted it, or the room went
+            log.debug("transcription stream %s ended early: %r", info.stream_id, exc)
+            return
+        final = final_at_open or (info.attributes or {}).get(ATTR_FINAL) == "true"
+        self._transcribed(source, segment_id, text, final, track=track, path="stream")
+
+    def _on_legacy_transcription(self, segments: list[rtc.TranscriptionSegment],
+                                 participant: rtc.Participant | None,
+                                 publication: rtc.TrackPublication | None) -> None:
+        identity = participant.identity if participant is not None else None
+        track = publication.sid if publication is not None else ""
+        source = self._source_of(identity, track)
+        for segment in segments:
+            self._transcribed(source, segment.id, segment.text, segment.final, track=track, path="legacy")
+
+    # -- data packets -------------------------------------------------------------------
     def _on_data(self, packet: rtc.DataPacket) -> None:
+        """Speko's JSON packets (no topic) and control events; anything else in
+        the room (other topics, other publishers' formats) is ignored."""
         self.packets_received += 1
+        if packet.topic == TOPIC_CONTROL:
+            self._on_control(packet.data)
+            return
+        if packet.topic:
+            self.ignored += 1
+            log.debug("ignoring a data packet on topic %r", packet.topic)
+            return
         try:
             message = _protocol.decode(packet.data)
         except _protocol.InvalidPacket as exc:
             self.malformed += 1
-            self._emit("error", SpekoClientError(ErrorCode.INVALID_MESSAGE, f"malformed packet: {exc}"))
+            self.ignored += 1
+            log.debug("ignoring a data packet that is not Speko's: %s", exc)
             return
-        if message is not None:
-            self._emit("message", message)
+        if message is None:
+            self.ignored += 1  # a Speko packet type this client does not know
+            return
+        self._deliver(message)
+
+    def _on_control(self, payload: bytes) -> None:
+        try:
+            data = json.loads(payload.decode("utf-8"))
+            event = ControlEvent(ControlEventType(data["type"]), data)
+        except (UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
+            self.ignored += 1
+            log.debug("ignoring a control packet: %r", exc)
+            return
+        self._emit("control", event)
 
     def _on_disconnected(self, reason: int) -> None:
         if self.closing:
@@ -271,6 +421,19 @@ class Session:
             await self._publish(payload)
         except Exception as exc:
             raise SpekoClientError(ErrorCode.NOT_CONNECTED, f"could not send: {exc}", exc) from exc
+
+    async def send_chat(self, text: str) -> None:
+        """A typed user turn as LiveKit Agents reads one: an ``lk.chat`` text stream."""
+        if self.closing or self.room is None or not self.room.isconnected():
+            raise SpekoClientError(ErrorCode.NOT_CONNECTED, "the session is not connected")
+        try:
+            await self.room.local_participant.send_text(text, topic=TOPIC_CHAT)
+        except Exception as exc:
+            raise SpekoClientError(ErrorCode.NOT_CONNECTED, f"could not send: {exc}", exc) from exc
+        self.packets_sent += 1
+        # LiveKit Agents does not transcribe typed turns back: they join the
+        # transcript here, as the user's
+        self._deliver(Message(source=MessageSource.USER, text=text, is_final=True, started_at=time.time()))
 
     async def set_muted(self, muted: bool) -> None:
         self.muted = muted
@@ -296,12 +459,13 @@ class Session:
             packets_sent=self.packets_sent,
             packets_received=self.packets_received,
             malformed_packets=self.malformed,
+            ignored_packets=self.ignored,
         )
 
     async def close(self) -> None:
         """Leave the room (if still in it) and release everything. Idempotent."""
         self.closing = True
-        for task in self._tasks:
+        for task in [*self._tasks, *self._readers]:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):

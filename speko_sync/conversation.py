@@ -14,7 +14,17 @@ from ._loop import LoopThread
 from ._session import Session
 from .audio import AudioBackend, AudioConstraints, PyAudioBackend
 from .errors import ErrorCode, SpekoClientError
-from .events import ConversationStats, DisconnectionDetails, DisconnectReason, EventBatch, Message, Mode, Status
+from .events import (
+    AgentState,
+    ControlEvent,
+    ConversationStats,
+    DisconnectionDetails,
+    DisconnectReason,
+    EventBatch,
+    Message,
+    Mode,
+    Status,
+)
 from .overrides import OverridesLike, overrides_to_wire
 
 __all__ = ["Conversation"]
@@ -23,8 +33,11 @@ _CALLBACKS = {
     "on_connect": "connected",
     "on_disconnect": "disconnected",
     "on_message": "message",
+    "on_transcript": "transcript",
     "on_status_change": "status_changed",
     "on_mode_change": "mode_changed",
+    "on_agent_state_change": "agent_state_changed",
+    "on_control": "control",
     "on_error": "error",
 }
 
@@ -51,8 +64,10 @@ class Conversation:
         audio: an audio backend (:class:`~speko_sync.audio.NullAudio`,
             :class:`~speko_sync.audio.BufferAudio`...); default PyAudio.
         on_connect(conversation_id), on_disconnect(details), on_message(message),
-        on_status_change(status), on_mode_change(mode), on_error(error):
-            callbacks with the payload alone, run on the dispatcher thread.
+        on_transcript(transcript), on_status_change(status), on_mode_change(mode),
+        on_agent_state_change(state), on_control(event), on_error(error):
+            callbacks with the payload alone, run on the dispatcher thread
+            (see :mod:`speko_sync.signals`).
         connect_timeout: seconds the constructor may take.
 
     Raises:
@@ -70,8 +85,11 @@ class Conversation:
                  on_connect: Callable[[str], Any] | None = None,
                  on_disconnect: Callable[[DisconnectionDetails], Any] | None = None,
                  on_message: Callable[[Message], Any] | None = None,
+                 on_transcript: Callable[[tuple[Message, ...]], Any] | None = None,
                  on_status_change: Callable[[Status], Any] | None = None,
                  on_mode_change: Callable[[Mode], Any] | None = None,
+                 on_agent_state_change: Callable[[AgentState], Any] | None = None,
+                 on_control: Callable[[ControlEvent], Any] | None = None,
                  on_error: Callable[[SpekoClientError], Any] | None = None,
                  connect_timeout: float = 15.0) -> None:
         # Validate everything before any thread or device is taken.
@@ -94,8 +112,9 @@ class Conversation:
                              "pass them to the backend given as audio= instead")
         callbacks = {name: fn for name, fn in (
             ("on_connect", on_connect), ("on_disconnect", on_disconnect), ("on_message", on_message),
-            ("on_status_change", on_status_change), ("on_mode_change", on_mode_change),
-            ("on_error", on_error)) if fn is not None}
+            ("on_transcript", on_transcript), ("on_status_change", on_status_change),
+            ("on_mode_change", on_mode_change), ("on_agent_state_change", on_agent_state_change),
+            ("on_control", on_control), ("on_error", on_error)) if fn is not None}
         for name, fn in callbacks.items():
             if not callable(fn):
                 raise TypeError(f"{name} must be callable")
@@ -199,8 +218,21 @@ class Conversation:
 
     @property
     def mode(self) -> Mode:
-        """``speaking`` while the agent speaks, else ``listening``."""
+        """``speaking`` while the agent speaks, else ``listening``: the agent's own
+        state when it publishes one, else LiveKit's active speakers."""
         return self._session.mode
+
+    @property
+    def agent_state(self) -> AgentState | None:
+        """What the agent says it is doing (LiveKit Agents' ``lk.agent.state``:
+        initializing, idle, listening, thinking, speaking); ``None`` until the
+        agent publishes a state."""
+        return self._session.agent_state
+
+    def transcript(self) -> tuple[Message, ...]:
+        """The reconciled transcript so far: one message per speaker turn,
+        ordered by when each turn began (see :mod:`speko_sync._transcript`)."""
+        return self._session.transcript.messages
 
     @property
     def mic_muted(self) -> bool:
@@ -244,15 +276,40 @@ class Conversation:
         if io is not None:
             io.volume = self._session.volume
 
+    def send_chat_message(self, text: str) -> None:
+        """Send a typed user turn the way today's Speko worker (LiveKit Agents)
+        reads one: an ``lk.chat`` text stream; the agent answers it like a spoken
+        turn, with audio and transcript. The turn is delivered as the user's
+        message and joins the transcript (the agent does not echo typed turns).
+        Raises NOT_CONNECTED before the session
+        is connected or after it ended; ``TypeError`` if ``text`` is not a str,
+        ``ValueError`` if it is empty or not encodable as UTF-8."""
+        if not isinstance(text, str):
+            raise TypeError(f"chat message text must be a str, got {type(text).__name__}")
+        if not text.strip():
+            raise ValueError("chat message text must not be empty")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"chat message text is not valid Unicode: {exc}") from exc
+        self._require_connected()
+        self._call(self._session.send_chat(text))
+
     def send_user_message(self, text: str) -> None:
-        """Send a visible user turn. Raises NOT_CONNECTED before the session is
-        connected or after it ended; ``TypeError`` if ``text`` is not a str."""
+        """Send a visible user turn as the v0.0.3 JSON packet (``user_message``).
+        Today's Speko worker (LiveKit Agents) does not read it: use
+        :meth:`send_chat_message` for a typed turn it answers; this stays for
+        agents that read the JSON packets. Raises NOT_CONNECTED before the
+        session is connected or after it ended; ``TypeError`` if ``text`` is not
+        a str."""
         payload = _protocol.encode_user_message(text)
         self._require_connected()
         self._call(self._session.send(payload))
 
     def send_contextual_update(self, text: str) -> None:
-        """Send an invisible hint to the agent (same rules as :meth:`send_user_message`)."""
+        """Send an invisible hint to the agent as the v0.0.3 JSON packet
+        (``contextual_update``; not read by today's LiveKit Agents worker; same
+        rules as :meth:`send_user_message`)."""
         payload = _protocol.encode_contextual_update(text)
         self._require_connected()
         self._call(self._session.send(payload))

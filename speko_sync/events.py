@@ -4,12 +4,16 @@ disconnection details, and polled events."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import SpekoClientError
 
 __all__ = [
+    "AgentState",
+    "ControlEvent",
+    "ControlEventType",
     "ConversationStats",
     "DisconnectReason",
     "DisconnectionDetails",
@@ -40,6 +44,33 @@ class Mode(str, enum.Enum):
     LISTENING = "listening"
 
 
+class AgentState(str, enum.Enum):
+    """What the agent says it is doing (LiveKit Agents' ``lk.agent.state``)."""
+
+    INITIALIZING = "initializing"
+    IDLE = "idle"
+    LISTENING = "listening"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+
+
+class ControlEventType(str, enum.Enum):
+    """Speko server control events (data packets on topic ``speko.control``)."""
+
+    TRANSFER_COMPLETED = "transfer_completed"
+    TRANSFER_FAILED = "transfer_failed"
+    CREDITS_EXHAUSTED = "credits_exhausted"
+
+
+@dataclass(frozen=True)
+class ControlEvent:
+    """A control event from the Speko server: its ``type`` and the whole packet
+    as sent (``data``, a JSON object)."""
+
+    type: ControlEventType
+    data: Mapping[str, Any]
+
+
 class MessageSource(str, enum.Enum):
     USER = "user"
     AGENT = "agent"
@@ -48,11 +79,20 @@ class MessageSource(str, enum.Enum):
 @dataclass(frozen=True)
 class Message:
     """A transcript or chat line. ``is_final`` is false for partial transcripts
-    that a later message of the same turn will replace."""
+    that a later message of the same segment will replace.
+
+    ``segment_id``: the transcript segment it updates (LiveKit Agents
+    transcripts; ``None`` for the JSON packets): cumulative updates of a segment
+    come as messages with the same id, and ids may recur in a later turn.
+    ``started_at``: when the segment was first received, seconds since the epoch
+    (``None`` when the transport gives no segment).
+    """
 
     source: MessageSource
     text: str
     is_final: bool = True
+    segment_id: str | None = None
+    started_at: float | None = None
 
 
 class DisconnectReason(str, enum.Enum):
@@ -78,12 +118,15 @@ class Event:
     """One event, as returned by :meth:`Conversation.poll_events`.
 
     ``kind`` is the signal's name (``"connected"``, ``"disconnected"``,
-    ``"message"``, ``"status_changed"``, ``"mode_changed"``, ``"error"``) and
-    ``value`` its payload (the conversation id for ``connected``).
+    ``"message"``, ``"transcript"``, ``"status_changed"``, ``"mode_changed"``,
+    ``"agent_state_changed"``, ``"control"``, ``"error"``) and ``value`` its
+    payload (the conversation id for ``connected``, a tuple of turn messages
+    for ``transcript``).
     """
 
     kind: str
-    value: str | Message | Status | Mode | DisconnectionDetails | SpekoClientError
+    value: (str | Message | tuple[Message, ...] | Status | Mode | AgentState | ControlEvent
+            | DisconnectionDetails | SpekoClientError)
 
 
 @dataclass(frozen=True)
@@ -110,7 +153,11 @@ class ConversationStats:
     ``overruns``: microphone or playback audio dropped because a ring was full;
     ``playback_dropped``: times the oldest queued agent audio was dropped to keep
     latency bounded; ``input_overflows``/``output_underflows``: PortAudio status
-    flags; ``playback_buffer_ms``: agent audio queued for the speaker now.
+    flags; ``playback_buffer_ms``: agent audio queued for the speaker now;
+    ``packets_received``: data packets received; of those ``malformed_packets``
+    (no topic, not a Speko JSON packet) and ``ignored_packets`` (other topics,
+    unknown control events, malformed ones included): other publishers' data is
+    ignored, never an error.
     """
 
     frames_captured: int = 0
@@ -124,3 +171,4 @@ class ConversationStats:
     packets_sent: int = 0
     packets_received: int = 0
     malformed_packets: int = 0
+    ignored_packets: int = 0

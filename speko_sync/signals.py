@@ -20,8 +20,11 @@ signal                keyword argument            type
 ``connected``         ``conversation_id``         ``str`` (the room name)
 ``disconnected``      ``details``                 :class:`DisconnectionDetails`
 ``message``           ``message``                 :class:`Message`
+``transcript``        ``transcript``              ``tuple[Message, ...]`` (turns)
 ``status_changed``    ``status``                  :class:`Status`
 ``mode_changed``      ``mode``                    :class:`Mode`
+``agent_state_changed`` ``state``                 :class:`AgentState`
+``control``           ``event``                   :class:`ControlEvent`
 ``error``             ``error``                   :class:`SpekoClientError`
 ====================  ==========================  =================================
 """
@@ -30,13 +33,17 @@ from __future__ import annotations
 
 from blinker import Namespace
 
-__all__ = ["connected", "disconnected", "error", "message", "mode_changed", "namespace", "status_changed"]
+__all__ = ["agent_state_changed", "connected", "control", "disconnected", "error", "message", "mode_changed",
+           "namespace", "status_changed", "transcript"]
 
 namespace = Namespace()
 
 connected = namespace.signal("connected", doc="The session is joined and the microphone published.")
 disconnected = namespace.signal("disconnected", doc="The session ended; sent once.")
-message = namespace.signal("message", doc="A transcript, agent message or user message echo.")
+message = namespace.signal("message", doc="A transcript update, agent message or user message echo.")
+transcript = namespace.signal("transcript", doc="The whole reconciled transcript, after every message.")
+agent_state_changed = namespace.signal("agent_state_changed", doc="The agent's own state changed.")
+control = namespace.signal("control", doc="A control event from the Speko server.")
 status_changed = namespace.signal("status_changed", doc="The status changed.")
 mode_changed = namespace.signal("mode_changed", doc="The agent started or stopped speaking.")
 error = namespace.signal("error", doc="Something went wrong without ending the session (or while ending it).")
@@ -46,6 +53,9 @@ PAYLOAD_NAMES = {
     "connected": "conversation_id",
     "disconnected": "details",
     "message": "message",
+    "transcript": "transcript",
+    "agent_state_changed": "state",
+    "control": "event",
     "status_changed": "status",
     "mode_changed": "mode",
     "error": "error",

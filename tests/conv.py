@@ -21,7 +21,8 @@ class Recorder:
     def callbacks(self) -> dict[str, Callable[[Any], None]]:
         return {f"on_{name}": self._make(kind) for name, kind in (
             ("connect", "connected"), ("disconnect", "disconnected"), ("message", "message"),
-            ("status_change", "status_changed"), ("mode_change", "mode_changed"), ("error", "error"))}
+            ("transcript", "transcript"), ("status_change", "status_changed"), ("mode_change", "mode_changed"),
+            ("agent_state_change", "agent_state_changed"), ("control", "control"), ("error", "error"))}
 
     def _make(self, kind: str) -> Callable[[Any], None]:
         def record(value: Any) -> None:

@@ -1,4 +1,5 @@
-"""ScriptedAgent speaking LiveKit Agents' native protocol, heard by the real
+"""ScriptedAgent speaking LiveKit Agents' native protocol (here with the JSON packets
+too, protocol="both"), heard by the real
 livekit.rtc client: ``lk.agent.state``, ``lk.transcription`` streams (the user's on
 the user's behalf), legacy transcriptions, typed turns on ``lk.chat``; and the
 protocol switch (``both``, ``livekit``, ``json``)."""
@@ -12,7 +13,7 @@ from lk import Mic, join_with_agent, run
 
 from speko_sync.testing import LocalServer, ScriptedAgent, tone
 
-pytestmark = pytest.mark.webrtc
+pytestmark = [pytest.mark.webrtc, pytest.mark.speko_agent(protocol="both")]
 
 GREETING = "Hello! I'm the local Speko test agent."
 

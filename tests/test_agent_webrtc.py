@@ -1,4 +1,5 @@
-"""The scripted agent's default behaviour, seen through the raw livekit.rtc client."""
+"""The scripted agent's JSON-packet behaviour (``protocol="json"``), seen through
+the raw livekit.rtc client. Its native protocol: test_agent_native_protocol.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from lk import RATE, Ear, Mic, connect, dominant_frequency, run
 
 from speko_sync.testing import LocalServer, ScriptedAgent, tone
 
-pytestmark = pytest.mark.webrtc
+pytestmark = [pytest.mark.webrtc, pytest.mark.speko_agent(protocol="json")]
 
 
 def send(room, message: dict) -> asyncio.Future:  # type: ignore[no-untyped-def, type-arg]
@@ -157,7 +158,7 @@ def test_agent_leaving_is_seen(speko_server: LocalServer, speko_agent: ScriptedA
     run(scenario())
 
 
-@pytest.mark.speko_server(default_agent=True)
+@pytest.mark.speko_server(default_agent=lambda server, room: server.add_agent(room, protocol="json"))
 def test_default_agent_in_every_new_room(speko_server: LocalServer) -> None:
     async def scenario() -> None:
         for room_name in ("first", "second"):
@@ -175,7 +176,7 @@ def test_subclass_overrides_behaviour(speko_server: LocalServer) -> None:
         def on_user_message(self, text: str, sender: str) -> None:
             self.send({"type": "agent_message", "text": text.upper()})
 
-    agent = speko_server.add_agent("parrot", agent_class=Parrot, greeting=None)
+    agent = speko_server.add_agent("parrot", agent_class=Parrot, greeting=None, protocol="json")
 
     async def scenario() -> None:
         room, ev = await connect(speko_server, "user", "parrot")

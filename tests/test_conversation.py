@@ -13,6 +13,7 @@ from lk import RATE, dominant_frequency, rms
 
 from speko_sync import (
     BufferAudio,
+    ControlEventType,
     Conversation,
     DisconnectReason,
     ErrorCode,
@@ -26,7 +27,7 @@ from speko_sync import (
 )
 from speko_sync.testing import LocalServer, ScriptedAgent, tone
 
-pytestmark = pytest.mark.webrtc
+pytestmark = [pytest.mark.webrtc, pytest.mark.speko_agent(protocol="json")]
 
 
 def speko_threads() -> set[str]:
@@ -179,13 +180,20 @@ def test_malformed_and_unknown_packets_keep_the_session(speko_server: LocalServe
         speko_agent.send_raw(b"not json at all")
         speko_agent.send({"type": "agent_thinking", "text": "hmm"})
         speko_agent.send_raw(b'{"no_type": 1}')
+        speko_agent.send_raw(b'{"type": "agent_message", "text": "elsewhere"}', topic="other.app")
+        speko_agent.send_raw(b'{"type": "transfer_completed"}', topic="speko.control")
+        speko_agent.send_raw(b'{"type": "no_such_control"}', topic="speko.control")
         speko_agent.send({"type": "agent_message", "text": "still here"})
-        rec.wait_for("message")
-        errors = rec.of("error")
-        assert [e.code for e in errors] == [ErrorCode.INVALID_MESSAGE] * 2
-        assert rec.of("message") == [Message(MessageSource.AGENT, "still here", True)]
+        rec.wait_for("message", lambda m: m.text == "still here")
+        rec.wait_for("control")
+        # other publishers' data is not an error: ignored and counted
+        assert rec.of("error") == []
+        assert [(m.source, m.text) for m in rec.of("message")] == [(MessageSource.AGENT, "still here")]
+        (control,) = rec.of("control")
+        assert control.type == ControlEventType.TRANSFER_COMPLETED and control.data == {"type": "transfer_completed"}
         assert conv.is_open()
-        assert conv.stats().malformed_packets == 2
+        stats = conv.stats()
+        assert (stats.malformed_packets, stats.ignored_packets) == (2, 5)
         conv.send_user_message("ok")
         speko_agent.wait_for_packet("user_message")
 

@@ -47,11 +47,10 @@ def test_serve_command_prints_a_working_url_and_token(agent: str) -> None:
             assert p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
             if agent == "scripted":
                 assert p.identity == "agent"
-                await events.wait_for("data_received")  # its greeting
-            else:  # the LiveKit Agents worker says what it is doing
-                await events.wait_for("track_subscribed", timeout=30)
-                while p.attributes.get("lk.agent.state") not in ("listening", "speaking"):
-                    await asyncio.sleep(0.02)
+            # either agent speaks LiveKit Agents' protocol: it says what it is doing
+            await events.wait_for("track_subscribed", timeout=30)
+            while p.attributes.get("lk.agent.state") not in ("listening", "speaking"):
+                await asyncio.sleep(0.02)
             await room.disconnect()
         run(scenario())
     finally:
@@ -73,16 +72,24 @@ def test_serve_command_reports_a_busy_port() -> None:
 
 
 INNER_TEST = """
-import asyncio, json
+import asyncio
 from livekit import rtc
 
 def test_inner(speko_server, speko_agent):
     async def go():
         room = rtc.Room()
-        got = asyncio.get_running_loop().create_future()
-        room.on("data_received", lambda p: got.done() or got.set_result(json.loads(p.data)))
+        greeting = asyncio.get_running_loop().create_future()
+
+        def on_stream(reader, sender):
+            async def read():
+                text = await reader.read_all()
+                if not greeting.done():
+                    greeting.set_result((sender, text))
+            asyncio.ensure_future(read())
+        room.register_text_stream_handler("lk.transcription", on_stream)
         await room.connect(speko_server.url, speko_server.token("u", speko_agent.room))
-        assert (await asyncio.wait_for(got, 10))["type"] == "agent_message"
+        sender, text = await asyncio.wait_for(greeting, 10)
+        assert sender == speko_agent.identity and text == speko_agent.greeting
         await room.disconnect()
     asyncio.run(go())
 """
@@ -138,8 +145,8 @@ def test_demo_command_holds_a_whole_conversation(tmp_path: object) -> None:
 
 @pytest.mark.webrtc
 def test_demo_with_the_real_worker_hears_and_answers_by_voice(tmp_path: object) -> None:
-    """``demo --agent worker``: a Conversation with the offline Speko agent, a real
-    LiveKit Agents worker. It greets, hears the spoken question and answers it."""
+    """``demo`` with the offline Speko agent, a real LiveKit Agents worker: it greets,
+    hears the spoken question, answers it, and the Conversation shows it all."""
     import shutil
     import wave
     from pathlib import Path
@@ -162,26 +169,23 @@ def test_demo_with_the_real_worker_hears_and_answers_by_voice(tmp_path: object) 
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
-    for expected in ("LiveKit Agents worker", "status: connected", "mode: speaking",
+    for expected in ("LiveKit Agents worker", "status: connected", "agent is speaking", "mode: speaking",
                      "disconnected: user (CLIENT_INITIATED)", "saved"):
         assert expected in out, out
+    lines = out.splitlines()
+    # the worker heard the spoken question (PocketSphinx's words, whatever they are) and answered it
+    asked = next(i for i, line in enumerate(lines) if "] user: " in line and "(partial)" not in line)
+    assert any("] agent: " in line and "(partial)" not in line for line in lines[asked:]), out
+    assert any("transcript | user: " in line for line in lines), out
     with wave.open(str(wav)) as f:
         audio = np.frombuffer(f.readframes(f.getnframes()), dtype=np.int16)
-    loud = np.abs(audio[: len(audio) // 480 * 480].reshape(-1, 480)).max(axis=1) > 1000  # per 10 ms
-    talk = np.flatnonzero(loud)
-    assert len(talk), "the agent was not heard"
-    gaps = np.diff(talk)
-    # the greeting, a long silence while the user asks, then the spoken answer (>= 0.5 s of it)
-    long_gap = np.flatnonzero(gaps >= 100)
-    assert len(long_gap), out
-    answer = talk[long_gap[-1] + 1:]
-    assert answer[-1] - answer[0] >= 50, out
+    assert np.abs(audio).max() > 3000  # the agent's words were played
 
 
 @pytest.mark.webrtc
 @pytest.mark.parametrize(("script", "expected"), [
     ("local_agent_session.py", "'You said: \"hello\"'"),
-    ("robot_control_loop.py", 'agent: You said: "Robot online. What should I do?"'),
+    ("robot_control_loop.py", "agent: You said: Robot online. What should I do?."),
     ("batch_job.py", "agent: I heard 1.5 seconds of speech."),
 ])
 def test_examples_run(tmp_path: object, script: str, expected: str) -> None:

@@ -216,3 +216,45 @@ def test_scripted_agent_sends_what_the_real_worker_sends(worker_server: LocalSer
     assert real["agent stream attributes"] == ["lk.segment_id", "lk.transcribed_track_id", "lk.transcription_final"]
     assert {k: v for k, v in real.items() if v is not True} != {}  # the summary is not all booleans
     assert scripted == real
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng to speak to the agent")
+def test_conversation_with_the_real_worker(worker_server: LocalServer) -> None:
+    """speko_sync's Conversation against the real LiveKit Agents worker: the
+    greeting's transcript, the agent's state driving the mode, a typed turn and a
+    spoken turn answered, and the reconciled transcript in order."""
+    from conv import Recorder
+
+    from speko_sync import AgentState, BufferAudio, Conversation, MessageSource, Mode
+
+    audio = BufferAudio()
+    rec = Recorder()
+    with Conversation(worker_server.token("caller", "conv-real"), worker_server.url, audio=audio,
+                      **rec.callbacks()) as conv:
+        greeting = rec.wait_for("message", lambda m: m.source == MessageSource.AGENT and m.is_final, timeout=30)
+        assert greeting.text == GREETING and greeting.segment_id and greeting.started_at
+        rec.wait_for("agent_state_changed", lambda s: s == AgentState.LISTENING and
+                     AgentState.SPEAKING in rec.of("agent_state_changed"), timeout=20)
+        assert Mode.SPEAKING in rec.of("mode_changed") and conv.mode == Mode.LISTENING
+
+        conv.send_chat_message("what is the weather")
+        rec.wait_for("message", lambda m: m.is_final and m.text == "It is always sunny here.", timeout=30)
+        assert AgentState.THINKING in rec.of("agent_state_changed")
+        rec.wait_for("agent_state_changed", lambda s: s == AgentState.LISTENING and
+                     rec.of("agent_state_changed").count(AgentState.SPEAKING) >= 2, timeout=20)
+
+        silence = np.zeros(RATE // 2, dtype=np.int16)
+        audio.feed(np.concatenate([silence, espeak("what is the weather"), silence, silence, silence]))
+        spoken = rec.wait_for("message", lambda m: m.source == MessageSource.USER and m.is_final
+                              and m.segment_id is not None, timeout=30)
+        assert spoken.text
+        rec.wait_for("transcript", lambda t: len(t) == 5 and t[-1].is_final, timeout=30)
+        turns = conv.transcript()
+        assert [m.source for m in turns] == [MessageSource.AGENT, MessageSource.USER, MessageSource.AGENT,
+                                             MessageSource.USER, MessageSource.AGENT]
+        assert turns[1].text == "what is the weather" and turns[2].text == "It is always sunny here.", turns
+        started = [m.started_at for m in turns]
+        assert started == sorted(started)  # type: ignore[type-var]
+        assert rec.of("error") == []
+        updates = [(m.source, m.segment_id, m.text, m.is_final) for m in rec.of("message")]
+        assert len(updates) == len(set(updates))  # each update once, by whichever path came first

@@ -258,7 +258,9 @@ class ScriptedAgent:
     - overrides and ``contextual_update`` packets are recorded.
 
     Args (besides those :meth:`LocalServer.add_agent` fills in):
-        protocol: ``"both"`` (default), ``"livekit"`` or ``"json"``.
+        protocol: ``"livekit"`` (default: what a real Speko worker speaks),
+            ``"json"`` (the v0.0.3 packets only) or ``"both"`` (a client that
+            reads both then hears every line twice).
         greeting: the greeting without overrides; ``None`` disables greeting.
         greet_wait: seconds to wait for the client's microphone before greeting.
         speech_threshold: RMS (0..1 of full scale) that counts as speech.
@@ -273,7 +275,7 @@ class ScriptedAgent:
                  greet_wait: float = 1.0, greeting_tone_hz: float = 440.0,
                  greeting_tone_s: float = 0.6, speech_threshold: float = 0.02,
                  end_silence_s: float = 0.4, keep_audio_s: float = 600.0,
-                 protocol: str = "both") -> None:
+                 protocol: str = "livekit") -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
         self.protocol = protocol
@@ -531,6 +533,7 @@ class ScriptedAgent:
             return
         peer = self._peer_or_raise()
         segment = lk.new_id("SG")
+        legacy_segment = lk.legacy_id(segment)
         targets = list(to)
 
         async def schedule() -> None:
@@ -541,10 +544,10 @@ class ScriptedAgent:
             for who in targets:
                 if peer.wants_legacy(who):
                     timed += [(step * (i + 1), lk.legacy_transcription(
-                        participant_identity=self.identity, track_sid=peer.track_sid, segment_id=segment,
+                        participant_identity=self.identity, track_sid=peer.track_sid, segment_id=legacy_segment,
                         text=" ".join(words[:i + 1]), final=False)) for i in range(len(words))]
                     timed.append((seconds, lk.legacy_transcription(
-                        participant_identity=self.identity, track_sid=peer.track_sid, segment_id=segment,
+                        participant_identity=self.identity, track_sid=peer.track_sid, segment_id=legacy_segment,
                         text=" ".join(words), final=True)))
                     break  # a legacy packet goes to all of ``to``
             timed.sort(key=lambda entry: entry[0])
@@ -564,7 +567,8 @@ class ScriptedAgent:
                                          track_sid=track, final=final)
             if peer.wants_legacy(identity):
                 packets.append(lk.legacy_transcription(participant_identity=identity, track_sid=track,
-                                                       segment_id=segment_id, text=text, final=final))
+                                                       segment_id=lk.legacy_id(segment_id), text=text,
+                                                       final=final))
             peer.send_paced([(0.0, p) for p in packets], [identity])
         self.server._call(send())
 

@@ -47,6 +47,12 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(6)}"
 
 
+def legacy_id(segment_id: str) -> str:
+    """The id the legacy path gives a segment: LiveKit Agents' two transcript
+    outputs number their segments independently, so the ids differ."""
+    return f"{segment_id}_legacy"
+
+
 def text_stream(chunks: Sequence[str], *, topic: str, attributes: Mapping[str, str],
                 final_attributes: Mapping[str, str] | None = None, sender_identity: str = "",
                 stream_id: str | None = None, timestamp_ms: int | None = None) -> list[models.DataPacket]:

@@ -6,7 +6,8 @@ Fixtures:
         (keyword arguments of ``LocalServer``).
     speko_agent: a :class:`~speko_sync.testing.ScriptedAgent` in a room of its
         own on ``speko_server`` (``speko_agent.room``); customise it with
-        ``@pytest.mark.speko_agent(greeting=None, ...)``.
+        ``@pytest.mark.speko_agent(greeting=None, ...)`` (markers on the module,
+        class and test merge, the closest winning).
 
 Option ``--speko-isolate`` (or ``speko_isolate = true`` in the ini file) runs the
 whole session inside a private network namespace, which WebRTC needs. Where
@@ -106,8 +107,13 @@ def require_webrtc() -> None:
 
 
 def _marker_kwargs(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
-    marker = request.node.get_closest_marker(name)
-    return dict(marker.kwargs) if marker else {}
+    """The options of every ``name`` marker on the test, its class and module,
+    merged; the closest wins (a module-wide ``protocol=`` and a test's
+    ``greeting=`` combine)."""
+    merged: dict[str, Any] = {}
+    for marker in reversed(list(request.node.iter_markers(name))):
+        merged.update(marker.kwargs)
+    return merged
 
 
 @pytest.fixture

@@ -1,0 +1,204 @@
+"""The reconciled transcript: pure rules, no I/O.
+
+A conversation's transcript is a tuple of *turns*: one :class:`Message` per
+uninterrupted stretch of one speaker, however many recogniser segments it took.
+:func:`reconcile` folds one incoming message (a transcript update, an agent
+message, a user message echo) into it and returns the new transcript; the old
+one is never changed.
+
+Rules, for an incoming message with a segment id:
+
+1. *Re-delivery.* If the id names a segment of the source's open run (its
+   turns since the other source last spoke), that segment's text is replaced:
+   updates of a segment are cumulative, and a final may come twice. Ids from
+   before the other source spoke are history: recognisers restart their ids per
+   track, so an id can come round again in a later turn.
+2. *Supersession.* A final under an unknown id replaces the open (non-final)
+   trailing segment of the source's latest turn: some recognisers commit the
+   final under a fresh id.
+3. *New segment.* Otherwise it joins the source's turn if that source spoke
+   last, else it opens a new turn.
+
+A message without a segment id replaces the last turn when that turn is the
+same source's and not final, else it opens a new turn.
+
+A turn's text is its segments' texts in arrival order, joined with a space
+(none before ``, . ! ? ; : ) ] } % ' "``); it is final when its last segment
+is; its ``segment_id`` and ``started_at`` are its first segment's. The result is
+ordered by ``started_at``, stably; a turn without one keeps its place after its
+predecessor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .events import Message, MessageSource
+
+__all__ = ["Transcript", "reconcile"]
+
+_NO_SPACE_BEFORE = tuple(",.!?;:)]}%'\"")
+
+
+@dataclass(frozen=True)
+class _Segment:
+    id: str | None
+    text: str
+    is_final: bool
+
+
+@dataclass(frozen=True)
+class _Turn:
+    source: MessageSource
+    segments: tuple[_Segment, ...]
+    started_at: float | None
+
+    @property
+    def is_final(self) -> bool:
+        return self.segments[-1].is_final
+
+    def with_segment(self, index: int, segment: _Segment) -> _Turn:
+        segments = list(self.segments)
+        if index == len(segments):
+            segments.append(segment)
+        else:
+            segments[index] = segment
+        return replace(self, segments=tuple(segments))
+
+    def message(self) -> Message:
+        text = ""
+        for segment in self.segments:
+            piece = segment.text.strip()
+            if not piece:
+                continue
+            text = piece if not text else text + (piece if piece.startswith(_NO_SPACE_BEFORE) else " " + piece)
+        return Message(source=self.source, text=text, is_final=self.is_final,
+                       segment_id=self.segments[0].id, started_at=self.started_at)
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """An immutable transcript: its turns, and :attr:`messages`, one per turn."""
+
+    turns: tuple[_Turn, ...] = ()
+
+    @property
+    def messages(self) -> tuple[Message, ...]:
+        return tuple(turn.message() for turn in self.turns)
+
+
+def reconcile(transcript: Transcript, incoming: Message) -> Transcript:
+    """Return ``transcript`` with ``incoming`` folded in (see the module rules)."""
+    turns = list(transcript.turns)
+    segment = _Segment(incoming.segment_id, incoming.text, incoming.is_final)
+    if incoming.segment_id is None:
+        if turns and turns[-1].source == incoming.source and not turns[-1].is_final:
+            turns[-1] = _Turn(incoming.source, (segment,), turns[-1].started_at or incoming.started_at)
+        else:
+            turns.append(_Turn(incoming.source, (segment,), incoming.started_at))
+        return Transcript(_ordered(turns))
+    # 1. re-delivery inside the source's open run
+    for i in range(len(turns) - 1, -1, -1):
+        turn = turns[i]
+        if turn.source != incoming.source:
+            break
+        for j, known in enumerate(turn.segments):
+            if known.id == incoming.segment_id:
+                turns[i] = turn.with_segment(j, segment)
+                return Transcript(_ordered(turns))
+    # 2. a final under a fresh id supersedes the latest open segment of the source
+    if incoming.is_final:
+        latest = next((i for i in range(len(turns) - 1, -1, -1) if turns[i].source == incoming.source), None)
+        if latest is not None and not turns[latest].is_final:
+            turn = turns[latest]
+            turns[latest] = turn.with_segment(len(turn.segments) - 1, segment)
+            return Transcript(_ordered(turns))
+    # 3. a new segment: the speaker's current turn goes on, or a new turn opens
+    if turns and turns[-1].source == incoming.source:
+        turns[-1] = turns[-1].with_segment(len(turns[-1].segments), segment)
+    else:
+        turns.append(_Turn(incoming.source, (segment,), incoming.started_at))
+    return Transcript(_ordered(turns))
+
+
+def _ordered(turns: list[_Turn]) -> tuple[_Turn, ...]:
+    """Stable order by ``started_at``; a turn without one sorts with its predecessor."""
+    keys: list[float] = []
+    previous = float("-inf")
+    for turn in turns:
+        previous = turn.started_at if turn.started_at is not None else previous
+        keys.append(previous)
+    order = sorted(range(len(turns)), key=lambda i: keys[i])
+    return tuple(turns[i] for i in order)
+
+
+@dataclass
+class _Seen:
+    started_at: float
+    latest: str
+    final: bool
+    delivered: set[tuple[str, bool]]
+
+
+class SegmentUpdates:
+    """Decides which inbound transcript updates are new, and stamps them.
+
+    LiveKit Agents may send one update by two paths, a ``lk.transcription``
+    stream and a legacy ``Transcription`` packet, each with segment ids of its
+    own. An update on one path joins the segment the other path has open for the
+    same source and track when their texts agree (one is the start of the
+    other); that segment's id is the one delivered. :meth:`accept` then lets
+    each update through once, drops stale ones (a shorter partial after a longer
+    one, a partial after the final) and gives every update of a segment the time
+    the segment was first received. A final segment is forgotten once the other
+    source has spoken, since ids recur in later turns. Not thread-safe: one
+    owner (the loop) calls it.
+    """
+
+    MAX_SEGMENTS = 256
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[MessageSource, str], _Seen] = {}
+        self._alias: dict[tuple[str, str], str] = {}  # (path, id) -> the segment id delivered
+        self._open: dict[tuple[MessageSource, str, str], str] = {}  # (source, track, path) -> delivered id
+
+    def _canonical(self, source: MessageSource, segment_id: str, text: str, track: str, path: str) -> str:
+        known = self._alias.get((path, segment_id))
+        if known is not None:
+            return known
+        canonical = segment_id
+        for (other_source, other_track, other_path), other_id in self._open.items():
+            if (other_source, other_track) != (source, track) or other_path == path:
+                continue
+            seen = self._seen.get((source, other_id))
+            if seen is not None and (seen.latest.startswith(text) or text.startswith(seen.latest)):
+                canonical = other_id  # the same segment, seen through the other path
+        if len(self._alias) >= self.MAX_SEGMENTS * 2:
+            self._alias.pop(next(iter(self._alias)))
+        self._alias[(path, segment_id)] = canonical
+        return canonical
+
+    def accept(self, source: MessageSource, segment_id: str, text: str, is_final: bool, now: float, *,
+               track: str = "", path: str = "") -> Message | None:
+        """The message to deliver for this update, or ``None`` if it is not new.
+        ``track`` is the transcribed track, ``path`` names the transport it came by."""
+        segment_id = self._canonical(source, segment_id, text, track, path)
+        self._open[(source, track, path)] = segment_id
+        key = (source, segment_id)
+        seen = self._seen.get(key)
+        if seen is None:
+            if len(self._seen) >= self.MAX_SEGMENTS:
+                self._seen.pop(next(iter(self._seen)))
+            seen = self._seen[key] = _Seen(now, text, is_final, set())
+        elif (text, is_final) in seen.delivered:
+            return None
+        elif not is_final and (seen.final or (seen.latest.startswith(text) and len(text) < len(seen.latest))):
+            return None  # stale: the other path is behind
+        seen.delivered.add((text, is_final))
+        if len(text) >= len(seen.latest) or is_final:
+            seen.latest = text
+        seen.final = seen.final or is_final
+        for other in [k for k, v in self._seen.items() if k[0] != source and v.final]:
+            del self._seen[other]
+        return Message(source=source, text=text, is_final=is_final, segment_id=segment_id,
+                       started_at=seen.started_at)

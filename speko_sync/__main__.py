@@ -160,7 +160,7 @@ def talk(url: str, token: str, input_device: str | None, output_device: str | No
             if conv.status != Status.CONNECTED:
                 break
             if line.strip():
-                conv.send_user_message(line.strip())
+                conv.send_chat_message(line.strip())
     except KeyboardInterrupt:
         pass
     finally:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import time
@@ -99,9 +100,10 @@ class Session:
     """One LiveKit session. Created and used on the loop thread only."""
 
     def __init__(self, emit: Emit, audio: AudioBackend, constraints: AudioConstraints,
-                 on_remote_end: Callable[[DisconnectionDetails], None]) -> None:
+                 on_remote_end: Callable[[DisconnectionDetails], None], *, microphone: bool = True) -> None:
         self._emit = emit
         self._audio = audio
+        self.microphone = microphone  # false: a text-only session
         self._constraints = constraints
         self._on_remote_end = on_remote_end
         self.room: rtc.Room | None = None
@@ -129,10 +131,38 @@ class Session:
 
     # -- connect ------------------------------------------------------------------
     async def connect(self, url: str, token: str, overrides: bytes | None, timeout: float) -> str:
-        """Join, send overrides, open the audio, publish the microphone. Raises
-        :class:`SpekoClientError`; on failure everything taken is released."""
+        """Open the audio devices, join, send overrides, publish the microphone.
+        Raises :class:`SpekoClientError`; on failure everything taken is released.
+
+        The devices come first: a device that fails raises MICROPHONE_FAILED
+        before any network traffic, so the session's credentials stay usable (an
+        agent that saw its caller join and leave may close the room)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        await self._open_audio()
+        try:
+            return await self._join(url, token, overrides, timeout, deadline)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _open_audio(self) -> None:
+        audio = self._audio
+        try:
+            rate = await asyncio.to_thread(audio.prepare) if self.microphone else \
+                await asyncio.to_thread(_prepare_without_microphone, audio)
+            io = self.io = AudioIO(rate, microphone=self.microphone)
+            io.volume = self.volume
+            await asyncio.to_thread(audio.open, io)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(audio.close)
+            raise SpekoClientError(ErrorCode.MICROPHONE_FAILED, f"could not open the audio device: {exc}",
+                                   exc) from exc
+        self._audio_open = True
+
+    async def _join(self, url: str, token: str, overrides: bytes | None, timeout: float, deadline: float) -> str:
+        loop = asyncio.get_running_loop()
         room = self.room = rtc.Room(loop)
         room.on("disconnected", self._on_disconnected)
         room.on("active_speakers_changed", self._on_speakers)
@@ -161,10 +191,9 @@ class Session:
         try:
             if overrides is not None:
                 await self._publish(overrides)
-            await asyncio.wait_for(self._start_microphone(), max(0.1, deadline - loop.time()))
+            await asyncio.wait_for(self._start_audio(), max(0.1, deadline - loop.time()))
         except BaseException as exc:
-            await self.close()
-            if isinstance(exc, SpekoClientError):
+            if isinstance(exc, SpekoClientError) or not isinstance(exc, Exception):
                 raise
             if isinstance(exc, asyncio.TimeoutError):
                 raise SpekoClientError(ErrorCode.MICROPHONE_FAILED,
@@ -172,16 +201,28 @@ class Session:
             raise SpekoClientError(ErrorCode.MICROPHONE_FAILED, f"microphone failed: {exc}", exc) from exc
         return room.name
 
-    async def _start_microphone(self) -> None:
+    async def _start_audio(self) -> None:
+        """Publish the microphone (unless text-only) and start the pumps."""
+        audio, io = self._audio, self.io
+        assert io is not None and self.room is not None
+        if self.microphone:
+            await self._publish_microphone()
+        # Agent tracks subscribed while joining start playing only now, so no
+        # stale audio queues up before the speaker is open.
+        self._mixer = rtc.AudioMixer(SAMPLE_RATE, 1, blocksize=FRAME, stream_timeout_ms=40)
+        for participant in self.room.remote_participants.values():
+            for publication in participant.track_publications.values():
+                if publication.track is not None:
+                    self._on_track_subscribed(publication.track, publication, participant)
+        io.capture.skip(io.capture.available())  # what the device heard while we joined
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._playback_pump())]
+        if self.microphone or audio.clocked_by_loop:
+            self._tasks.append(loop.create_task(self._capture_pump()))
+
+    async def _publish_microphone(self) -> None:
         audio = self._audio
-        try:
-            io = self.io = AudioIO(await asyncio.to_thread(audio.prepare))
-            io.volume = self.volume
-            await asyncio.to_thread(audio.open, io)
-        except Exception as exc:
-            raise SpekoClientError(ErrorCode.MICROPHONE_FAILED, f"could not open the audio device: {exc}",
-                                   exc) from exc
-        self._audio_open = True
+        assert self.room is not None
         c = self._constraints
         if c.echo_cancellation or c.noise_suppression or c.auto_gain_control:
             self._apm = rtc.AudioProcessingModule(
@@ -197,20 +238,13 @@ class Session:
         except Exception as exc:
             raise SpekoClientError(ErrorCode.MICROPHONE_FAILED, f"could not publish the microphone: {exc}",
                                    exc) from exc
-        # Agent tracks subscribed while joining start playing only now, so no
-        # stale audio queues up before the speaker is open.
-        self._mixer = rtc.AudioMixer(SAMPLE_RATE, 1, blocksize=FRAME, stream_timeout_ms=40)
-        for participant in self.room.remote_participants.values():
-            for publication in participant.track_publications.values():
-                if publication.track is not None:
-                    self._on_track_subscribed(publication.track, publication, participant)
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._capture_pump()), loop.create_task(self._playback_pump())]
 
     # -- audio pumps ------------------------------------------------------------------
     async def _capture_pump(self) -> None:
+        """Every 10 ms: clock a loop-clocked backend, and send what the microphone
+        captured (a text-only session just discards it)."""
         io, audio, source = self.io, self._audio, self._source
-        assert io is not None and source is not None
+        assert io is not None
         loop = asyncio.get_running_loop()
         device_frame = io.rate // 100
         buf = np.zeros(device_frame, dtype=np.int16)
@@ -225,6 +259,9 @@ class Session:
                 next_tick = loop.time()  # fell far behind (a stall): do not burst
             if audio.clocked_by_loop:
                 audio.tick(device_frame)
+            if source is None:  # text-only
+                io.capture.skip(io.capture.available())
+                continue
             while io.capture.available() >= device_frame:
                 io.capture.read_into(buf)
                 if self.muted:
@@ -490,6 +527,14 @@ class Session:
             with contextlib.suppress(Exception):
                 await self._source.aclose()
             self._source = None
+
+
+def _prepare_without_microphone(audio: AudioBackend) -> int:
+    """``prepare`` for a text-only session: backends with devices take
+    ``microphone=False``; others have no microphone to open anyway."""
+    if "microphone" in inspect.signature(audio.prepare).parameters:
+        return audio.prepare(microphone=False)  # type: ignore[call-arg]
+    return audio.prepare()
 
 
 async def _frames(stream: rtc.AudioStream) -> AsyncIterator[rtc.AudioFrame]:

@@ -53,10 +53,14 @@ class AudioIO:
 
     ``volume`` (0..1) is applied by the backend to everything it plays.
     ``counters`` is a preallocated int64 array indexed by the module constants.
+    ``microphone`` false means a text-only session: a backend with a device
+    opens the speaker only.
     """
 
-    def __init__(self, rate: int, *, playback_target_ms: int = 40, playback_max_ms: int = 60) -> None:
+    def __init__(self, rate: int, *, playback_target_ms: int = 40, playback_max_ms: int = 60,
+                 microphone: bool = True) -> None:
         self.rate = rate
+        self.microphone = microphone  # false: a text-only session, no microphone is opened
         self.capture = Ring(rate)  # 1 s: the loop drains it every 10 ms
         self.playback = Ring(rate // 2)
         self.volume = 1.0
@@ -116,7 +120,9 @@ class AudioBackend:
 
     def prepare(self) -> int:
         """Find the device rate in Hz, before the rings are sized for it (called
-        on a worker thread; may raise, reported as MICROPHONE_FAILED)."""
+        on a worker thread; may raise, reported as MICROPHONE_FAILED). A
+        text-only session calls ``prepare(microphone=False)`` instead, on
+        backends that accept it."""
         return self.rate
 
     def open(self, io: AudioIO) -> None:
@@ -361,7 +367,13 @@ class PyAudioBackend(AudioBackend):
         self.rate = SAMPLE_RATE
 
     def probe(self) -> tuple[AudioDevice, AudioDevice, int]:
-        """Resolve the devices and the rate to use; raises ``DeviceError``."""
+        """Resolve the microphone, the speaker and the rate to use; raises ``DeviceError``."""
+        mic, speaker, rate = self._resolve(microphone=True)
+        assert mic is not None
+        return mic, speaker, rate
+
+    def _resolve(self, *, microphone: bool) -> tuple[AudioDevice | None, AudioDevice, int]:
+        """:meth:`probe`, with no microphone when ``microphone`` is false."""
         import pyaudio
 
         if self._pa is None:
@@ -376,21 +388,27 @@ class PyAudioBackend(AudioBackend):
             default_out = int(pa.get_default_output_device_info()["index"])
         except OSError:
             default_out = None
-        mic = _pick(devices, self.input_device, "input", default_in)
+        mic = _pick(devices, self.input_device, "input", default_in) if microphone else None
         speaker = _pick(devices, self.output_device, "output", default_out)
         rate = SAMPLE_RATE
         try:
-            pa.is_format_supported(rate, input_device=mic.index, input_channels=1, input_format=pyaudio.paInt16,
-                                   output_device=speaker.index, output_channels=1, output_format=pyaudio.paInt16)
+            if mic is not None:
+                pa.is_format_supported(rate, input_device=mic.index, input_channels=1,
+                                       input_format=pyaudio.paInt16, output_device=speaker.index,
+                                       output_channels=1, output_format=pyaudio.paInt16)
+            else:
+                pa.is_format_supported(rate, output_device=speaker.index, output_channels=1,
+                                       output_format=pyaudio.paInt16)
         except ValueError:
-            rate = int(mic.default_sample_rate)
+            rate = int((mic or speaker).default_sample_rate)
         return mic, speaker, rate
 
-    def prepare(self) -> int:
+    def prepare(self, *, microphone: bool = True) -> int:
         """Resolve the devices; the rate is 48 kHz when both take it, else the
-        microphone's default rate (the conversation resamples)."""
+        microphone's default rate (the conversation resamples). With
+        ``microphone`` false only the speaker is resolved."""
         try:
-            self.rate = self.probe()[2]
+            self.rate = self._resolve(microphone=microphone)[2]
         except BaseException:
             self.close()
             raise
@@ -401,7 +419,7 @@ class PyAudioBackend(AudioBackend):
 
         super().open(io)
         try:
-            mic, speaker, _ = self.probe()
+            mic, speaker, _ = self._resolve(microphone=io.microphone)
             fpb = self.frames_per_buffer or io.rate // 50
             self._out = np.zeros(fpb, dtype=np.int16)
             self._scratch = np.zeros(fpb, dtype=np.float32)
@@ -414,13 +432,17 @@ class PyAudioBackend(AudioBackend):
                                        output_device_index=speaker.index, frames_per_buffer=fpb,
                                        stream_callback=self._on_output, start=False)
             self._streams.append(out_stream)
-            in_stream = self._pa.open(format=pyaudio.paInt16, channels=1, rate=io.rate, input=True,
-                                      input_device_index=mic.index, frames_per_buffer=fpb,
-                                      stream_callback=self._on_input, start=False)
-            self._streams.append(in_stream)
-            self.latency_s = float(in_stream.get_input_latency() + out_stream.get_output_latency())
+            self.latency_s = float(out_stream.get_output_latency())
+            in_stream = None
+            if mic is not None:  # a text-only session opens no microphone
+                in_stream = self._pa.open(format=pyaudio.paInt16, channels=1, rate=io.rate, input=True,
+                                          input_device_index=mic.index, frames_per_buffer=fpb,
+                                          stream_callback=self._on_input, start=False)
+                self._streams.append(in_stream)
+                self.latency_s += float(in_stream.get_input_latency())
             out_stream.start_stream()
-            in_stream.start_stream()
+            if in_stream is not None:
+                in_stream.start_stream()
         except BaseException:
             self.close()
             raise

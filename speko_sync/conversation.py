@@ -45,9 +45,11 @@ _CALLBACKS = {
 class Conversation:
     """A live voice conversation with a Speko agent.
 
-    The constructor blocks until the room is joined and the microphone track is
-    published (status ``connected``); then audio flows both ways on background
-    threads while the caller's code carries on. Every method is thread-safe.
+    The constructor opens the audio devices first (a device failure raises
+    before any network traffic, so the session's credentials stay usable), then
+    blocks until the room is joined and the microphone track is published
+    (status ``connected``); then audio flows both ways on background threads
+    while the caller's code carries on. Every method is thread-safe.
 
     Threads: a private asyncio loop owns the LiveKit room; the audio backend's
     own threads (PortAudio callbacks) move audio; a dispatcher thread runs every
@@ -63,6 +65,8 @@ class Conversation:
             PortAudio index or device name.
         audio: an audio backend (:class:`~speko_sync.audio.NullAudio`,
             :class:`~speko_sync.audio.BufferAudio`...); default PyAudio.
+        microphone: false for a text-only session: no microphone is opened or
+            published; the agent's audio still plays and chat messages work.
         on_connect(conversation_id), on_disconnect(details), on_message(message),
         on_transcript(transcript), on_status_change(status), on_mode_change(mode),
         on_agent_state_change(state), on_control(event), on_error(error):
@@ -81,7 +85,7 @@ class Conversation:
     def __init__(self, token: str, url: str, *, overrides: OverridesLike | None = None,
                  audio_constraints: AudioConstraints | None = None,
                  input_device: int | str | None = None, output_device: int | str | None = None,
-                 audio: AudioBackend | None = None,
+                 audio: AudioBackend | None = None, microphone: bool = True,
                  on_connect: Callable[[str], Any] | None = None,
                  on_disconnect: Callable[[DisconnectionDetails], Any] | None = None,
                  on_message: Callable[[Message], Any] | None = None,
@@ -107,6 +111,8 @@ class Conversation:
             raise TypeError("audio_constraints must be an AudioConstraints")
         if audio is not None and not isinstance(audio, AudioBackend):
             raise TypeError(f"audio must be an AudioBackend, got {type(audio).__name__}")
+        if not isinstance(microphone, bool):
+            raise TypeError(f"microphone must be a bool, got {type(microphone).__name__}")
         if audio is not None and (input_device is not None or output_device is not None):
             raise ValueError("input_device/output_device apply to the default backend; "
                              "pass them to the backend given as audio= instead")
@@ -136,7 +142,7 @@ class Conversation:
         self._dispatcher = Dispatcher(self)
         self._runner = LoopThread("speko-conversation")
         self._session = Session(self._emit, self._audio, audio_constraints or AudioConstraints(),
-                                self._on_remote_end)
+                                self._on_remote_end, microphone=microphone)
         self._emit("status_changed", Status.CONNECTING)
         try:
             self._conversation_id = self._runner.call(

@@ -95,3 +95,20 @@ def test_json_and_native_agents_both_reach_on_message(speko_server: LocalServer)
             final = rec.wait_for("message", lambda m: m.is_final)
             assert final.text == GREETING
             assert (final.segment_id is None) == (protocol == "json")
+
+
+def test_text_only_session_publishes_no_microphone(speko_server: LocalServer, speko_agent: ScriptedAgent) -> None:
+    audio = BufferAudio(tone(300, 1.0, 0.4))  # would be heard, were there a microphone
+    rec = Recorder()
+    with open_conversation(speko_server, speko_agent, rec, audio=audio, microphone=False) as conv:
+        rec.wait_for("message", lambda m: m.is_final)  # greeted: the agent's audio plays
+        assert audio.wait_for_played(0.5, timeout=10)
+        assert np.abs(audio.played()).max() > 3000
+        conv.send_chat_message("typing only")
+        rec.wait_for("message", lambda m: m.is_final and m.text == "You said: typing only.")
+        assert speko_agent.is_muted("user") is None  # it never saw a microphone track
+        assert speko_agent.utterances == [] and len(speko_agent.received_audio("user")) == 0
+        conv.set_mic_muted(True)  # nothing to mute: accepted
+        assert conv.stats().frames_captured >= 0
+    with pytest.raises(TypeError, match="microphone"):
+        open_conversation(speko_server, speko_agent, microphone="no")  # type: ignore[arg-type]

@@ -105,12 +105,44 @@ def test_echo_cancellation_removes_the_speaker_from_the_microphone(
 
 def test_unknown_device_is_a_microphone_failure_listing_devices(
         pulse: VirtualSoundDevices, speko_server: LocalServer) -> None:
-    agent = speko_server.add_agent("devices", greeting=None)
+    speko_server.add_agent("devices", greeting=None)
+    joins = speko_server.stats().get("joins", 0)
     with pytest.raises(SpekoClientError) as err:
         Conversation(speko_server.token("u", "devices"), speko_server.url, input_device="no-such-mic")
     assert err.value.code == ErrorCode.MICROPHONE_FAILED
     assert "no input device 'no-such-mic'" in err.value.message and "pulse" in err.value.message
-    assert agent.wait_for(lambda: speko_server.participants("devices") == ["agent"]) is None
+    assert speko_server.stats().get("joins", 0) == joins  # refused before joining
+    assert speko_server.participants("devices") == ["agent"]
+
+
+def mic_readers(pulse: VirtualSoundDevices) -> int:
+    """How many streams record from the virtual microphone now."""
+    sources = [line.split("\t") for line in pulse.pactl("list", "short", "sources").splitlines()]
+    mic = next(index for index, name, *_ in sources if name == "mic")
+    outputs = [line.split("\t") for line in pulse.pactl("list", "short", "source-outputs").splitlines() if line]
+    return sum(1 for fields in outputs if fields[1] == mic)
+
+
+def test_text_only_session_opens_the_speaker_but_no_microphone(pulse: VirtualSoundDevices,
+                                                               speko_server: LocalServer) -> None:
+    agent = speko_server.add_agent("text-only")
+    recording = pulse.record_speaker()
+    with Conversation(speko_server.token("u", "text-only"), speko_server.url, microphone=False):
+        assert pulse.pactl("list", "short", "sink-inputs").strip() != ""  # the speaker is open
+        assert mic_readers(pulse) == 0
+        agent.say_tone(700, 6.0)  # PulseAudio's streams take a second or so to start
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            heard = recording.audio()[-RATE // 4:]
+            if len(heard) and rms(heard) > 0.02:
+                break
+            time.sleep(0.05)
+        assert abs(dominant_frequency(recording.audio()[-RATE // 4:]) - 700) < 20  # out of the speaker
+        assert agent.is_muted("u") is None
+    recording.stop()
+    # the same with a microphone: the check above can see one
+    with Conversation(speko_server.token("v", "text-only"), speko_server.url):
+        assert mic_readers(pulse) == 1
 
 
 def test_talk_command_joins_and_sends_typed_lines(pulse: VirtualSoundDevices, speko_server: LocalServer) -> None:
@@ -122,7 +154,7 @@ def test_talk_command_joins_and_sends_typed_lines(pulse: VirtualSoundDevices, sp
                            "--token", speko_server.token("typist", "talk")],
                           input="hello from stdin\n", capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert agent.wait_for_packet("user_message").data == {"type": "user_message", "text": "hello from stdin"}
+    agent.wait_for(lambda: agent.chats == [("typist", "hello from stdin")])  # a typed turn, over lk.chat
     assert "status: connected" in proc.stdout and "disconnected: user (CLIENT_INITIATED)" in proc.stdout
 
 

@@ -14,7 +14,8 @@ TESTING = [
     "pyjwt>=2.8,<3",
     "livekit-protocol>=1.1,<2",
 ]
-DEV = TESTING + [
+API = ["httpx>=0.27,<1"]
+DEV = TESTING + API + [
     "pytest>=8",
     "mypy>=1.10",
     "ruff>=0.6",
@@ -37,7 +38,7 @@ setup(
         "blinker>=1.7",
         "pyaudio>=0.2.14",
     ],
-    extras_require={"testing": TESTING, "dev": DEV},
+    extras_require={"testing": TESTING, "api": API, "dev": DEV},
     entry_points={"pytest11": ["speko_sync = speko_sync.testing.pytest_plugin"]},
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -40,6 +40,9 @@ _EXPORTS = {
     "NullAudio": "audio",
     "Overrides": "overrides",
     "PyAudioBackend": "audio",
+    "SessionCredentials": "sessions",
+    "create_session": "sessions",
+    "session_credentials": "sessions",
     "SpekoClientError": "errors",
     "Status": "events",
     "TtsOverrides": "overrides",
@@ -68,11 +71,14 @@ __all__ = [
     "NullAudio",
     "Overrides",
     "PyAudioBackend",
+    "SessionCredentials",
     "SpekoClientError",
     "Status",
     "TtsOverrides",
     "__version__",
+    "create_session",
     "list_audio_devices",
+    "session_credentials",
     "signals",
 ]
 
@@ -104,6 +110,7 @@ if TYPE_CHECKING:
         Status,
     )
     from .overrides import AgentOverrides, Overrides, TtsOverrides
+    from .sessions import SessionCredentials, create_session, session_credentials
 
 
 def __getattr__(name: str) -> Any:

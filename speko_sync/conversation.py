@@ -161,6 +161,28 @@ class Conversation:
         if end_now:  # end_session() was called while connecting
             self.end_session()
 
+    @classmethod
+    def from_session(cls, response: object, **options: Any) -> Conversation:
+        """Join the session your server minted: ``response`` is the ``POST
+        /v1/sessions`` answer (a dict or an object; ``transportToken``/
+        ``transportUrl`` or ``conversationToken``/``livekitUrl``, camelCase or
+        snake_case), a :class:`~speko_sync.sessions.SessionCredentials`, or a
+        ``spekoai`` ``WebJoinResult`` (``token``/``url``). ``options`` are the
+        constructor's keyword arguments.
+
+        Raises ``ValueError`` for a response without token or URL or with a
+        transport other than ``livekit``, :class:`SpekoClientError`
+        (CONNECTION_FAILED) for a session already expired, both before any
+        connection; then as the constructor.
+        """
+        from .sessions import SessionCredentials, session_credentials
+
+        credentials = response if isinstance(response, SessionCredentials) else session_credentials(response)
+        if credentials.expires_at is not None and credentials.expires_at.timestamp() <= time.time():
+            raise SpekoClientError(ErrorCode.CONNECTION_FAILED,
+                                   f"the session expired at {credentials.expires_at.isoformat()}; mint a new one")
+        return cls(credentials.token, credentials.url, **options)
+
     # -- internals ----------------------------------------------------------------------
     def _emit(self, kind: str, value: Any) -> None:
         self._dispatcher.post(kind, value)

@@ -20,6 +20,8 @@ class ErrorCode(str, enum.Enum):
     INVALID_MESSAGE = "INVALID_MESSAGE"
     #: A send was attempted before the session connected or after it ended.
     NOT_CONNECTED = "NOT_CONNECTED"
+    #: Minting a session (``create_session``) failed; ``status`` has the HTTP status.
+    SESSION_REQUEST_FAILED = "SESSION_REQUEST_FAILED"
 
 
 class SpekoClientError(Exception):
@@ -29,6 +31,7 @@ class SpekoClientError(Exception):
         code: an :class:`ErrorCode`.
         message: a human-readable explanation.
         cause: the original exception, if any (also ``__cause__`` when raised).
+        status: the HTTP status of a failed session request, else ``None``.
     """
 
     def __init__(self, code: ErrorCode, message: str, cause: BaseException | None = None) -> None:
@@ -36,6 +39,7 @@ class SpekoClientError(Exception):
         self.code = code
         self.message = message
         self.cause = cause
+        self.status: int | None = None
         if cause is not None:
             self.__cause__ = cause
 

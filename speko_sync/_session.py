@@ -96,6 +96,33 @@ class _Reframer:
         return out
 
 
+class _MicrophoneWatchdog:
+    """Notices a microphone that failed mid-call (the backend says so, or a
+    device-clocked one delivered nothing for :attr:`STALL_S` after it had
+    started) and reports it once as MICROPHONE_FAILED; the session goes on. It
+    reports again only if the microphone came back and failed anew."""
+
+    STALL_S = 2.0
+
+    def __init__(self, emit: Emit) -> None:
+        self._emit = emit
+        self._count = 0
+        self._since = 0.0
+        self._reported = False
+
+    def check(self, audio: AudioBackend, captured: int, now: float) -> None:
+        if captured != self._count:
+            self._count, self._since = captured, now
+        reason = audio.microphone_failure()
+        if reason is None and not audio.clocked_by_loop and captured and now - self._since > self.STALL_S:
+            reason = f"the microphone has delivered no audio for {self.STALL_S:g} s"
+        if reason is None:
+            self._reported = False
+        elif not self._reported:
+            self._reported = True
+            self._emit("error", SpekoClientError(ErrorCode.MICROPHONE_FAILED, reason))
+
+
 class Session:
     """One LiveKit session. Created and used on the loop thread only."""
 
@@ -249,6 +276,8 @@ class Session:
         device_frame = io.rate // 100
         buf = np.zeros(device_frame, dtype=np.int16)
         reframe = _Reframer(io.rate, SAMPLE_RATE)
+        watchdog = _MicrophoneWatchdog(self._emit)
+        ticks = 0
         next_tick = loop.time()
         while True:
             next_tick += 0.01
@@ -262,6 +291,9 @@ class Session:
             if source is None:  # text-only
                 io.capture.skip(io.capture.available())
                 continue
+            ticks += 1
+            if ticks % 50 == 0:  # twice a second
+                watchdog.check(audio, int(io.counters[CAPTURED]), loop.time())
             while io.capture.available() >= device_frame:
                 io.capture.read_into(buf)
                 if self.muted:

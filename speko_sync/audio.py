@@ -132,6 +132,11 @@ class AudioBackend:
         """Loop-clocked backends: move ``samples`` of microphone audio into the
         capture ring and take as many from the playback ring."""
 
+    def microphone_failure(self) -> str | None:
+        """Why the open microphone stopped working, or ``None`` while it works.
+        Called about twice a second on the loop thread; must not block."""
+        return None
+
     def close(self) -> None:
         """Release devices. Idempotent."""
 
@@ -446,6 +451,12 @@ class PyAudioBackend(AudioBackend):
         except BaseException:
             self.close()
             raise
+
+    def microphone_failure(self) -> str | None:
+        inputs = self._streams[1:]  # [output, input] while open
+        if inputs and not inputs[0].is_active():
+            return "the microphone stream stopped (the device or the sound server went away)"
+        return None
 
     # Both callbacks run on PortAudio threads: copies through preallocated buffers only.
     def _on_input(self, data: bytes | None, frames: int, time_info: Any, status: int) -> tuple[None, int]:

@@ -207,3 +207,32 @@ def test_float_audio_is_scaled_and_resampled() -> None:
 
     out = load_pcm16(np.full((1600, 1), 0.5), 16000)
     assert len(out) == 4800 and out.dtype == np.int16 and int(out[100]) == 16383
+
+
+def test_microphone_watchdog_reports_a_failure_once_and_again_after_recovery() -> None:
+    from speko_sync._session import _MicrophoneWatchdog
+    from speko_sync.audio import AudioBackend
+
+    class Device(AudioBackend):
+        clocked_by_loop = False
+        failure: str | None = None
+
+        def microphone_failure(self) -> str | None:
+            return self.failure
+
+    errors: list[object] = []
+    dog = _MicrophoneWatchdog(lambda kind, value: errors.append(value))
+    device = Device()
+    dog.check(device, 0, 0.0)
+    dog.check(device, 0, 10.0)  # nothing yet: sound servers take time to start, not a stall
+    dog.check(device, 480, 10.5)
+    dog.check(device, 480, 12.0)  # 1.5 s without audio: fine
+    assert errors == []
+    dog.check(device, 480, 12.6)  # 2.1 s: stalled
+    dog.check(device, 480, 13.0)
+    assert len(errors) == 1 and "no audio" in str(errors[0])
+    dog.check(device, 960, 13.5)  # back
+    device.failure = "the stream stopped"
+    dog.check(device, 1440, 14.0)
+    dog.check(device, 1920, 14.5)
+    assert len(errors) == 2 and "the stream stopped" in str(errors[1])

@@ -258,3 +258,22 @@ def test_conversation_with_the_real_worker(worker_server: LocalServer) -> None:
         assert rec.of("error") == []
         updates = [(m.source, m.segment_id, m.text, m.is_final) for m in rec.of("message")]
         assert len(updates) == len(set(updates))  # each update once, by whichever path came first
+        assert np.abs(audio.played()).max() > 3000  # and the agent was heard, not only read
+
+
+def test_text_only_conversation_with_the_real_worker(worker_server: LocalServer) -> None:
+    from conv import Recorder
+
+    from speko_sync import BufferAudio, Conversation, MessageSource
+
+    audio = BufferAudio()
+    rec = Recorder()
+    with Conversation(worker_server.token("typist", "text-real"), worker_server.url, audio=audio,
+                      microphone=False, **rec.callbacks()) as conv:
+        rec.wait_for("message", lambda m: m.source == MessageSource.AGENT and m.is_final, timeout=30)
+        conv.send_chat_message("tell me a story")
+        rec.wait_for("message", lambda m: m.is_final and m.text == "You said: tell me a story.", timeout=30)
+        assert np.abs(audio.played()).max() > 3000  # the agent's audio still plays
+        assert [m.source for m in conv.transcript()] == [MessageSource.AGENT, MessageSource.USER,
+                                                         MessageSource.AGENT]
+        assert worker_server.participant_info("text-real", "typist").tracks == []  # no microphone

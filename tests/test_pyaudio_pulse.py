@@ -166,3 +166,26 @@ def test_talk_command_reports_a_bad_token(pulse: VirtualSoundDevices, speko_serv
                            "--token", speko_server.token("typist", "talk", ttl=-60)],
                           input="", capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "CONNECTION_FAILED" in proc.stderr and "expired" in proc.stderr
+
+
+def test_a_microphone_lost_mid_call_is_an_error_and_the_call_goes_on(pulse: VirtualSoundDevices,
+                                                                    speko_server: LocalServer) -> None:
+    from conv import Recorder
+
+    agent = speko_server.add_agent("mic-lost", greeting=None)
+    rec = Recorder()
+    conv = Conversation(speko_server.token("u", "mic-lost"), speko_server.url, audio_constraints=RAW,
+                        **rec.callbacks())
+    try:
+        pulse.play_into_microphone(tone(1000, 2.0, 0.3))
+        agent.wait_for(lambda: len(agent.received_audio("u")) > RATE // 4, timeout=15)  # audio flows
+        assert rec.of("error") == []
+        pulse.crash()  # the sound server dies: the microphone (and speaker) streams stop
+        error = rec.wait_for("error", timeout=10)
+        assert error.code == ErrorCode.MICROPHONE_FAILED and "microphone" in error.message
+        assert conv.is_open()  # the session goes on
+        conv.send_chat_message("still here")
+        agent.wait_for(lambda: ("u", "still here") in agent.chats)
+        assert len(rec.of("error")) == 1  # reported once
+    finally:
+        conv.end_session(timeout=15)

@@ -130,6 +130,13 @@ class VirtualSoundDevices:
         self.pactl("load-module", "module-loopback", "source=speaker.monitor", "sink=micfeed",
                    f"latency_msec={latency_ms}")
 
+    def crash(self) -> None:
+        """Kill the sound server at once (SIGKILL), as when a device or the audio
+        stack dies mid-call: every stream on it stops. :meth:`stop` still cleans up."""
+        if self._daemon is not None and self._daemon.poll() is None:
+            self._daemon.kill()
+            self._daemon.wait(5)
+
     def stop(self) -> None:
         if self._daemon is not None:
             self._daemon.terminate()

@@ -239,9 +239,12 @@ def test_conversation_with_the_real_worker(worker_server: LocalServer) -> None:
 
         conv.send_chat_message("what is the weather")
         rec.wait_for("message", lambda m: m.is_final and m.text == "It is always sunny here.", timeout=30)
-        assert AgentState.THINKING in rec.of("agent_state_changed")
         rec.wait_for("agent_state_changed", lambda s: s == AgentState.LISTENING and
                      rec.of("agent_state_changed").count(AgentState.SPEAKING) >= 2, timeout=20)
+        states = rec.of("agent_state_changed")
+        turn = [AgentState.LISTENING, AgentState.THINKING, AgentState.SPEAKING, AgentState.LISTENING]
+        assert any(states[i:i + 4] == turn for i in range(len(states))), states  # a typed turn, in order
+        assert all(a != b for a, b in itertools.pairwise(states))  # changes only
 
         silence = np.zeros(RATE // 2, dtype=np.int16)
         audio.feed(np.concatenate([silence, espeak("what is the weather"), silence, silence, silence]))

@@ -32,8 +32,8 @@ def test_greeting_gives_transcript_agent_state_and_mode(speko_server: LocalServe
         updates = [(m.text, m.is_final) for m in rec.of("message")]
         assert len(updates) == len(set(updates))
         assert [m.text for m in partials] == sorted((m.text for m in partials), key=len)
-        rec.wait_for("agent_state_changed", lambda s: s == AgentState.LISTENING and
-                     AgentState.SPEAKING in rec.of("agent_state_changed"))
+        rec.wait_for("agent_state_changed", lambda _: rec.of("agent_state_changed")[-1] == AgentState.LISTENING
+                     and AgentState.SPEAKING in rec.of("agent_state_changed"))
         states = rec.of("agent_state_changed")
         assert states[-2:] == [AgentState.SPEAKING, AgentState.LISTENING]
         assert conv.agent_state == AgentState.LISTENING

@@ -233,14 +233,16 @@ def test_conversation_with_the_real_worker(worker_server: LocalServer) -> None:
                       **rec.callbacks()) as conv:
         greeting = rec.wait_for("message", lambda m: m.source == MessageSource.AGENT and m.is_final, timeout=30)
         assert greeting.text == GREETING and greeting.segment_id and greeting.started_at
-        rec.wait_for("agent_state_changed", lambda s: s == AgentState.LISTENING and
-                     AgentState.SPEAKING in rec.of("agent_state_changed"), timeout=20)
+        def quiet_after(speaking_turns: int) -> bool:
+            states = rec.of("agent_state_changed")
+            return states[-1] == AgentState.LISTENING and states.count(AgentState.SPEAKING) >= speaking_turns
+
+        rec.wait_for("agent_state_changed", lambda _: quiet_after(1), timeout=20)
         assert Mode.SPEAKING in rec.of("mode_changed") and conv.mode == Mode.LISTENING
 
         conv.send_chat_message("what is the weather")
         rec.wait_for("message", lambda m: m.is_final and m.text == "It is always sunny here.", timeout=30)
-        rec.wait_for("agent_state_changed", lambda s: s == AgentState.LISTENING and
-                     rec.of("agent_state_changed").count(AgentState.SPEAKING) >= 2, timeout=20)
+        rec.wait_for("agent_state_changed", lambda _: quiet_after(2), timeout=20)
         states = rec.of("agent_state_changed")
         turn = [AgentState.LISTENING, AgentState.THINKING, AgentState.SPEAKING, AgentState.LISTENING]
         assert any(states[i:i + 4] == turn for i in range(len(states))), states  # a typed turn, in order

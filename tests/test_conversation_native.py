@@ -38,6 +38,7 @@ def test_greeting_gives_transcript_agent_state_and_mode(speko_server: LocalServe
         assert states[-2:] == [AgentState.SPEAKING, AgentState.LISTENING]
         assert conv.agent_state == AgentState.LISTENING
         # mode follows the agent's own state
+        rec.wait_for("mode_changed", lambda m: m == Mode.LISTENING)
         assert rec.of("mode_changed") == [Mode.SPEAKING, Mode.LISTENING]
         transcript = rec.wait_for("transcript", lambda t: t and t[-1].is_final)
         assert [(m.source, m.text) for m in transcript] == [(MessageSource.AGENT, GREETING)]

@@ -1,4 +1,4 @@
-"""Command line: ``python -m speko_sync demo`` and ``python -m speko_sync talk``.
+"""Command line: ``python -m speko_sync demo``, ``talk`` and ``devices``.
 
 ``demo`` holds a whole voice conversation offline: it starts the local
 LiveKit-compatible server with an agent (inside a private network namespace,
@@ -6,30 +6,48 @@ which WebRTC needs), opens a :class:`Conversation` and prints status, mode and
 transcripts live. With sound devices it uses them; without, the microphone is
 a synthetic utterance and the agent's audio goes to a WAV file. The agent is
 the offline Speko agent, a real LiveKit Agents worker (``--agent worker``, the
-default when its environment exists: it speaks real words and hears them; its
-transcripts are LiveKit Agents' own, which :class:`Conversation` does not show
-yet), or the scripted agent (``--agent scripted``).
+default when its environment exists: it speaks real words and hears them), or
+the scripted agent (``--agent scripted``).
 
-``talk`` joins a real Speko session with a URL and token from your server.
+``talk`` joins a real Speko session with a URL and token from your server, or
+with the server's JSON answer (``--session FILE``, ``-`` for stdin).
+
+``devices`` lists the sound devices PortAudio sees.
+
+Output is whole lines, in order, whichever thread prints them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
 from . import AudioBackend, BufferAudio, Conversation, Message, MessageSource, SpekoClientError, Status
 
+_print_lock = threading.Lock()
+
+
+def _line(text: str, stream: TextIO | None = None) -> None:
+    """Write one whole line (receivers print from the dispatcher thread, the
+    command from the main thread: a lock keeps lines whole and in order)."""
+    out = stream if stream is not None else sys.stdout
+    with _print_lock:
+        out.write(text + "\n")
+        out.flush()
+
 
 def _printer(t0: float):  # type: ignore[no-untyped-def]
     def say(line: str) -> None:
-        print(f"[{time.monotonic() - t0:5.2f} s] {line}", flush=True)
+        _line(f"[{time.monotonic() - t0:5.2f} s] {line}")
     return say
 
 
@@ -98,14 +116,14 @@ def demo(wav_path: Path, seconds: float, agent: str = "auto") -> int:
             agent = "worker"
         except AgentEnvUnavailable as exc:
             if agent == "worker":
-                print(f"error: {exc}", file=sys.stderr)
+                _line(f"error: {exc}", sys.stderr)
                 return 2
-            print(f"note: {exc}; using the scripted agent", file=sys.stderr)
+            _line(f"note: {exc}; using the scripted agent", sys.stderr)
             agent = "scripted"
     try:
         reexec_isolated()
     except IsolationUnavailable as exc:
-        print(f"warning: no private network namespace ({exc}); trying the host network", file=sys.stderr)
+        _line(f"warning: no private network namespace ({exc}); trying the host network", sys.stderr)
     say = _printer(time.monotonic())
     audio, buffer = _audio_for_demo(say, words=agent == "worker")
     answered = threading.Event()
@@ -146,15 +164,27 @@ def _wait_interruptibly(conv: Conversation, seconds: float) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
-def talk(url: str, token: str, input_device: str | None, output_device: str | None) -> int:
+def _read_session(source: str) -> object:
+    """The server's JSON answer to ``POST /v1/sessions`` from a file or stdin (``-``)."""
+    text = sys.stdin.readline() if source == "-" else Path(source).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def talk(url: str | None, token: str | None, input_device: str | None, output_device: str | None,
+         session: str | None = None) -> int:
     say = _printer(time.monotonic())
+    options = dict(input_device=_device(input_device), output_device=_device(output_device),
+                   **_callbacks(say, threading.Event()))
     try:
-        conv = Conversation(token, url, input_device=_device(input_device), output_device=_device(output_device),
-                            **_callbacks(say, threading.Event()))
-    except SpekoClientError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if session is not None:
+            conv = Conversation.from_session(_read_session(session), **options)
+        else:
+            assert url is not None and token is not None
+            conv = Conversation(token, url, **options)
+    except (SpekoClientError, ValueError, TypeError, OSError) as exc:
+        _line(f"error: {exc}", sys.stderr)
         return 1
-    say("talk now; type a line and Enter to send it as a message, Ctrl-D or Ctrl-C to end")
+    say("talk now; type a line and Enter to send it as a chat message, Ctrl-D or Ctrl-C to end")
     try:
         for line in sys.stdin:
             if conv.status != Status.CONNECTED:
@@ -172,9 +202,37 @@ def _device(value: str | None) -> int | str | None:
     return int(value) if value is not None and value.isdigit() else value
 
 
+def devices() -> int:
+    """``python -m speko_sync devices``: inputs and outputs, defaults marked."""
+    from .audio import list_audio_devices
+
+    try:
+        found = list_audio_devices()
+    except (ImportError, OSError) as exc:
+        _line(f"error: PortAudio is not usable here: {exc}", sys.stderr)
+        return 1
+    if not found:
+        _line("error: PortAudio found no sound devices (no sound card, and no sound server such as "
+              "PulseAudio or PipeWire running); NullAudio() or BufferAudio() work without one", sys.stderr)
+        return 1
+    for kind, channels, default in (("inputs", "max_input_channels", "default_input"),
+                                    ("outputs", "max_output_channels", "default_output")):
+        usable = [d for d in found if getattr(d, channels) > 0]
+        _line(f"{kind}:" if usable else f"{kind}: none")
+        for d in usable:
+            mark = "*" if getattr(d, default) else " "
+            _line(f" {mark} {d.index:3d}  {d.name}  ({d.host_api}, {getattr(d, channels)} ch, "
+                  f"{d.default_sample_rate:g} Hz)")
+    _line("(* = the default; select one with input_device=/output_device= by index or name)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m speko_sync")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging (shows what the sound libraries printed while probing)")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("devices", help="list the sound devices (index, name, host API, channels, rate, defaults)")
     demo_cmd = sub.add_parser("demo", help="a live conversation with the embedded local agent")
     demo_cmd.add_argument("--wav", type=Path, default=Path("speko_demo_agent.wav"),
                           help="where to save the agent's audio when there are no sound devices")
@@ -183,14 +241,24 @@ def main(argv: list[str] | None = None) -> int:
                           help="the offline Speko agent, a real LiveKit Agents worker (needs `make agent-env`; "
                                "the default when it is there), or the scripted agent")
     talk_cmd = sub.add_parser("talk", help="join a real Speko session")
-    talk_cmd.add_argument("--url", required=True, help="the session's livekitUrl")
-    talk_cmd.add_argument("--token", required=True, help="the session's conversationToken")
-    talk_cmd.add_argument("--input-device", help="microphone: PortAudio index or name")
-    talk_cmd.add_argument("--output-device", help="speaker: PortAudio index or name")
+    talk_cmd.add_argument("--url", help="the session's transportUrl (livekitUrl)")
+    talk_cmd.add_argument("--token", help="the session's transportToken (conversationToken)")
+    talk_cmd.add_argument("--session", metavar="FILE|-",
+                          help="the server's JSON answer to POST /v1/sessions, instead of --url/--token")
+    talk_cmd.add_argument("--input-device", help="microphone: index or name (see `python -m speko_sync devices`)")
+    talk_cmd.add_argument("--output-device", help="speaker: index or name (see `python -m speko_sync devices`)")
     args = parser.parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s %(levelname)s %(message)s")
+    if args.command == "devices":
+        return devices()
     if args.command == "demo":
         return demo(args.wav, args.seconds, args.agent)
-    return talk(args.url, args.token, args.input_device, args.output_device)
+    if args.session is None and (args.url is None or args.token is None):
+        talk_cmd.error("give --url and --token, or --session")
+    if args.session is not None and (args.url or args.token):
+        talk_cmd.error("give --session or --url/--token, not both")
+    return talk(args.url, args.token, args.input_device, args.output_device, args.session)
 
 
 

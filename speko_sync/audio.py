@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ._quiet import quiet_native_output
 from ._ring import Ring
 
 __all__ = ["AudioBackend", "AudioConstraints", "AudioDevice", "BufferAudio", "NullAudio", "PyAudioBackend",
@@ -289,7 +290,8 @@ class BufferAudio(AudioBackend):
 
 @dataclass(frozen=True)
 class AudioDevice:
-    """A PortAudio device: ``index`` and ``name`` select it."""
+    """A PortAudio device: ``index`` and ``name`` select it; ``default_input`` and
+    ``default_output`` say whether PortAudio uses it when none is named."""
 
     index: int
     name: str
@@ -297,9 +299,20 @@ class AudioDevice:
     max_output_channels: int
     default_sample_rate: float
     host_api: str
+    default_input: bool = False
+    default_output: bool = False
+
+
+def _default_index(pa: Any, kind: str) -> int | None:
+    try:
+        info = pa.get_default_input_device_info() if kind == "input" else pa.get_default_output_device_info()
+        return int(info["index"])
+    except OSError:
+        return None
 
 
 def _devices(pa: Any) -> list[AudioDevice]:
+    default_in, default_out = _default_index(pa, "input"), _default_index(pa, "output")
     devices = []
     for i in range(pa.get_device_count()):
         info = pa.get_device_info_by_index(i)
@@ -307,19 +320,29 @@ def _devices(pa: Any) -> list[AudioDevice]:
             index=i, name=str(info["name"]), max_input_channels=int(info["maxInputChannels"]),
             max_output_channels=int(info["maxOutputChannels"]),
             default_sample_rate=float(info["defaultSampleRate"]),
-            host_api=str(pa.get_host_api_info_by_index(info["hostApi"])["name"])))
+            host_api=str(pa.get_host_api_info_by_index(info["hostApi"])["name"]),
+            default_input=i == default_in, default_output=i == default_out))
     return devices
 
 
-def list_audio_devices() -> list[AudioDevice]:
-    """Every PortAudio device (needs PyAudio)."""
+def _portaudio() -> Any:
+    """A PyAudio instance, initialised without ALSA's and JACK's probing noise."""
     import pyaudio
 
-    pa = pyaudio.PyAudio()
+    with quiet_native_output("PortAudio initialisation"):
+        return pyaudio.PyAudio()
+
+
+def list_audio_devices() -> list[AudioDevice]:
+    """Every PortAudio device, with which are the defaults (needs PyAudio).
+    Prints nothing: the native libraries' probing noise is suppressed (logged
+    at debug level on ``speko_sync.audio``)."""
+    pa = _portaudio()
     try:
         return _devices(pa)
     finally:
-        pa.terminate()
+        with quiet_native_output("PortAudio shutdown"):
+            pa.terminate()
 
 
 class DeviceError(RuntimeError):
@@ -379,34 +402,33 @@ class PyAudioBackend(AudioBackend):
 
     def _resolve(self, *, microphone: bool) -> tuple[AudioDevice | None, AudioDevice, int]:
         """:meth:`probe`, with no microphone when ``microphone`` is false."""
-        import pyaudio
 
         if self._pa is None:
-            self._pa = pyaudio.PyAudio()
+            self._pa = _portaudio()
         pa = self._pa
         devices = _devices(pa)
-        try:
-            default_in = int(pa.get_default_input_device_info()["index"])
-        except OSError:
-            default_in = None
-        try:
-            default_out = int(pa.get_default_output_device_info()["index"])
-        except OSError:
-            default_out = None
+        default_in, default_out = _default_index(pa, "input"), _default_index(pa, "output")
         mic = _pick(devices, self.input_device, "input", default_in) if microphone else None
         speaker = _pick(devices, self.output_device, "output", default_out)
         rate = SAMPLE_RATE
         try:
-            if mic is not None:
-                pa.is_format_supported(rate, input_device=mic.index, input_channels=1,
-                                       input_format=pyaudio.paInt16, output_device=speaker.index,
-                                       output_channels=1, output_format=pyaudio.paInt16)
-            else:
-                pa.is_format_supported(rate, output_device=speaker.index, output_channels=1,
-                                       output_format=pyaudio.paInt16)
+            with quiet_native_output("probing the sample rate"):
+                self._check_rate(pa, rate, mic, speaker)
         except ValueError:
             rate = int((mic or speaker).default_sample_rate)
         return mic, speaker, rate
+
+    @staticmethod
+    def _check_rate(pa: Any, rate: int, mic: AudioDevice | None, speaker: AudioDevice) -> None:
+        """Raise ``ValueError`` unless the devices take ``rate``."""
+        import pyaudio
+
+        if mic is not None:
+            pa.is_format_supported(rate, input_device=mic.index, input_channels=1, input_format=pyaudio.paInt16,
+                                   output_device=speaker.index, output_channels=1, output_format=pyaudio.paInt16)
+        else:
+            pa.is_format_supported(rate, output_device=speaker.index, output_channels=1,
+                                   output_format=pyaudio.paInt16)
 
     def prepare(self, *, microphone: bool = True) -> int:
         """Resolve the devices; the rate is 48 kHz when both take it, else the
@@ -433,16 +455,18 @@ class PyAudioBackend(AudioBackend):
             self._continue = pyaudio.paContinue
             self._in_overflow = pyaudio.paInputOverflow
             self._out_underflow = pyaudio.paOutputUnderflow
-            out_stream = self._pa.open(format=pyaudio.paInt16, channels=1, rate=io.rate, output=True,
-                                       output_device_index=speaker.index, frames_per_buffer=fpb,
-                                       stream_callback=self._on_output, start=False)
+            with quiet_native_output("opening the speaker"):
+                out_stream = self._pa.open(format=pyaudio.paInt16, channels=1, rate=io.rate, output=True,
+                                           output_device_index=speaker.index, frames_per_buffer=fpb,
+                                           stream_callback=self._on_output, start=False)
             self._streams.append(out_stream)
             self.latency_s = float(out_stream.get_output_latency())
             in_stream = None
             if mic is not None:  # a text-only session opens no microphone
-                in_stream = self._pa.open(format=pyaudio.paInt16, channels=1, rate=io.rate, input=True,
-                                          input_device_index=mic.index, frames_per_buffer=fpb,
-                                          stream_callback=self._on_input, start=False)
+                with quiet_native_output("opening the microphone"):
+                    in_stream = self._pa.open(format=pyaudio.paInt16, channels=1, rate=io.rate, input=True,
+                                              input_device_index=mic.index, frames_per_buffer=fpb,
+                                              stream_callback=self._on_input, start=False)
                 self._streams.append(in_stream)
                 self.latency_s += float(in_stream.get_input_latency())
             out_stream.start_stream()
@@ -485,5 +509,6 @@ class PyAudioBackend(AudioBackend):
                 pass
             stream.close()
         if self._pa is not None:
-            self._pa.terminate()
+            with quiet_native_output("PortAudio shutdown"):
+                self._pa.terminate()
             self._pa = None

@@ -158,6 +158,37 @@ def test_talk_command_joins_and_sends_typed_lines(pulse: VirtualSoundDevices, sp
     assert "status: connected" in proc.stdout and "disconnected: user (CLIENT_INITIATED)" in proc.stdout
 
 
+def test_talk_command_takes_the_servers_session_answer(pulse: VirtualSoundDevices,
+                                                       speko_server: LocalServer) -> None:
+    import json
+    import subprocess
+    import sys
+
+    agent = speko_server.add_agent("talk-session", greeting=None)
+    answer = {"sessionId": "s1", "transportToken": speko_server.token("typist", "talk-session"),
+              "transportUrl": speko_server.url, "roomName": "talk-session", "transport": "livekit"}
+    proc = subprocess.run([sys.executable, "-m", "speko_sync", "talk", "--session", "-"],
+                          input=json.dumps(answer) + "\nhello from stdin\n", capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    agent.wait_for(lambda: agent.chats == [("typist", "hello from stdin")])
+    assert not any(noise in proc.stderr for noise in ("ALSA lib", "jack server")), proc.stderr
+
+
+def test_devices_command_lists_the_virtual_devices(pulse: VirtualSoundDevices) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "speko_sync", "devices"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "inputs:" and "outputs:" in lines
+    defaults = [line for line in lines if line.startswith(" *")]
+    assert len(defaults) == 2 and all("Hz)" in line and " ch, " in line for line in defaults)
+    assert proc.stderr == ""  # quiet
+
+
 def test_talk_command_reports_a_bad_token(pulse: VirtualSoundDevices, speko_server: LocalServer) -> None:
     import subprocess
     import sys

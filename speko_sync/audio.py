@@ -15,6 +15,7 @@ rest (10 ms framing, resampling, audio processing, LiveKit). Backends:
 
 from __future__ import annotations
 
+import collections
 import threading
 import wave
 from collections.abc import Sequence
@@ -202,18 +203,26 @@ class BufferAudio(AudioBackend):
             from when it has subscribed, a few hundred ms later on a fresh
             session, so lead with some silence (or :meth:`feed` after connecting).
         sample_rate: rate of ``microphone`` arrays, Hz.
+        keep_seconds: how much of the agent's audio :meth:`played` keeps, the
+            newest (default 600 s, about 55 MB); ``None`` keeps everything.
 
     Thread-safe: :meth:`feed`, :meth:`played` and the waits may be called from
-    any thread while the conversation runs.
+    any thread while the conversation runs; :meth:`played` copies outside the
+    lock the conversation's loop takes every 10 ms.
     """
 
     rate = SAMPLE_RATE
 
-    def __init__(self, microphone: np.ndarray | str | Path | None = None, sample_rate: int = SAMPLE_RATE) -> None:
+    def __init__(self, microphone: np.ndarray | str | Path | None = None, sample_rate: int = SAMPLE_RATE, *,
+                 keep_seconds: float | None = 600.0) -> None:
+        if keep_seconds is not None and (isinstance(keep_seconds, bool) or not keep_seconds > 0):
+            raise ValueError(f"keep_seconds must be positive seconds or None, got {keep_seconds!r}")
         self._lock = threading.Condition()
         self._pending: list[np.ndarray] = []
         self._offset = 0
-        self._played: list[np.ndarray] = []
+        self._played: collections.deque[np.ndarray] = collections.deque()
+        self._kept_samples = 0
+        self._keep = None if keep_seconds is None else int(keep_seconds * SAMPLE_RATE)
         self._played_samples = 0
         if microphone is not None:
             self.feed(microphone, sample_rate)
@@ -236,12 +245,14 @@ class BufferAudio(AudioBackend):
             return self._lock.wait_for(lambda: not self._pending, timeout)
 
     def played(self) -> np.ndarray:
-        """Everything played so far (the agent's audio at the set volume), mono
-        int16 at 48 kHz, silence included."""
+        """What was played (the agent's audio at the set volume, silence
+        included), the newest ``keep_seconds`` of it, mono int16 at 48 kHz."""
         with self._lock:
-            return np.concatenate(self._played) if self._played else np.zeros(0, dtype=np.int16)
+            chunks = list(self._played)  # references only: the copy happens outside the lock
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
 
     def played_seconds(self) -> float:
+        """Seconds played since the start, kept or not."""
         with self._lock:
             return self._played_samples / SAMPLE_RATE
 
@@ -284,7 +295,11 @@ class BufferAudio(AudioBackend):
         self.io.render(out, self._scratch[:samples])
         with self._lock:
             self._played.append(out)
+            self._kept_samples += samples
             self._played_samples += samples
+            if self._keep is not None:
+                while self._kept_samples - len(self._played[0]) >= self._keep:
+                    self._kept_samples -= len(self._played.popleft())
             self._lock.notify_all()
 
 

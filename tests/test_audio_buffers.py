@@ -236,3 +236,25 @@ def test_microphone_watchdog_reports_a_failure_once_and_again_after_recovery() -
     dog.check(device, 1440, 14.0)
     dog.check(device, 1920, 14.5)
     assert len(errors) == 2 and "the stream stopped" in str(errors[1])
+
+
+def test_buffer_audio_keeps_a_bounded_recording_and_counts_everything() -> None:
+    from speko_sync.audio import AudioIO, BufferAudio
+
+    audio = BufferAudio(keep_seconds=0.1)
+    io = AudioIO(48000)
+    audio.open(io)
+    tone_block = np.full(480, 1000, dtype=np.int16)
+    for _ in range(100):  # one second, 10 ms at a time
+        io.playback.write(tone_block)
+        audio.tick(480)
+    kept = audio.played()
+    assert 0.1 * 48000 <= len(kept) < 0.1 * 48000 + 480  # the newest 100 ms, one block of slack
+    assert audio.played_seconds() == pytest.approx(1.0)
+    everything = BufferAudio(keep_seconds=None)
+    everything.open(AudioIO(48000))
+    for _ in range(100):
+        everything.tick(480)
+    assert len(everything.played()) == 48000
+    with pytest.raises(ValueError, match="keep_seconds"):
+        BufferAudio(keep_seconds=0)

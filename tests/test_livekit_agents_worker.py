@@ -114,6 +114,14 @@ def test_spoken_turn_is_transcribed_on_the_users_behalf_and_answered(worker_serv
     run(scenario(), timeout=90)
 
 
+def test_a_worker_that_exits_before_registering_is_an_error_with_its_output() -> None:
+    _require_agent_env()
+    with LocalServer() as server:
+        with pytest.raises(RuntimeError, match="exited with 3") as err:
+            server.start_agent_worker(program=["-c", "print('no such agent'); raise SystemExit(3)"], timeout=30)
+        assert "no such agent" in str(err.value) and server.workers() == []
+
+
 def test_a_worker_killed_mid_turn_leaves_the_room() -> None:
     """A crash of the worker's processes while the agent speaks: the agent
     participant goes away (its connection dies with it), the job is failed."""

@@ -9,12 +9,12 @@ environment ``make agent-env`` (or :func:`create_agent_env`) builds.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 import venv
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,6 +98,9 @@ class AgentWorker:
                          LIVEKIT_API_SECRET=server.api_secret, PYTHONUNBUFFERED="1", **(env or {}))
         self.command = cmd
         self._lines: collections.deque[str] = collections.deque(maxlen=2000)
+        self._changed = threading.Condition()  # the reader has read a line, or the end
+        self._registered = False
+        self._eof = False
         self._proc = subprocess.Popen(cmd, env=child_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True, start_new_session=True)
         self._reader = threading.Thread(target=self._read, name="speko-agent-worker-output", daemon=True)
@@ -106,7 +109,13 @@ class AgentWorker:
     def _read(self) -> None:
         assert self._proc.stdout is not None
         for line in self._proc.stdout:
-            self._lines.append(line.rstrip("\n"))
+            with self._changed:
+                self._lines.append(line.rstrip("\n"))
+                self._registered = self._registered or line.startswith("worker registered")
+                self._changed.notify_all()
+        with self._changed:
+            self._eof = True
+            self._changed.notify_all()
 
     @property
     def pid(self) -> int:
@@ -119,21 +128,20 @@ class AgentWorker:
 
     def output(self) -> str:
         """The last 2000 lines the worker printed."""
-        return "\n".join(self._lines)
+        with self._changed:
+            return "\n".join(self._lines)
 
     def wait_registered(self, timeout: float = 60.0) -> None:
         """Block until the worker registered with the server. Raises
         ``TimeoutError`` (or ``RuntimeError`` if it exited), with its output."""
-        deadline = time.monotonic() + timeout
-        while "worker registered" not in self.output():
-            if self.returncode is not None:
-                raise RuntimeError(f"agent worker exited with {self.returncode}:\n{self.output()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"agent worker not registered within {timeout} s:\n{self.output()}")
-            try:
-                self.server.wait_for_worker(timeout=min(0.5, max(0.01, deadline - time.monotonic())))
-            except TimeoutError:
-                pass
+        with self._changed:
+            done = self._changed.wait_for(lambda: self._registered or self._eof, timeout)
+        if not done:
+            raise TimeoutError(f"agent worker not registered within {timeout} s:\n{self.output()}")
+        if not self._registered:  # its output ended: it exited
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(5)
+            raise RuntimeError(f"agent worker exited with {self.returncode}:\n{self.output()}")
 
     def kill(self) -> None:
         """SIGKILL the worker and its job processes at once (a crash)."""

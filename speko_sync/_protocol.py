@@ -1,7 +1,11 @@
-"""The Speko data-channel protocol: pure encode/decode, no I/O.
+"""The Speko protocols: pure encode/decode, no I/O.
 
-Outbound packets are UTF-8 JSON objects; inbound ones are decoded into
-:class:`~speko_sync.events.Message` values following the browser client's rules.
+- The v0.0.3 JSON data packets: outbound packets are UTF-8 JSON objects; inbound
+  ones are decoded into :class:`~speko_sync.events.Message` values following the
+  browser client's rules.
+- The names LiveKit Agents' native protocol uses (topics and attributes), shared
+  by the client and the offline agent of ``speko_sync.testing``.
+- Speko server control events (topic ``speko.control``).
 """
 
 from __future__ import annotations
@@ -9,11 +13,22 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .events import DisconnectionDetails, DisconnectReason, Message, MessageSource
+from .events import ControlEvent, ControlEventType, DisconnectionDetails, DisconnectReason, Message, MessageSource
 from .overrides import OverridesLike, overrides_to_wire
 
-__all__ = ["InvalidPacket", "decode", "disconnection_details", "encode_contextual_update",
-           "encode_overrides", "encode_user_message"]
+__all__ = ["InvalidPacket", "check_chat_text", "decode", "decode_control", "disconnection_details",
+           "encode_contextual_update", "encode_overrides", "encode_user_message"]
+
+# LiveKit Agents' native protocol (what a real Speko worker speaks)
+TOPIC_TRANSCRIPTION = "lk.transcription"
+TOPIC_CHAT = "lk.chat"
+ATTR_SEGMENT_ID = "lk.segment_id"
+ATTR_FINAL = "lk.transcription_final"
+ATTR_TRACK_ID = "lk.transcribed_track_id"
+ATTR_AGENT_STATE = "lk.agent.state"
+ATTR_AGENT_NAME = "lk.agent.name"
+#: Speko server control events.
+TOPIC_CONTROL = "speko.control"
 
 
 class InvalidPacket(ValueError):
@@ -31,6 +46,20 @@ def encode_overrides(overrides: OverridesLike) -> bytes:
 def _text(text: object, what: str) -> str:
     if not isinstance(text, str):
         raise TypeError(f"{what} text must be a str, got {type(text).__name__}")
+    return text
+
+
+def check_chat_text(text: object) -> str:
+    """A typed turn's text, checked: ``TypeError`` if not a str, ``ValueError``
+    if blank or not encodable as UTF-8."""
+    _text(text, "chat message")
+    assert isinstance(text, str)
+    if not text.strip():
+        raise ValueError("chat message text must not be empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"chat message text is not valid Unicode: {exc}") from exc
     return text
 
 
@@ -80,6 +109,21 @@ def decode(payload: bytes) -> Message | None:
     if not isinstance(is_final, bool):
         raise InvalidPacket(f"{kind} isFinal must be a boolean, got {is_final!r}")
     return Message(source=source, text=text, is_final=is_final)
+
+
+def decode_control(payload: bytes) -> ControlEvent:
+    """Decode a ``speko.control`` packet. Raises :class:`InvalidPacket` for one
+    that is not a JSON object with a known control ``type``."""
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidPacket(f"not UTF-8 JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidPacket(f"JSON is not an object but {type(data).__name__}")
+    try:
+        return ControlEvent(ControlEventType(data.get("type")), data)
+    except ValueError:
+        raise InvalidPacket(f"unknown control event type {data.get('type')!r}") from None
 
 
 _REASONS = {

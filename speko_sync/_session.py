@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +28,15 @@ import numpy as np
 from livekit import rtc
 
 from . import _protocol
+from ._protocol import (
+    ATTR_AGENT_STATE,
+    ATTR_FINAL,
+    ATTR_SEGMENT_ID,
+    ATTR_TRACK_ID,
+    TOPIC_CHAT,
+    TOPIC_CONTROL,
+    TOPIC_TRANSCRIPTION,
+)
 from ._transcript import SegmentUpdates, Transcript, reconcile
 from .audio import (
     CAPTURED,
@@ -46,8 +54,6 @@ from .audio import (
 from .errors import ErrorCode, SpekoClientError
 from .events import (
     AgentState,
-    ControlEvent,
-    ControlEventType,
     ConversationStats,
     DisconnectionDetails,
     Message,
@@ -59,15 +65,6 @@ log = logging.getLogger("speko_sync")
 
 FRAME = SAMPLE_RATE // 100  # 10 ms at 48 kHz
 Emit = Callable[[str, Any], None]
-
-# LiveKit Agents' native protocol (what a real Speko worker speaks)
-TOPIC_TRANSCRIPTION = "lk.transcription"
-TOPIC_CHAT = "lk.chat"
-TOPIC_CONTROL = "speko.control"
-ATTR_SEGMENT_ID = "lk.segment_id"
-ATTR_FINAL = "lk.transcription_final"
-ATTR_TRACK_ID = "lk.transcribed_track_id"
-ATTR_AGENT_STATE = "lk.agent.state"
 
 
 class _Reframer:
@@ -461,11 +458,10 @@ class Session:
 
     def _on_control(self, payload: bytes) -> None:
         try:
-            data = json.loads(payload.decode("utf-8"))
-            event = ControlEvent(ControlEventType(data["type"]), data)
-        except (UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
+            event = _protocol.decode_control(payload)
+        except _protocol.InvalidPacket as exc:
             self.ignored += 1
-            log.debug("ignoring a control packet: %r", exc)
+            log.debug("ignoring a control packet: %s", exc)
             return
         self._emit("control", event)
 

@@ -175,12 +175,9 @@ class Conversation:
         (CONNECTION_FAILED) for a session already expired, both before any
         connection; then as the constructor.
         """
-        from .sessions import SessionCredentials, session_credentials
+        from .sessions import session_credentials
 
-        credentials = response if isinstance(response, SessionCredentials) else session_credentials(response)
-        if credentials.expires_at is not None and credentials.expires_at.timestamp() <= time.time():
-            raise SpekoClientError(ErrorCode.CONNECTION_FAILED,
-                                   f"the session expired at {credentials.expires_at.isoformat()}; mint a new one")
+        credentials = session_credentials(response)
         return cls(credentials.token, credentials.url, **options)
 
     # -- internals ----------------------------------------------------------------------
@@ -312,14 +309,7 @@ class Conversation:
         Raises NOT_CONNECTED before the session
         is connected or after it ended; ``TypeError`` if ``text`` is not a str,
         ``ValueError`` if it is empty or not encodable as UTF-8."""
-        if not isinstance(text, str):
-            raise TypeError(f"chat message text must be a str, got {type(text).__name__}")
-        if not text.strip():
-            raise ValueError("chat message text must not be empty")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"chat message text is not valid Unicode: {exc}") from exc
+        _protocol.check_chat_text(text)
         self._require_connected()
         self._call(self._session.send_chat(text))
 

@@ -82,7 +82,8 @@ def _parse_time(value: Any) -> dt.datetime | None:
 
 
 def session_credentials(response: object, *, now: float | None = None) -> SessionCredentials:
-    """Read a ``POST /v1/sessions`` response (or a ``WebJoinResult``).
+    """Read a ``POST /v1/sessions`` response (or a ``WebJoinResult``; a
+    :class:`SessionCredentials` is returned as it is once its expiry is checked).
 
     Raises ``TypeError`` for something that is not a response, ``ValueError``
     naming what is missing or wrong (no token or URL, a ``transport`` other than
@@ -90,6 +91,9 @@ def session_credentials(response: object, *, now: float | None = None) -> Sessio
     (CONNECTION_FAILED) when ``expiresAt`` is already past (``now``: Unix seconds,
     default the clock).
     """
+    if isinstance(response, SessionCredentials):  # already read: it may have expired since
+        _require_unexpired(response.expires_at, now)
+        return response
     data = _as_mapping(response)
     transport = _first(data, ("transport",)) or "livekit"
     if transport != "livekit":
@@ -100,13 +104,17 @@ def session_credentials(response: object, *, now: float | None = None) -> Sessio
     if not isinstance(url, str) or not url:
         raise ValueError("the session response has no URL (transportUrl or livekitUrl)")
     expires_at = _parse_time(_first(data, ("expiresAt", "expires_at")))
-    if expires_at is not None and expires_at.timestamp() <= (time.time() if now is None else now):
-        raise SpekoClientError(ErrorCode.CONNECTION_FAILED,
-                               f"the session expired at {expires_at.isoformat()}; mint a new one")
+    _require_unexpired(expires_at, now)
     return SessionCredentials(
         token=token, url=url, session_id=_first(data, ("sessionId", "session_id")),
         room_name=_first(data, ("roomName", "room_name")), identity=_first(data, ("identity",)),
         expires_at=expires_at, transport=transport, raw=dict(data))
+
+
+def _require_unexpired(expires_at: dt.datetime | None, now: float | None) -> None:
+    if expires_at is not None and expires_at.timestamp() <= (time.time() if now is None else now):
+        raise SpekoClientError(ErrorCode.CONNECTION_FAILED,
+                               f"the session expired at {expires_at.isoformat()}; mint a new one")
 
 
 _OPTIONS = {

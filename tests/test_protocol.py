@@ -6,7 +6,16 @@ import json
 
 import pytest
 
-from speko_sync import AgentOverrides, DisconnectReason, Message, MessageSource, Overrides, TtsOverrides
+from speko_sync import (
+    AgentOverrides,
+    ControlEventType,
+    DisconnectReason,
+    Message,
+    MessageSource,
+    Overrides,
+    TtsOverrides,
+    _protocol,
+)
 from speko_sync._protocol import (
     InvalidPacket,
     decode,
@@ -89,3 +98,26 @@ def test_disconnect_reason_mapping(livekit: str | None, speko: DisconnectReason)
     details = disconnection_details(livekit)
     assert details.reason == speko
     assert details.message == (livekit or "UNKNOWN_REASON")
+
+
+@pytest.mark.parametrize(("raw", "match"), [
+    (b"not json", "not UTF-8 JSON"),
+    (b"[1]", "not an object"),
+    (b'{"type": "no_such_control"}', "unknown control event type"),
+    (b'{"no_type": 1}', "unknown control event type"),
+])
+def test_malformed_control_packets(raw: bytes, match: str) -> None:
+    with pytest.raises(_protocol.InvalidPacket, match=match):
+        _protocol.decode_control(raw)
+
+
+def test_control_packets_keep_the_whole_object() -> None:
+    event = _protocol.decode_control(b'{"type": "transfer_failed", "reason": "busy"}')
+    assert event.type == ControlEventType.TRANSFER_FAILED and event.data == {"type": "transfer_failed",
+                                                                             "reason": "busy"}
+
+
+@pytest.mark.parametrize(("text", "error"), [(b"bytes", TypeError), ("   ", ValueError), ("\ud800", ValueError)])
+def test_chat_text_is_checked(text: object, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        _protocol.check_chat_text(text)

@@ -27,14 +27,23 @@ from dataclasses import dataclass, field
 
 from livekit.protocol import models
 
-TOPIC_TRANSCRIPTION = "lk.transcription"
-TOPIC_CHAT = "lk.chat"
-ATTR_SEGMENT_ID = "lk.segment_id"
-ATTR_FINAL = "lk.transcription_final"
-ATTR_TRACK_ID = "lk.transcribed_track_id"
-ATTR_AGENT_STATE = "lk.agent.state"
-ATTR_AGENT_NAME = "lk.agent.name"
-AGENT_STATES = ("initializing", "idle", "listening", "thinking", "speaking")
+from .._protocol import (  # the names the client reads are the ones the agent writes
+    ATTR_AGENT_NAME,
+    ATTR_AGENT_STATE,
+    ATTR_FINAL,
+    ATTR_SEGMENT_ID,
+    ATTR_TRACK_ID,
+    TOPIC_CHAT,
+    TOPIC_TRANSCRIPTION,
+)
+from ..events import AgentState
+
+__all__ = ["AGENT_STATES", "ATTR_AGENT_NAME", "ATTR_AGENT_STATE", "ATTR_FINAL", "ATTR_SEGMENT_ID", "ATTR_TRACK_ID",
+           "CLIENT_PROTOCOL_TRANSCRIPTION_STREAMS", "MAX_STREAM_BYTES", "TOPIC_CHAT", "TOPIC_TRANSCRIPTION",
+           "IncomingStream", "StreamAssembler", "agent_transcript", "legacy_id", "legacy_transcription", "new_id",
+           "text_stream", "transcript_attributes", "user_transcript"]
+
+AGENT_STATES = tuple(state.value for state in AgentState)
 #: Clients at this client protocol or above rebuild transcripts from the streams;
 #: below it LiveKit Agents also sends legacy ``Transcription`` packets.
 CLIENT_PROTOCOL_TRANSCRIPTION_STREAMS = 3

@@ -1,5 +1,10 @@
-"""Hands events from the loop thread to user code, in order, on a thread of
-the library's own, so a slow receiver never stalls audio or networking."""
+"""Hands events from the loop thread to user code on a thread of the library's
+own, so a slow receiver never stalls audio or networking.
+
+One :class:`Dispatcher` thread serves every conversation in the process; each
+conversation posts through its own :class:`Channel`, whose events are delivered
+in the order it posted them.
+"""
 
 from __future__ import annotations
 
@@ -16,29 +21,69 @@ from .events import Event, EventBatch
 log = logging.getLogger("speko_sync")
 
 _STOP = object()
+_CLOSE = object()
 
 
 class Dispatcher:
-    """Delivers :class:`Event` values to the blinker signals (``sender`` =
-    ``owner``) on its own thread, and keeps a bounded copy for polling.
+    """Delivers events to the blinker signals on its own thread, in the order
+    they were posted (so each channel's order is kept).
 
-    ``post`` is non-blocking and callable from any thread. A receiver that
-    raises is logged; the other receivers and later events are unaffected.
+    A receiver that raises, ``SystemExit`` included, is logged; the other
+    receivers and later events are unaffected.
     """
 
-    def __init__(self, owner: Any, *, poll_capacity: int = 1000, name: str = "speko-dispatch") -> None:
-        self._owner = owner
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._poll: collections.deque[Event] = collections.deque()
-        self._poll_capacity = poll_capacity
-        self._poll_lock = threading.Lock()
-        self._dropped = 0
+    def __init__(self, name: str = "speko-dispatch") -> None:
+        self._queue: queue.SimpleQueue[tuple[Channel | None, Any]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     @property
     def thread(self) -> threading.Thread:
         return self._thread
+
+    def channel(self, owner: Any, *, poll_capacity: int = 1000) -> Channel:
+        """A channel whose events are sent with ``sender=owner``."""
+        return Channel(self, owner, poll_capacity)
+
+    def _put(self, channel: Channel, item: Any) -> None:
+        self._queue.put((channel, item))
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Deliver what is queued, then end the thread (waits up to ``timeout``
+        seconds unless called on the dispatcher thread)."""
+        self._queue.put((None, _STOP))
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            channel, item = self._queue.get()
+            if channel is None:
+                return
+            channel._deliver(item)
+
+
+class Channel:
+    """One owner's events through a shared :class:`Dispatcher`, with a bounded
+    copy kept for polling.
+
+    ``post`` and ``call`` are non-blocking and callable from any thread.
+    :meth:`close` marks the end: :meth:`wait_closed` returns once everything
+    posted before it has been delivered.
+    """
+
+    def __init__(self, dispatcher: Dispatcher, owner: Any, poll_capacity: int) -> None:
+        self._dispatcher = dispatcher
+        self._owner = owner
+        self._poll: collections.deque[Event] = collections.deque()
+        self._poll_capacity = poll_capacity
+        self._poll_lock = threading.Lock()
+        self._dropped = 0
+        self._closed = threading.Event()
+
+    @property
+    def on_dispatch_thread(self) -> bool:
+        return threading.current_thread() is self._dispatcher.thread
 
     def post(self, kind: str, value: Any) -> None:
         event = Event(kind, value)
@@ -47,11 +92,11 @@ class Dispatcher:
                 self._poll.popleft()
                 self._dropped += 1
             self._poll.append(event)
-        self._queue.put(event)
+        self._dispatcher._put(self, event)
 
     def call(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the dispatcher thread after the events posted so far."""
-        self._queue.put(fn)
+        self._dispatcher._put(self, fn)
 
     def poll(self) -> EventBatch:
         with self._poll_lock:
@@ -59,28 +104,32 @@ class Dispatcher:
             dropped, self._dropped = self._dropped, 0
         return EventBatch(events, dropped)
 
-    def stop(self, timeout: float | None = None, *, wait: bool = True) -> None:
-        """Deliver what is queued, then end the thread; with ``wait`` (and not on
-        the dispatcher thread itself) wait up to ``timeout`` seconds for that."""
-        self._queue.put(_STOP)
-        if wait and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+    def close(self) -> None:
+        """Mark the end of this channel's events (does not wait)."""
+        self._dispatcher._put(self, _CLOSE)
 
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            if callable(item):
-                try:
-                    item()
-                except Exception:
-                    log.exception("speko_sync internal callback failed")
-                continue
-            signal = getattr(signals, item.kind)
-            kwargs = {signals.PAYLOAD_NAMES[item.kind]: item.value}
-            for receiver in list(signal.receivers_for(self._owner)):
-                try:
-                    receiver(self._owner, **kwargs)
-                except Exception:
-                    log.exception("a %s receiver raised; the others still run", item.kind)
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Block until everything posted before :meth:`close` was delivered;
+        false on timeout. Returns at once on the dispatcher thread itself."""
+        if self.on_dispatch_thread:
+            return self._closed.is_set()
+        return self._closed.wait(timeout)
+
+    def _deliver(self, item: Any) -> None:
+        """On the dispatcher thread."""
+        if item is _CLOSE:
+            self._closed.set()
+            return
+        if callable(item):
+            try:
+                item()
+            except BaseException:
+                log.exception("speko_sync internal callback failed")
+            return
+        signal = getattr(signals, item.kind)
+        kwargs = {signals.PAYLOAD_NAMES[item.kind]: item.value}
+        for receiver in list(signal.receivers_for(self._owner)):
+            try:
+                receiver(self._owner, **kwargs)
+            except BaseException:  # SystemExit too: one receiver must not end delivery for all
+                log.exception("a %s receiver raised; the others still run", item.kind)

@@ -42,6 +42,10 @@ class LoopThread:
             self.loop.close()
 
     @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
     def in_loop_thread(self) -> bool:
         return threading.current_thread() is self._thread
 
@@ -66,6 +70,9 @@ class LoopThread:
             raise TimeoutError(f"operation did not finish within {timeout} s") from None
         except concurrent.futures.CancelledError:
             raise RuntimeError("the event loop stopped before the operation finished") from None
+        except BaseException:
+            future.cancel()  # interrupted (KeyboardInterrupt): do not leave it running
+            raise
 
     def call_soon(self, fn: Any, *args: Any) -> None:
         self.loop.call_soon_threadsafe(fn, *args)

@@ -4,9 +4,9 @@ and the audio pumps. Everything here runs on the conversation's private loop.
 Data flow:
   microphone -> backend -> capture ring -> ``_capture_pump`` (10 ms frames,
   resampling, audio processing) -> ``rtc.AudioSource`` -> LiveKit
-  LiveKit -> ``rtc.AudioStream`` per agent track -> ``rtc.AudioMixer`` ->
-  ``_playback_pump`` (echo reference, resampling) -> playback ring -> backend
-  -> speaker
+  LiveKit -> ``rtc.AudioStream`` per agent track -> ``_read_track`` (alone:
+  straight on; two or more: ``_mix_pump`` sums them every 10 ms) -> ``_play``
+  (echo reference, resampling) -> playback ring -> backend -> speaker
   data packets (JSON, no topic) -> ``_protocol.decode`` -> messages
   ``lk.transcription`` text streams and legacy transcriptions -> messages
   (``_transcript.SegmentUpdates`` lets each update through once)
@@ -17,11 +17,12 @@ Data flow:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -39,11 +40,13 @@ from ._protocol import (
 )
 from ._transcript import SegmentUpdates, Transcript, reconcile
 from .audio import (
+    CAPTURE_DROPPED,
     CAPTURED,
     INPUT_OVERFLOWS,
     OUTPUT_UNDERFLOWS,
     OVERRUNS,
     PLAYBACK_DROPPED,
+    PLAYBACK_OVERRUNS,
     PLAYED,
     SAMPLE_RATE,
     UNDERRUNS,
@@ -136,8 +139,13 @@ class Session:
         self._source: rtc.AudioSource | None = None
         self._track: rtc.LocalAudioTrack | None = None
         self._apm: rtc.AudioProcessingModule | None = None
-        self._mixer: rtc.AudioMixer | None = None
+        self._playing = False  # remote audio plays once the devices and pumps are up
         self._streams: dict[str, rtc.AudioStream] = {}
+        self._readers_by_track: dict[str, asyncio.Task[None]] = {}
+        self._mix_queues: dict[str, collections.deque[np.ndarray]] = {}
+        self._mixer_task: asyncio.Task[None] | None = None
+        self._out_reframe = _Reframer(SAMPLE_RATE, SAMPLE_RATE)
+        self._echo: rtc.AudioProcessingModule | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._readers: set[asyncio.Task[None]] = set()  # lk.transcription streams being read
         self._mode = Mode.LISTENING
@@ -148,6 +156,7 @@ class Session:
         self.muted = False
         self.volume = 1.0  # applied to the audio io when it opens
         self.closing = False
+        self._closed: asyncio.Task[None] | None = None
         self.packets_sent = 0
         self.packets_received = 0
         self.malformed = 0
@@ -233,14 +242,15 @@ class Session:
             await self._publish_microphone()
         # Agent tracks subscribed while joining start playing only now, so no
         # stale audio queues up before the speaker is open.
-        self._mixer = rtc.AudioMixer(SAMPLE_RATE, 1, blocksize=FRAME, stream_timeout_ms=40)
+        self._out_reframe = _Reframer(SAMPLE_RATE, io.rate)
+        self._echo = self._apm if self._constraints.echo_cancellation else None
+        self._playing = True
         for participant in self.room.remote_participants.values():
             for publication in participant.track_publications.values():
                 if publication.track is not None:
                     self._on_track_subscribed(publication.track, publication, participant)
         io.capture.skip(io.capture.available())  # what the device heard while we joined
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._playback_pump())]
         if self.microphone or audio.clocked_by_loop:
             self._tasks.append(loop.create_task(self._capture_pump()))
 
@@ -264,13 +274,23 @@ class Session:
                                    exc) from exc
 
     # -- audio pumps ------------------------------------------------------------------
+    #: Microphone audio older than this when the loop gets to it is dropped
+    #: (counted): after a stall the microphone path is back to its normal
+    #: latency at once instead of carrying the backlog for the rest of the call.
+    CAPTURE_BACKLOG_S = 0.04
+
     async def _capture_pump(self) -> None:
         """Every 10 ms: clock a loop-clocked backend, and send what the microphone
-        captured (a text-only session just discards it)."""
+        captured (a text-only session just discards it).
+
+        Never catches up: a loop-clocked backend skips the ticks a stall took
+        (no burst into the source queue), and from a device-clocked one only the
+        newest ``CAPTURE_BACKLOG_S`` of what piled up is sent."""
         io, audio, source = self.io, self._audio, self._source
         assert io is not None
         loop = asyncio.get_running_loop()
         device_frame = io.rate // 100
+        backlog = int(io.rate * self.CAPTURE_BACKLOG_S)
         buf = np.zeros(device_frame, dtype=np.int16)
         reframe = _Reframer(io.rate, SAMPLE_RATE)
         watchdog = _MicrophoneWatchdog(self._emit)
@@ -281,8 +301,8 @@ class Session:
             delay = next_tick - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            elif delay < -0.2:
-                next_tick = loop.time()  # fell far behind (a stall): do not burst
+            elif delay < -0.015:
+                next_tick = loop.time()  # behind by more than a frame (a stall): resume, do not burst
             if audio.clocked_by_loop:
                 audio.tick(device_frame)
             if source is None:  # text-only
@@ -291,6 +311,9 @@ class Session:
             ticks += 1
             if ticks % 50 == 0:  # twice a second
                 watchdog.check(audio, int(io.counters[CAPTURED]), loop.time())
+            stale = io.capture.available() - backlog
+            if stale > 0:
+                io.counters[CAPTURE_DROPPED] += io.capture.skip(stale)
             while io.capture.available() >= device_frame:
                 io.capture.read_into(buf)
                 if self.muted:
@@ -301,34 +324,92 @@ class Session:
                         self._apm.process_stream(frame)
                     await source.capture_frame(frame)
 
-    async def _playback_pump(self) -> None:
-        io, mixer = self.io, self._mixer
-        assert io is not None and mixer is not None
-        reframe = _Reframer(SAMPLE_RATE, io.rate)
-        echo = self._apm if self._constraints.echo_cancellation else None
-        async for frame in mixer:
-            samples = np.frombuffer(frame.data, dtype=np.int16)
-            if echo is not None:
-                volume = io.volume
-                played = samples if volume == 1.0 else (samples * volume).astype(np.int16)
-                echo.process_reverse_stream(rtc.AudioFrame(played.tobytes(), SAMPLE_RATE, 1, FRAME))
-            for chunk in reframe.push(samples):
-                if io.playback.write(chunk) < len(chunk):
-                    io.counters[OVERRUNS] += 1
+    def _play(self, samples: np.ndarray) -> None:
+        """One 10 ms frame of the agent's audio (48 kHz) to the speaker: echo
+        reference first, then the playback ring at the device rate."""
+        io = self.io
+        assert io is not None
+        if self._echo is not None:
+            volume = io.volume
+            played = samples if volume == 1.0 else (samples * volume).astype(np.int16)
+            self._echo.process_reverse_stream(rtc.AudioFrame(played.tobytes(), SAMPLE_RATE, 1, FRAME))
+        for chunk in self._out_reframe.push(samples):
+            if io.playback.write(chunk) < len(chunk):
+                io.counters[PLAYBACK_OVERRUNS] += 1
+
+    async def _read_track(self, sid: str, stream: rtc.AudioStream) -> None:
+        """One remote audio track. Alone, its frames go straight to the speaker
+        (no mixer, no timer: playback adds nothing to what the stream hands
+        over); with others, to its queue for :meth:`_mix_pump`."""
+        async for event in stream:
+            samples = np.frombuffer(event.frame.data, dtype=np.int16)
+            queue = self._mix_queues.get(sid)
+            if queue is None:
+                self._play(samples)
+            else:
+                queue.append(samples)  # bounded: the oldest frame goes when it is full
+
+    async def _mix_pump(self) -> None:
+        """While two or more remote audio tracks play: every 10 ms, sum one frame
+        from each track's queue (a track with nothing queued adds silence)."""
+        loop = asyncio.get_running_loop()
+        mix = np.zeros(FRAME, dtype=np.int32)
+        out = np.zeros(FRAME, dtype=np.int16)
+        next_tick = loop.time()
+        while True:
+            next_tick += 0.01
+            delay = next_tick - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -0.015:
+                next_tick = loop.time()
+            mix[:] = 0
+            heard = False
+            for queue in self._mix_queues.values():
+                if queue:
+                    frame = queue.popleft()
+                    if len(frame) == FRAME:
+                        mix += frame
+                        heard = True
+            if heard:
+                np.clip(mix, -32768, 32767, out=mix)
+                out[:] = mix
+                self._play(out)
+
+    def _arrange_playback(self) -> None:
+        """Mix only while two or more remote audio tracks play."""
+        mixing = len(self._streams) > 1
+        if mixing and self._mixer_task is None:
+            self._mix_queues = {sid: collections.deque(maxlen=5) for sid in self._streams}
+            self._mixer_task = asyncio.get_running_loop().create_task(self._mix_pump())
+        elif mixing:
+            for sid in self._streams:
+                self._mix_queues.setdefault(sid, collections.deque(maxlen=5))
+        elif self._mixer_task is not None:
+            self._mixer_task.cancel()
+            self._mixer_task = None
+            self._mix_queues = {}
 
     # -- room events -------------------------------------------------------------------
     def _on_track_subscribed(self, track: rtc.Track, publication: rtc.RemoteTrackPublication,
                              participant: rtc.RemoteParticipant) -> None:
-        if track.kind != rtc.TrackKind.KIND_AUDIO or self._mixer is None or track.sid in self._streams:
+        if track.kind != rtc.TrackKind.KIND_AUDIO or not self._playing or track.sid in self._streams:
             return
         stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1, frame_size_ms=10)
         self._streams[track.sid] = stream
-        self._mixer.add_stream(_frames(stream))
+        self._arrange_playback()
+        self._readers_by_track[track.sid] = asyncio.get_running_loop().create_task(
+            self._read_track(track.sid, stream))
 
     def _on_track_unsubscribed(self, track: rtc.Track, *_: Any) -> None:
         stream = self._streams.pop(track.sid, None)
+        reader = self._readers_by_track.pop(track.sid, None)
+        if reader is not None:
+            reader.cancel()
         if stream is not None:
             asyncio.get_running_loop().create_task(stream.aclose())
+        self._mix_queues.pop(track.sid, None)
+        self._arrange_playback()
 
     def _on_speakers(self, speakers: list[rtc.Participant]) -> None:
         room = self.room
@@ -510,13 +591,14 @@ class Session:
 
     def stats(self) -> ConversationStats:
         io = self.io
-        counters = io.counters if io is not None else np.zeros(8, dtype=np.int64)
+        counters = io.counters if io is not None else np.zeros(10, dtype=np.int64)
         frame = (io.rate // 100) if io is not None else FRAME
         return ConversationStats(
             frames_captured=int(counters[CAPTURED]) // frame,
             frames_played=int(counters[PLAYED]) // frame,
             underruns=int(counters[UNDERRUNS]),
-            overruns=int(counters[OVERRUNS]),
+            overruns=int(counters[OVERRUNS]) + int(counters[PLAYBACK_OVERRUNS]),
+            capture_dropped=int(counters[CAPTURE_DROPPED]) // frame,
             playback_dropped=int(counters[PLAYBACK_DROPPED]),
             input_overflows=int(counters[INPUT_OVERFLOWS]),
             output_underflows=int(counters[OUTPUT_UNDERFLOWS]),
@@ -528,18 +610,25 @@ class Session:
         )
 
     async def close(self) -> None:
-        """Leave the room (if still in it) and release everything. Idempotent."""
+        """Leave the room (if still in it) and release everything. Idempotent;
+        concurrent calls (a cancelled connect cleaning up while the caller
+        aborts) share one release."""
         self.closing = True
-        for task in [*self._tasks, *self._readers]:
+        if self._closed is None:
+            self._closed = asyncio.get_running_loop().create_task(self._release())
+        await asyncio.shield(self._closed)
+
+    async def _release(self) -> None:
+        self._playing = False
+        tasks = [*self._tasks, *self._readers_by_track.values()]
+        if self._mixer_task is not None:
+            tasks.append(self._mixer_task)
+        for task in [*tasks, *self._readers]:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self._tasks = []
-        if self._mixer is not None:
-            with contextlib.suppress(Exception):
-                await self._mixer.aclose()
-            self._mixer = None
+        self._tasks, self._readers_by_track, self._mixer_task = [], {}, None
         for stream in list(self._streams.values()):
             with contextlib.suppress(Exception):
                 await stream.aclose()
@@ -563,11 +652,6 @@ def _prepare_without_microphone(audio: AudioBackend) -> int:
     if "microphone" in inspect.signature(audio.prepare).parameters:
         return audio.prepare(microphone=False)  # type: ignore[call-arg]
     return audio.prepare()
-
-
-async def _frames(stream: rtc.AudioStream) -> AsyncIterator[rtc.AudioFrame]:
-    async for event in stream:
-        yield event.frame
 
 
 def _disconnect_late(room: rtc.Room) -> Callable[[asyncio.Task[None]], None]:

@@ -34,8 +34,9 @@ __all__ = ["AudioBackend", "AudioConstraints", "AudioDevice", "BufferAudio", "Nu
 SAMPLE_RATE = 48_000
 FRAME_MS = 10
 
-# indices of AudioIO.counters
-CAPTURED, PLAYED, UNDERRUNS, OVERRUNS, INPUT_OVERFLOWS, OUTPUT_UNDERFLOWS, PLAYBACK_DROPPED = range(7)
+# indices of AudioIO.counters; each is written by one thread only
+(CAPTURED, PLAYED, UNDERRUNS, OVERRUNS, INPUT_OVERFLOWS, OUTPUT_UNDERFLOWS, PLAYBACK_DROPPED,
+ PLAYBACK_OVERRUNS, CAPTURE_DROPPED) = range(9)
 
 
 @dataclass(frozen=True)
@@ -57,18 +58,35 @@ class AudioIO:
     ``counters`` is a preallocated int64 array indexed by the module constants.
     ``microphone`` false means a text-only session: a backend with a device
     opens the speaker only.
+
+    Playback jitter policy (:meth:`render`): the agent's audio arrives in
+    10 ms frames; the speaker takes it in buffers of its own size. The ring
+    keeps a *slack* of at most one 10 ms frame beyond what each buffer needs:
+    whenever the least headroom seen over one second of playback (queued audio
+    minus the buffer being filled) exceeds the slack, the excess, oldest first,
+    is dropped, so latency cannot creep up after a burst. An underrun (the
+    speaker found too little) widens the slack by 10 ms, up to
+    ``playback_max_slack_ms``, and five seconds without one narrow it again by
+    10 ms: a jittery source buys itself a deeper buffer instead of repeated
+    gaps. More than ``playback_max_ms`` queued is dropped at once.
     """
 
-    def __init__(self, rate: int, *, playback_target_ms: int = 40, playback_max_ms: int = 60,
+    def __init__(self, rate: int, *, playback_max_ms: int = 200, playback_max_slack_ms: int = 60,
                  microphone: bool = True) -> None:
         self.rate = rate
         self.microphone = microphone  # false: a text-only session, no microphone is opened
         self.capture = Ring(rate)  # 1 s: the loop drains it every 10 ms
         self.playback = Ring(rate // 2)
         self.volume = 1.0
-        self.counters = np.zeros(8, dtype=np.int64)
-        self.playback_target = rate * playback_target_ms // 1000
+        self.counters = np.zeros(10, dtype=np.int64)
+        self._frame = rate // 100
         self.playback_max = rate * playback_max_ms // 1000
+        self.max_slack = max(self._frame, rate * playback_max_slack_ms // 1000)
+        self.slack = self._frame
+        self._window = rate  # one second of rendered audio
+        self._window_left = self._window
+        self._window_min = self.playback.capacity
+        self._clean = 0
         self._started = False
 
     def playback_depth_ms(self) -> float:
@@ -76,19 +94,39 @@ class AudioIO:
 
     def render(self, out: np.ndarray, scratch: np.ndarray) -> None:
         """Fill ``out`` (int16) with the next played samples at ``volume``, using
-        ``scratch`` (float32, same length). Drops the oldest queued audio when
-        more than ``playback_max`` is waiting, so latency cannot grow; pads with
-        silence on underrun. Allocation-free: safe in an audio callback."""
+        ``scratch`` (float32, same length); pads with silence on underrun and
+        keeps latency bounded by the jitter policy in the class docstring.
+        Allocation-free: safe in an audio callback (one thread at a time)."""
         ring = self.playback
-        excess = ring.available() - self.playback_max
-        if excess > 0:
-            ring.skip(excess + (self.playback_max - self.playback_target))
+        need = len(out)
+        headroom = ring.available() - need
+        if headroom > self.playback_max:  # a burst (the loop was stalled): drop at once
+            ring.skip(headroom - self.slack)
             self.counters[PLAYBACK_DROPPED] += 1
+            headroom = self.slack
+        if headroom < self._window_min:
+            self._window_min = headroom
+        self._window_left -= need
+        if self._window_left <= 0:  # one second without underrun
+            if self._started and self._window_min > self.slack:
+                ring.skip(self._window_min - self.slack)
+                self.counters[PLAYBACK_DROPPED] += 1
+            self._clean += 1
+            if self._clean >= 5 and self.slack > self._frame:  # five calm seconds: narrow again
+                self.slack -= self._frame
+                self._clean = 0
+            self._window_left = self._window
+            self._window_min = ring.capacity
         n = ring.read_into(out)
-        if n < len(out):
+        if n < need:
             out[n:] = 0
-            if self._started and n < len(out):
+            if self._started:
                 self.counters[UNDERRUNS] += 1
+                if self.slack < self.max_slack:
+                    self.slack += self._frame
+                self._clean = 0
+                self._window_left = self._window
+                self._window_min = ring.capacity
         if n:
             self._started = True
             self.counters[PLAYED] += n

@@ -9,8 +9,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from . import _protocol, signals
-from ._dispatch import Dispatcher
-from ._loop import LoopThread
+from ._runtime import runtime
 from ._session import Session
 from .audio import AudioBackend, AudioConstraints, PyAudioBackend
 from .errors import ErrorCode, SpekoClientError
@@ -139,8 +138,9 @@ class Conversation:
             signal.connect(receiver, sender=self, weak=False)
             self._receivers.append((signal, receiver))
 
-        self._dispatcher = Dispatcher(self)
-        self._runner = LoopThread("speko-conversation")
+        shared = runtime()  # one loop thread and one dispatcher thread for every conversation
+        self._dispatcher = shared.dispatcher.channel(self)
+        self._runner = shared.loop
         self._session = Session(self._emit, self._audio, audio_constraints or AudioConstraints(),
                                 self._on_remote_end, microphone=microphone)
         self._emit("status_changed", Status.CONNECTING)
@@ -197,11 +197,11 @@ class Conversation:
             self._runner.call(self._session.close(), timeout=10)
         except Exception:
             pass
-        self._runner.stop()
         self._set_status(Status.DISCONNECTED)
         self._ended.set()
-        self._dispatcher.stop(timeout=5)
-        self._disconnect_receivers()
+        self._dispatcher.call(self._disconnect_receivers)
+        self._dispatcher.close()
+        self._dispatcher.wait_closed(5)
 
     def _disconnect_receivers(self) -> None:
         for signal, receiver in self._receivers:
@@ -226,9 +226,8 @@ class Conversation:
             self._set_status(Status.DISCONNECTED)
             self._emit("disconnected", details)
             self._dispatcher.call(self._disconnect_receivers)
-            self._dispatcher.stop(wait=False)  # a receiver may be waiting for us
+            self._dispatcher.close()  # a receiver may be waiting for us: do not wait here
             self._ended.set()
-            self._runner.request_stop()
 
     # -- public API -----------------------------------------------------------------------
     @property
@@ -365,10 +364,7 @@ class Conversation:
         if not self._ended.wait(timeout):
             raise TimeoutError(f"the conversation did not end within {timeout} s")
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if not self._runner.in_loop_thread:
-            self._runner.stop(remaining if remaining is not None else 10.0)
-        if threading.current_thread() is not self._dispatcher.thread:
-            self._dispatcher.thread.join(remaining)
+        self._dispatcher.wait_closed(remaining)  # every event delivered (at once on the dispatcher thread)
         details = self._details
         return details if details is not None else DisconnectionDetails(DisconnectReason.UNKNOWN, "")
 

@@ -152,8 +152,10 @@ class ConversationStats:
     callbacks that found too little agent audio (silence filled in);
     ``overruns``: microphone or playback audio dropped because a ring was full;
     ``playback_dropped``: times the oldest queued agent audio was dropped to keep
-    latency bounded; ``input_overflows``/``output_underflows``: PortAudio status
-    flags; ``playback_buffer_ms``: agent audio queued for the speaker now;
+    latency bounded; ``capture_dropped``: 10 ms frames of microphone audio
+    dropped because they were stale when the loop got to them (after a stall);
+    ``input_overflows``/``output_underflows``: PortAudio status flags;
+    ``playback_buffer_ms``: agent audio queued for the speaker now;
     ``packets_received``: data packets received; of those ``malformed_packets``
     (no topic, not a Speko JSON packet) and ``ignored_packets`` (other topics,
     unknown control events, malformed ones included): other publishers' data is
@@ -165,6 +167,7 @@ class ConversationStats:
     underruns: int = 0
     overruns: int = 0
     playback_dropped: int = 0
+    capture_dropped: int = 0
     input_overflows: int = 0
     output_underflows: int = 0
     playback_buffer_ms: float = 0.0

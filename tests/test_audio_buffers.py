@@ -44,14 +44,50 @@ def test_render_applies_volume_and_counts_underruns() -> None:
     assert (out == 0).all() and io.counters[UNDERRUNS] == 1
 
 
-def test_render_bounds_latency_by_dropping_the_oldest() -> None:
-    io = AudioIO(48000, playback_target_ms=40, playback_max_ms=60)
-    io.playback.write(np.arange(48000 // 10, dtype=np.int16) % 1000)  # 100 ms queued
+def test_render_drops_a_burst_at_once_down_to_one_frame_of_slack() -> None:
+    io = AudioIO(48000, playback_max_ms=200)
+    io.playback.write(np.arange(48000 // 4, dtype=np.int16) % 1000)  # 250 ms queued
     out, scratch = np.zeros(480, dtype=np.int16), np.zeros(480, dtype=np.float32)
     io.render(out, scratch)
     assert io.counters[PLAYBACK_DROPPED] == 1
-    assert io.playback_depth_ms() == pytest.approx(30.0)  # 40 ms kept, 10 ms played
-    assert out[0] == (4800 - 1920) % 1000  # the newest 40 ms were kept
+    assert io.playback_depth_ms() == pytest.approx(10.0)  # one frame of slack left after this buffer
+    assert out[0] == (12000 - 960) % 1000  # the newest audio was kept
+
+
+def steady(io: AudioIO, seconds: float, *, lead: int, buffer: int = 960) -> np.ndarray:
+    """Play ``seconds`` with the source ``lead`` samples ahead, 10 ms frames in,
+    ``buffer``-sample callbacks out; return the ring depth seen before each callback."""
+    out, scratch = np.zeros(buffer, dtype=np.int16), np.zeros(buffer, dtype=np.float32)
+    frame = np.ones(480, dtype=np.int16)
+    io.playback.write(np.ones(lead, dtype=np.int16))
+    depths = []
+    for _ in range(int(seconds * 48000 / buffer)):
+        for _ in range(buffer // 480):
+            io.playback.write(frame)
+        depths.append(io.playback.available() - buffer)
+        io.render(out, scratch)
+    return np.array(depths)
+
+
+def test_render_trims_standing_latency_to_one_frame_within_a_second() -> None:
+    io = AudioIO(48000)
+    depths = steady(io, 3.0, lead=48000 * 80 // 1000)  # the source runs 80 ms ahead, steadily
+    assert depths[0] == 3840  # 80 ms of headroom at first
+    assert (depths[len(depths) // 2:] == 480).all()  # then one 10 ms frame
+    assert io.counters[PLAYBACK_DROPPED] == 1 and io.counters[UNDERRUNS] == 0
+
+
+def test_an_underrun_widens_the_slack_and_calm_narrows_it() -> None:
+    io = AudioIO(48000)
+    out, scratch = np.zeros(960, dtype=np.int16), np.zeros(960, dtype=np.float32)
+    io.playback.write(np.ones(960, dtype=np.int16))
+    io.render(out, scratch)
+    io.render(out, scratch)  # nothing queued: an underrun
+    assert io.counters[UNDERRUNS] == 1 and io.slack == 960
+    steady(io, 2.0, lead=48000 * 50 // 1000)
+    assert io.playback.available() - 960 <= 960 + 960  # trimmed to the wider slack (plus this buffer)
+    steady(io, 6.0, lead=0)
+    assert io.slack == 480
 
 
 RENDER_PEAK_SCRIPT = """
@@ -123,9 +159,10 @@ def test_dispatcher_delivers_in_order_on_its_thread_and_survives_a_raising_recei
 
     signals.status_changed.connect(bad, sender=owner)
     signals.status_changed.connect(good, sender=owner)
-    dispatcher = Dispatcher(owner, name="test-dispatch")
+    dispatcher = Dispatcher(name="test-dispatch")
+    channel = dispatcher.channel(owner)
     for status in ("a", "b", "last"):
-        dispatcher.post("status_changed", status)
+        channel.post("status_changed", status)
     assert done.wait(5)
     dispatcher.stop(5)
     assert seen == [("test-dispatch", "a"), ("test-dispatch", "b"), ("test-dispatch", "last")]
@@ -133,13 +170,45 @@ def test_dispatcher_delivers_in_order_on_its_thread_and_survives_a_raising_recei
     signals.status_changed.disconnect(good, sender=owner)
 
 
+def test_one_dispatcher_keeps_each_channels_order_and_outlives_system_exit_in_a_receiver() -> None:
+    a, b = object(), object()
+    seen: list[tuple[str, int]] = []
+
+    def exits(sender: object, message: int) -> None:
+        if message == 0:
+            raise SystemExit(3)
+
+    def record(sender: object, message: int) -> None:
+        seen.append(("a" if sender is a else "b", message))
+
+    for owner in (a, b):
+        signals.message.connect(exits, sender=owner)
+        signals.message.connect(record, sender=owner)
+    dispatcher = Dispatcher(name="test-dispatch")
+    ca, cb = dispatcher.channel(a), dispatcher.channel(b)
+    for i in range(50):
+        ca.post("message", i)
+        cb.post("message", i)
+    ca.close()
+    cb.close()
+    assert ca.wait_closed(5) and cb.wait_closed(5)
+    assert [m for o, m in seen if o == "a"] == list(range(50))
+    assert [m for o, m in seen if o == "b"] == list(range(50))
+    assert dispatcher.thread.is_alive()
+    dispatcher.stop(5)
+    for owner in (a, b):
+        signals.message.disconnect(exits, sender=owner)
+        signals.message.disconnect(record, sender=owner)
+
+
 def test_poll_buffer_is_bounded_and_counts_drops() -> None:
-    dispatcher = Dispatcher(object(), poll_capacity=3)
+    dispatcher = Dispatcher()
+    channel = dispatcher.channel(object(), poll_capacity=3)
     for i in range(5):
-        dispatcher.post("message", i)
-    batch = dispatcher.poll()
+        channel.post("message", i)
+    batch = channel.poll()
     assert [e.value for e in batch] == [2, 3, 4] and batch.dropped == 2
-    assert len(dispatcher.poll()) == 0
+    assert len(channel.poll()) == 0
     dispatcher.stop(5)
 
 
@@ -151,10 +220,11 @@ def test_slow_receiver_does_not_block_posting() -> None:
         release.wait(5)
 
     signals.message.connect(slow, sender=owner)
-    dispatcher = Dispatcher(owner)
+    dispatcher = Dispatcher()
+    channel = dispatcher.channel(owner)
     started = time.monotonic()
     for i in range(100):
-        dispatcher.post("message", i)
+        channel.post("message", i)
     assert time.monotonic() - started < 1.0
     release.set()
     dispatcher.stop(5)

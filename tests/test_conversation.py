@@ -25,12 +25,14 @@ from speko_sync import (
     Status,
     signals,
 )
+from speko_sync._runtime import runtime
 from speko_sync.testing import LocalServer, ScriptedAgent, tone
 
 pytestmark = [pytest.mark.webrtc, pytest.mark.speko_agent(protocol="json")]
 
 
 def speko_threads() -> set[str]:
+    runtime()  # the process-wide loop and dispatcher threads stay; count everything else
     return {t.name for t in threading.enumerate() if t.name.startswith("speko-") and
             t.name not in ("speko-local-server",) and not t.name.startswith("speko-agent")}
 

@@ -1,0 +1,144 @@
+"""The process-wide runtime and the audio paths' latency rules, end to end
+against the local server: one loop thread and one dispatcher for every
+conversation, no microphone backlog after a stalled loop, no mixer for a single
+agent track."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from conv import Recorder, open_conversation
+
+from speko_sync import BufferAudio, Conversation, NullAudio
+from speko_sync._runtime import runtime
+from speko_sync.audio import AudioIO
+from speko_sync.testing import LocalServer, ScriptedAgent, tone
+
+pytestmark = [pytest.mark.webrtc, pytest.mark.speko_agent(greeting=None)]
+
+
+def library_threads() -> list[str]:
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("speko-") and
+                  t.name != "speko-local-server" and not t.name.startswith("speko-agent"))
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout} s")
+        time.sleep(0.01)
+
+
+def stall_loop(seconds: float, during: Callable[[], None] = lambda: None) -> None:
+    """Block the shared loop thread for ``seconds``; ``during`` runs on this
+    thread while it is blocked."""
+    blocked, release = threading.Event(), threading.Event()
+
+    def block() -> None:
+        blocked.set()
+        release.wait(seconds)
+
+    runtime().loop.call_soon(block)
+    assert blocked.wait(5)
+    during()
+    release.wait(seconds)  # the stall's length: the loop sleeps in block() meanwhile
+    release.set()
+
+
+def test_conversations_share_one_loop_thread_and_one_dispatcher(speko_server: LocalServer) -> None:
+    runtime()
+    before = library_threads()
+    assert before == ["speko-dispatch", "speko-loop"]
+    agents = [speko_server.add_agent(f"shared-{i}", greeting=f"hello {i}") for i in range(4)]
+    recorders = [Recorder() for _ in agents]
+    with contextlib.ExitStack() as stack:
+        convs = [stack.enter_context(open_conversation(speko_server, agent, rec))
+                 for agent, rec in zip(agents, recorders, strict=True)]
+        for i, rec in enumerate(recorders):
+            assert rec.wait_for("message", lambda m: m.is_final).text == f"hello {i}"
+        assert library_threads() == before  # no thread per conversation
+        rooms = {conv._session.room for conv in convs}
+        assert len(rooms) == 4 and all(room is not None and room._loop is runtime().loop.loop for room in rooms)
+    for rec in recorders:
+        assert {thread for _, _, thread in rec.events} == {"speko-dispatch"}
+        assert [kind for kind, _, _ in rec.events if kind == "disconnected"] == ["disconnected"]
+    assert library_threads() == before
+
+
+def test_a_stalled_loop_leaves_no_microphone_backlog_loop_clocked(speko_server: LocalServer,
+                                                                  speko_agent: ScriptedAgent) -> None:
+    audio = BufferAudio(tone(300, 10.0, 0.2))
+    with open_conversation(speko_server, speko_agent, audio=audio) as conv:
+        source = conv._session._source
+        assert source is not None
+        wait_until(lambda: conv.stats().frames_captured > 30, what="capture")
+        stall_loop(0.15)
+        captured = conv.stats().frames_captured
+        wait_until(lambda: conv.stats().frames_captured > captured + 10, what="capture after the stall")
+        # the pump resumed at real time instead of bursting the missed 15 frames into LiveKit's queue
+        assert source.queued_duration <= 0.05
+
+
+class DeviceClocked(NullAudio):
+    """A device with a clock of its own; the test plays its capture thread."""
+
+    clocked_by_loop = False
+
+    def open(self, io: AudioIO) -> None:
+        super().open(io)
+        self.opened = io
+
+
+def test_a_stalled_loop_drops_stale_device_capture_and_counts_it(speko_server: LocalServer,
+                                                                  speko_agent: ScriptedAgent) -> None:
+    audio = DeviceClocked()
+    with open_conversation(speko_server, speko_agent, audio=audio) as conv:
+        source = conv._session._source
+        assert source is not None
+        io = audio.opened
+        # while the loop is stalled, the device goes on capturing: 300 ms pile up
+        stall_loop(0.05, lambda: io.capture_samples(tone(300, 0.3, 0.2)))
+        wait_until(lambda: io.capture.available() == 0, what="the capture ring drained")
+        stats = conv.stats()
+        assert 25 <= stats.capture_dropped <= 30  # all but the newest 40 ms
+        assert source.queued_duration <= 0.05
+
+
+def peak_at(samples: np.ndarray, freq: float) -> float:
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64)))
+    freqs = np.fft.rfftfreq(len(samples), 1 / 48000)
+    band = (freqs > freq - 20) & (freqs < freq + 20)
+    return float(spectrum[band].max() / (spectrum.mean() + 1e-9))
+
+
+def test_one_agent_track_plays_without_a_mixer_and_two_are_mixed(speko_server: LocalServer,
+                                                                 speko_agent: ScriptedAgent) -> None:
+    audio = BufferAudio()
+    conv: Conversation
+    with open_conversation(speko_server, speko_agent, audio=audio) as conv:
+        session = conv._session
+        wait_until(lambda: len(session._streams) == 1, what="the agent's track")
+        start = audio.played_seconds()
+        speko_agent.say_tone(440, 1.0, 0.3)
+        assert audio.wait_for_played(start + 1.5, timeout=10)
+        assert session._mixer_task is None  # one track: straight from its stream
+        assert peak_at(audio.played()[-int(1.5 * 48000):], 440) > 50
+
+        second = speko_server.add_agent(speko_agent.room, "agent-2", greeting=None)
+        wait_until(lambda: len(session._streams) == 2, what="the second track")
+        assert session._mixer_task is not None
+        start = audio.played_seconds()
+        speko_agent.say_tone(440, 1.5, 0.3)
+        second.say_tone(1000, 1.5, 0.3)
+        assert audio.wait_for_played(start + 2.0, timeout=10)
+        both = audio.played()[-int(2.0 * 48000):]
+        assert peak_at(both, 440) > 50 and peak_at(both, 1000) > 50
+
+        second.leave()
+        wait_until(lambda: len(session._streams) == 1 and session._mixer_task is None, what="back to one track")

@@ -1,10 +1,11 @@
 """Many conversations in one process: speko_sync side by side with the raw
 ``livekit.rtc`` client doing identical work.
 
-Three processes besides this one: the local server; the far end (one raw
-``livekit.rtc`` participant per room, publishing agent audio in every room and,
-in room 0, 20 ms markers every 500 ms; it listens to room 0's microphone for
-the client's markers); and the client under test, which holds N conversations
+Three processes besides this one: the local server, whose scripted agents
+speak a quiet tone in rooms 1..N-1; the far end, a raw ``livekit.rtc``
+participant in room 0 publishing a quiet tone with a 20 ms marker every 500 ms
+and listening to room 0's microphone for the client's markers; and the client
+under test, which holds N conversations
 in one process, speko_sync ``Conversation`` objects or raw ``rtc.Room`` objects
 on one asyncio loop. Both clients:
 
@@ -101,7 +102,16 @@ def serve() -> None:
 
     with LocalServer() as server:
         print(json.dumps({"url": server.url, "key": server.api_key, "secret": server.api_secret}), flush=True)
-        sys.stdin.read()  # until the parent closes it
+        agents: dict[str, Any] = {}
+        for line in sys.stdin:  # until the parent closes it
+            command, *rooms = line.split()
+            for room in rooms:
+                if command == "agents":  # a quiet tone for five minutes, from the server itself
+                    agents[room] = server.add_agent(room, greeting=None)
+                    agents[room].say_tone(300, 300.0, 0.05)
+                elif command == "leave":
+                    agents.pop(room).leave()
+            print("ok", flush=True)
 
 
 # -- the far end ---------------------------------------------------------------------------
@@ -113,6 +123,7 @@ async def far_end(url: str, tokens: list[str], out: str) -> None:
     sent: list[float] = []
     heard = Detector()
     tasks: set[asyncio.Task[None]] = set()
+    keep: list[Any] = []
 
     def on_track(track: rtc.Track, *_: Any) -> None:
         async def listen() -> None:
@@ -132,6 +143,7 @@ async def far_end(url: str, tokens: list[str], out: str) -> None:
             source=rtc.TrackSource.SOURCE_MICROPHONE))
         rooms.append(room)
         sources.append(source)
+        keep.append(track)  # a track that is garbage-collected while published crashes the FFI
     signals = [Signal(markers=i == 0) for i in range(len(tokens))]
     print("ready", flush=True)
     stop = asyncio.Event()
@@ -214,11 +226,44 @@ def speko_client(url: str, tokens: list[str], apm: bool, run: Any) -> Any:
     def stall() -> None:
         loop.call_soon_threadsafe(time.sleep, 0.15)
 
+    hops = instrument(convs[0])
     try:
-        return run(probes, stall)
+        result = run(probes, stall)
+        result["stream_heard"], result["source_sent"] = hops[0].onsets, hops[1].onsets
+        result["stats"] = repr(convs[0].stats())
+        return result
     finally:
         for conv in convs:
             conv.end_session()
+
+
+def instrument(conv: Any) -> tuple[Detector, Detector]:
+    """Marker onsets where LiveKit hands the agent's audio to speko_sync (the
+    ``AudioStream``) and where speko_sync hands the microphone to LiveKit
+    (``AudioSource.capture_frame``): what the library itself adds each way."""
+    session = conv._session
+    deadline = time.monotonic() + 10
+    while not session._streams and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stream = next(iter(session._streams.values()))
+    from_stream, to_source = Detector(), Detector()
+
+    class ProbedStream(type(stream)):  # type: ignore[misc]
+        async def __anext__(self) -> Any:
+            event = await super().__anext__()
+            from_stream.feed(np.frombuffer(event.frame.data, dtype=np.int16), time.monotonic())
+            return event
+
+    stream.__class__ = ProbedStream
+    source = session._source
+    original = source.capture_frame
+
+    async def capture_frame(frame: Any) -> None:
+        to_source.feed(np.frombuffer(frame.data, dtype=np.int16), time.monotonic())
+        await original(frame)
+
+    source.capture_frame = capture_frame
+    return from_stream, to_source
 
 
 def raw_client(url: str, tokens: list[str], apm: bool, run: Any) -> Any:
@@ -230,6 +275,8 @@ def raw_client(url: str, tokens: list[str], apm: bool, run: Any) -> Any:
     thread.start()
     rooms: list[rtc.Room] = []
     tasks: set[asyncio.Task[None]] = set()  # kept referenced while they run
+    keep: list[Any] = []
+    to_source = Detector()
 
     async def start(token: str, probe: Probe) -> None:
         room = rtc.Room(loop)
@@ -241,8 +288,8 @@ def raw_client(url: str, tokens: list[str], apm: bool, run: Any) -> Any:
         async def play(track: rtc.Track) -> None:
             stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1, frame_size_ms=10)
             async for event in stream:
-                if processor is not None:
-                    processor.process_reverse_stream(event.frame)
+                if processor is not None:  # as speko_sync does: the reference is a frame of its own
+                    processor.process_reverse_stream(rtc.AudioFrame(event.frame.data.tobytes(), RATE, 1, FRAME))
                 probe.played(np.frombuffer(event.frame.data, dtype=np.int16))
 
         def on_track(track: rtc.Track, *_: Any) -> None:
@@ -256,8 +303,10 @@ def raw_client(url: str, tokens: list[str], apm: bool, run: Any) -> Any:
         await room.local_participant.publish_track(track, rtc.TrackPublishOptions(
             source=rtc.TrackSource.SOURCE_MICROPHONE))
         rooms.append(room)
+        keep.append((track, processor))  # as a Conversation keeps them
 
         async def capture() -> None:
+            samples = np.zeros(FRAME, dtype=np.int16)
             next_tick = time.monotonic()
             while True:
                 next_tick += 0.01
@@ -269,6 +318,9 @@ def raw_client(url: str, tokens: list[str], apm: bool, run: Any) -> Any:
                 frame = rtc.AudioFrame(probe.next_mic().tobytes(), RATE, 1, FRAME)
                 if processor is not None:
                     processor.process_stream(frame)
+                if probe.mic.markers:  # the same probe as speko_sync's: where the frame reaches LiveKit
+                    samples[:] = np.frombuffer(frame.data, dtype=np.int16)
+                    to_source.feed(samples, time.monotonic())
                 await source.capture_frame(frame)
         tasks.add(loop.create_task(capture()))
 
@@ -279,9 +331,15 @@ def raw_client(url: str, tokens: list[str], apm: bool, run: Any) -> Any:
         loop.call_soon_threadsafe(time.sleep, 0.15)
 
     try:
-        return run(probes, stall)
+        result = run(probes, stall)
+        result["stream_heard"] = result["agent_heard"]  # the application reads the AudioStream itself
+        result["source_sent"] = to_source.onsets
+        return result
     finally:
         async def leave() -> None:
+            for task in tasks:  # a task left pending on a stopped loop crashes the interpreter's exit
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             for room in rooms:
                 await room.disconnect()
         asyncio.run_coroutine_threadsafe(leave(), loop).result(30)
@@ -290,6 +348,9 @@ def raw_client(url: str, tokens: list[str], apm: bool, run: Any) -> Any:
 
 
 def client(kind: str, apm: bool, seconds: float) -> None:
+    import faulthandler
+
+    faulthandler.enable()
     spec = json.loads(sys.stdin.readline())
     url, tokens = spec["url"], spec["tokens"]
 
@@ -311,6 +372,10 @@ def client(kind: str, apm: bool, seconds: float) -> None:
     print(json.dumps(result), flush=True)
 
 
+class ClientCrashed(RuntimeError):
+    pass
+
+
 # -- the report --------------------------------------------------------------------------------
 def latencies(sent: list[float], heard: list[float]) -> list[tuple[float, float]]:
     """(sent time, latency) for each heard onset, paired with the last marker sent before it."""
@@ -327,33 +392,62 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def one_run(server: dict[str, str], kind: str, n: int, apm: bool, seconds: float, tag: str) -> dict[str, Any]:
+class Server:
+    """The local server in its own process."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+        spec = json.loads(self.stdout.readline())
+        self.url, self.key, self.secret = spec["url"], spec["key"], spec["secret"]
+
+    def ask(self, *words: str) -> None:
+        self.stdin.write(" ".join(words) + "\n")
+        self.stdin.flush()
+        if self.stdout.readline().strip() != "ok":
+            raise RuntimeError(f"the server did not do {words[0]}")
+
+    def close(self) -> None:
+        self.stdin.close()
+        self.proc.wait(30)
+
+
+def one_run(server: Server, kind: str, n: int, apm: bool, seconds: float, tag: str) -> dict[str, Any]:
     from speko_sync.testing import mint_token
 
     def token(identity: str, room: str) -> str:
-        return mint_token(server["key"], server["secret"], identity, room)
+        return mint_token(server.key, server.secret, identity, room)
 
     rooms = [f"{tag}-{i}" for i in range(n)]
     out = f"/tmp/bench-scale-{os.getpid()}-{tag}.json"
     far = subprocess.Popen([sys.executable, __file__, "--far-end", out], stdin=subprocess.PIPE,
                            stdout=subprocess.PIPE, text=True)
+    server.ask("agents", *rooms[1:])
     try:
         assert far.stdin is not None and far.stdout is not None
-        far.stdin.write(json.dumps({"url": server["url"], "tokens": [token("agent", r) for r in rooms]}) + "\n")
+        far.stdin.write(json.dumps({"url": server.url, "tokens": [token("agent", rooms[0])]}) + "\n")
         far.stdin.flush()
         if far.stdout.readline().strip() != "ready":
             raise RuntimeError("the far end did not start")
         proc = subprocess.run([sys.executable, __file__, "--client", kind, "--apm", "on" if apm else "off",
                                "--seconds", str(seconds)],
-                              input=json.dumps({"url": server["url"], "tokens": [token("user", r) for r in rooms]})
+                              input=json.dumps({"url": server.url, "tokens": [token("user", r) for r in rooms]})
                               + "\n", capture_output=True, text=True, timeout=seconds + 120)
+        if proc.returncode < 0:
+            raise ClientCrashed(f"{kind} client killed by signal {-proc.returncode}:\n{proc.stderr[-1500:]}")
         if proc.returncode != 0:
             raise RuntimeError(f"{kind} client exited with {proc.returncode}:\n{proc.stderr[-3000:]}")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
+        if os.environ.get("BENCH_DEBUG"):
+            print(kind, n, result.get("stats"), "rates", [f"{m:.0f}/{p:.0f}" for m, p in result["rates"]],
+                  proc.stderr[-1500:], file=sys.stderr)
     finally:
         if far.stdin is not None:
             far.stdin.close()
         far.wait(30)
+        server.ask("leave", *rooms[1:])
     with open(out) as f:
         far_result = json.load(f)
     os.unlink(out)
@@ -372,8 +466,28 @@ def one_run(server: dict[str, str], kind: str, n: int, apm: bool, seconds: float
         "down": [lat for t, lat in down if start <= t < end],
         "up": up_before,
         "after_stall": [lat for t, lat in after if 1.0 <= t < 3.0],
+        "hop_down": [lat for t, lat in latencies(result.get("stream_heard", []), result["agent_heard"])
+                     if start <= t < end],
+        "hop_up": [lat for t, lat in latencies(result["mic_sent"], result.get("source_sent", [])) if start <= t < end],
         "recovery": (max(late) if late else 0.0) if after else float("nan"),
     }
+
+
+CRASHES: dict[str, int] = {"speko": 0, "raw": 0}
+
+
+def run_with_retries(server: Server, kind: str, n: int, apm: bool, seconds: float,
+                     tag: str) -> dict[str, Any]:
+    """A client killed by a signal (the native SDK crashes now and then) is run
+    again, up to twice, and counted in the report."""
+    for attempt in range(3):
+        try:
+            return one_run(server, kind, n, apm, seconds, f"{tag}r{attempt}")
+        except ClientCrashed:
+            CRASHES[kind] += 1
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def main() -> int:
@@ -386,6 +500,8 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=2, help="alternating speko/raw pairs per configuration")
     parser.add_argument("--n", type=int, nargs="*", default=[1, 4, 8, 16], help="conversation counts")
     parser.add_argument("--quick", action="store_true", help="N = 1 and 4, one pair")
+    parser.add_argument("--kinds", nargs="+", default=["speko", "raw"], help=argparse.SUPPRESS)
+    parser.add_argument("--apm-modes", nargs="+", default=["off", "on"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve()
@@ -402,24 +518,23 @@ def main() -> int:
     reexec_isolated()
     if args.quick:
         args.n, args.pairs = [1, 4], 1
-    server_proc = subprocess.Popen([sys.executable, __file__, "--serve"], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, text=True)
-    assert server_proc.stdout is not None and server_proc.stdin is not None
-    server = json.loads(server_proc.stdout.readline())
+    server = Server()
     print(f"{os.cpu_count()} cores; window {args.seconds:g} s; {args.pairs} alternating pair(s) per row", flush=True)
     print("N  APM | CPU %/conv speko  raw  ratio | real time speko/raw | agent->app ms med/p95 speko, raw "
-          "| mic->agent ms med/p95 speko, raw | after 150 ms stall: mic->agent med ms, back within s", flush=True)
+          "| mic->agent ms med/p95 speko, raw | after 150 ms stall: mic->agent med ms, back within s "
+          "| in-process hop: AudioStream->app, app->AudioSource", flush=True)
     try:
         for n in args.n:
-            for apm in (False, True):
+            for apm in (mode == "on" for mode in args.apm_modes):
                 runs: dict[str, list[dict[str, Any]]] = {"speko": [], "raw": []}
                 for p in range(args.pairs):
-                    for kind in (("speko", "raw") if p % 2 == 0 else ("raw", "speko")):
-                        runs[kind].append(one_run(server, kind, n, apm, args.seconds, f"{kind}{n}{int(apm)}{p}"))
+                    for kind in (args.kinds if p % 2 == 0 else args.kinds[::-1]):
+                        runs[kind].append(run_with_retries(server, kind, n, apm, args.seconds,
+                                                           f"{kind}{n}{int(apm)}{p}"))
                 report(n, apm, runs)
     finally:
-        server_proc.stdin.close()
-        server_proc.wait(30)
+        server.close()
+    print(f"clients killed by a signal and run again: speko_sync {CRASHES['speko']}, raw {CRASHES['raw']}")
     return 0
 
 
@@ -442,10 +557,12 @@ def report(n: int, apm: bool, runs: dict[str, list[dict[str, Any]]]) -> None:
         rec = max(r["recovery"] for r in runs[kind])
         return f"{pct(values, 50) * 1000:.0f} ms, {rec:.2f} s"
 
+    hops = (f"down {lat('speko', 'hop_down')} ({lat('raw', 'hop_down')}), "
+            f"up {lat('speko', 'hop_up')} ({lat('raw', 'hop_up')})")
     print(f"{n:<2} {'on ' if apm else 'off'} | {cpu('speko'):5.1f} {cpu('raw'):5.1f} "
           f"{statistics.median(ratios):5.2f} | {rt('speko')} / {rt('raw')} | "
           f"{lat('speko', 'down')}, {lat('raw', 'down')} | {lat('speko', 'up')}, {lat('raw', 'up')} | "
-          f"speko {stall('speko')}; raw {stall('raw')}", flush=True)
+          f"speko {stall('speko')}; raw {stall('raw')} | in-process hop ms med/p95 speko (raw): {hops}", flush=True)
 
 
 if __name__ == "__main__":

@@ -184,7 +184,11 @@ class Session:
         try:
             rate = await asyncio.to_thread(audio.prepare) if self.microphone else \
                 await asyncio.to_thread(_prepare_without_microphone, audio)
-            io = self.io = AudioIO(rate, microphone=self.microphone)
+            # a loop-clocked backend ticks on the loop the agent's frames arrive on:
+            # no slack, and at most one frame after underruns
+            io = self.io = AudioIO(rate, microphone=self.microphone,
+                                   playback_slack_ms=0 if audio.clocked_by_loop else 10,
+                                   playback_max_slack_ms=10 if audio.clocked_by_loop else 60)
             io.volume = self.volume
             await asyncio.to_thread(audio.open, io)
         except Exception as exc:
@@ -275,17 +279,24 @@ class Session:
 
     # -- audio pumps ------------------------------------------------------------------
     #: Microphone audio older than this when the loop gets to it is dropped
-    #: (counted): after a stall the microphone path is back to its normal
-    #: latency at once instead of carrying the backlog for the rest of the call.
+    #: (counted), and so is a frame that would queue more than
+    #: ``SOURCE_BACKLOG_S`` in LiveKit's audio source: the source sends at
+    #: exactly real time, so whatever is queued in it after a stall would stay
+    #: as latency for the rest of the call.
     CAPTURE_BACKLOG_S = 0.04
+    SOURCE_BACKLOG_S = 0.02
+    #: Behind by more than this (a long stall), the pump resumes from now
+    #: instead of running the missed ticks.
+    CATCH_UP_S = 0.1
 
     async def _capture_pump(self) -> None:
         """Every 10 ms: clock a loop-clocked backend, and send what the microphone
         captured (a text-only session just discards it).
 
-        Never catches up: a loop-clocked backend skips the ticks a stall took
-        (no burst into the source queue), and from a device-clocked one only the
-        newest ``CAPTURE_BACKLOG_S`` of what piled up is sent."""
+        Ticks a little late are caught up, so a loop-clocked backend keeps real
+        time under load; the microphone audio never reaches LiveKit in a burst
+        (see ``CAPTURE_BACKLOG_S``), so its latency is back to normal as soon as
+        the loop is."""
         io, audio, source = self.io, self._audio, self._source
         assert io is not None
         loop = asyncio.get_running_loop()
@@ -294,6 +305,7 @@ class Session:
         buf = np.zeros(device_frame, dtype=np.int16)
         reframe = _Reframer(io.rate, SAMPLE_RATE)
         watchdog = _MicrophoneWatchdog(self._emit)
+        queued, sent_at = 0.0, loop.time()  # our estimate of what LiveKit's source holds, seconds
         ticks = 0
         next_tick = loop.time()
         while True:
@@ -301,8 +313,8 @@ class Session:
             delay = next_tick - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            elif delay < -0.015:
-                next_tick = loop.time()  # behind by more than a frame (a stall): resume, do not burst
+            elif delay < -self.CATCH_UP_S:
+                next_tick = loop.time()  # a long stall: resume from now
             if audio.clocked_by_loop:
                 audio.tick(device_frame)
             if source is None:  # text-only
@@ -319,6 +331,13 @@ class Session:
                 if self.muted:
                     continue  # a muted microphone feeds nothing
                 for samples in reframe.push(buf):
+                    now = loop.time()
+                    queued = max(0.0, queued - (now - sent_at))
+                    sent_at = now
+                    if queued >= self.SOURCE_BACKLOG_S:
+                        io.counters[CAPTURE_DROPPED] += device_frame
+                        continue
+                    queued += 0.01
                     frame = rtc.AudioFrame(samples.tobytes(), SAMPLE_RATE, 1, FRAME)
                     if self._apm is not None:
                         self._apm.process_stream(frame)

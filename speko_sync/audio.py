@@ -61,18 +61,22 @@ class AudioIO:
 
     Playback jitter policy (:meth:`render`): the agent's audio arrives in
     10 ms frames; the speaker takes it in buffers of its own size. The ring
-    keeps a *slack* of at most one 10 ms frame beyond what each buffer needs:
+    keeps a *slack* of ``playback_slack_ms`` beyond what each buffer needs (the
+    conversation uses one 10 ms frame, widening to at most 60 ms, for
+    device-clocked backends; none, widening to one frame, for loop-clocked ones,
+    whose ticks share the loop with the arriving frames):
     whenever the least headroom seen over one second of playback (queued audio
     minus the buffer being filled) exceeds the slack, the excess, oldest first,
     is dropped, so latency cannot creep up after a burst. An underrun (the
     speaker found too little) widens the slack by 10 ms, up to
-    ``playback_max_slack_ms``, and five seconds without one narrow it again by
-    10 ms: a jittery source buys itself a deeper buffer instead of repeated
-    gaps. More than ``playback_max_ms`` queued is dropped at once.
+    ``playback_max_slack_ms``; thirty seconds without one narrow it again by
+    10 ms, down to ``playback_slack_ms``: a jittery source buys itself a deeper
+    buffer instead of repeated gaps. More than ``playback_max_ms`` queued is
+    dropped at once.
     """
 
-    def __init__(self, rate: int, *, playback_max_ms: int = 200, playback_max_slack_ms: int = 60,
-                 microphone: bool = True) -> None:
+    def __init__(self, rate: int, *, playback_slack_ms: int = 10, playback_max_slack_ms: int = 60,
+                 playback_max_ms: int = 200, microphone: bool = True) -> None:
         self.rate = rate
         self.microphone = microphone  # false: a text-only session, no microphone is opened
         self.capture = Ring(rate)  # 1 s: the loop drains it every 10 ms
@@ -81,8 +85,9 @@ class AudioIO:
         self.counters = np.zeros(10, dtype=np.int64)
         self._frame = rate // 100
         self.playback_max = rate * playback_max_ms // 1000
-        self.max_slack = max(self._frame, rate * playback_max_slack_ms // 1000)
-        self.slack = self._frame
+        self.min_slack = rate * playback_slack_ms // 1000
+        self.max_slack = max(self.min_slack, rate * playback_max_slack_ms // 1000)
+        self.slack = self.min_slack
         self._window = rate  # one second of rendered audio
         self._window_left = self._window
         self._window_min = self.playback.capacity
@@ -112,8 +117,8 @@ class AudioIO:
                 ring.skip(self._window_min - self.slack)
                 self.counters[PLAYBACK_DROPPED] += 1
             self._clean += 1
-            if self._clean >= 5 and self.slack > self._frame:  # five calm seconds: narrow again
-                self.slack -= self._frame
+            if self._clean >= 30 and self.slack > self.min_slack:  # thirty calm seconds: narrow again
+                self.slack = max(self.min_slack, self.slack - self._frame)
                 self._clean = 0
             self._window_left = self._window
             self._window_min = ring.capacity
@@ -122,8 +127,7 @@ class AudioIO:
             out[n:] = 0
             if self._started:
                 self.counters[UNDERRUNS] += 1
-                if self.slack < self.max_slack:
-                    self.slack += self._frame
+                self.slack = min(self.max_slack, self.slack + self._frame)
                 self._clean = 0
                 self._window_left = self._window
                 self._window_min = ring.capacity

@@ -146,6 +146,8 @@ class Session:
         self._mixer_task: asyncio.Task[None] | None = None
         self._out_reframe = _Reframer(SAMPLE_RATE, SAMPLE_RATE)
         self._echo: rtc.AudioProcessingModule | None = None
+        self._frames_in = 0  # agent frames played so far
+        self._tick_waiter: asyncio.Future[None] | None = None  # the capture pump, waiting for one
         self._tasks: list[asyncio.Task[None]] = []
         self._readers: set[asyncio.Task[None]] = set()  # lk.transcription streams being read
         self._mode = Mode.LISTENING
@@ -280,7 +282,8 @@ class Session:
     # -- audio pumps ------------------------------------------------------------------
     #: Microphone audio older than this when the loop gets to it is dropped
     #: (counted), and so is a frame that would queue more than
-    #: ``SOURCE_BACKLOG_S`` in LiveKit's audio source: the source sends at
+    #: ``SOURCE_BACKLOG_S`` in LiveKit's audio source, or one frame when a
+    #: whole frame has stood queued there for a second: the source sends at
     #: exactly real time, so whatever is queued in it after a stall would stay
     #: as latency for the rest of the call.
     CAPTURE_BACKLOG_S = 0.04
@@ -288,15 +291,21 @@ class Session:
     #: Behind by more than this (a long stall), the pump resumes from now
     #: instead of running the missed ticks.
     CATCH_UP_S = 0.1
+    #: While one agent track plays, a loop-clocked backend ticks as each of its
+    #: frames arrives; when one is this late, the timer ticks instead.
+    FRAME_GRACE_S = 0.005
 
     async def _capture_pump(self) -> None:
         """Every 10 ms: clock a loop-clocked backend, and send what the microphone
         captured (a text-only session just discards it).
 
-        Ticks a little late are caught up, so a loop-clocked backend keeps real
-        time under load; the microphone audio never reaches LiveKit in a burst
-        (see ``CAPTURE_BACKLOG_S``), so its latency is back to normal as soon as
-        the loop is."""
+        While one agent track plays, a loop-clocked backend is clocked by its
+        frames (LiveKit hands them over at real time), so playback adds nothing
+        to what the stream delivers; otherwise by a timer whose ticks, when a
+        little late, are caught up, so the backend keeps real time under load.
+        The microphone audio never reaches LiveKit in a burst (see
+        ``CAPTURE_BACKLOG_S``), so its latency is back to normal as soon as the
+        loop is."""
         io, audio, source = self.io, self._audio, self._source
         assert io is not None
         loop = asyncio.get_running_loop()
@@ -306,17 +315,38 @@ class Session:
         reframe = _Reframer(io.rate, SAMPLE_RATE)
         watchdog = _MicrophoneWatchdog(self._emit)
         queued, sent_at = 0.0, loop.time()  # our estimate of what LiveKit's source holds, seconds
+        sent, least = 0, 1.0  # frames, and the least estimate, over the last second
         ticks = 0
-        next_tick = loop.time()
+        ticked = self._frames_in  # agent frames the backend has been ticked for
+        next_tick = loop.time() + 0.01
         while True:
-            next_tick += 0.01
-            delay = next_tick - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -self.CATCH_UP_S:
-                next_tick = loop.time()  # a long stall: resume from now
+            n = 1
+            if audio.clocked_by_loop and self._mixer_task is None and len(self._streams) == 1:
+                # clocked by the agent's frames: tick as each arrives (nothing waits
+                # for a timer), or by the timer when one is late
+                if self._frames_in == ticked:
+                    waiter = self._tick_waiter = loop.create_future()
+                    timer = loop.call_at(next_tick + self.FRAME_GRACE_S, _wake, waiter)
+                    await waiter
+                    timer.cancel()
+                    self._tick_waiter = None
+                if self._frames_in > ticked:
+                    n = min(self._frames_in - ticked, 10)
+                    next_tick = loop.time() + 0.01
+                else:
+                    next_tick += 0.01
+                ticked = self._frames_in
+            else:
+                ticked = self._frames_in
+                delay = next_tick - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif delay < -self.CATCH_UP_S:
+                    next_tick = loop.time()  # a long stall: resume from now
+                next_tick += 0.01
             if audio.clocked_by_loop:
-                audio.tick(device_frame)
+                for _ in range(n):
+                    audio.tick(device_frame)
             if source is None:  # text-only
                 io.capture.skip(io.capture.available())
                 continue
@@ -334,9 +364,15 @@ class Session:
                     now = loop.time()
                     queued = max(0.0, queued - (now - sent_at))
                     sent_at = now
-                    if queued >= self.SOURCE_BACKLOG_S:
+                    least = min(least, queued)
+                    sent += 1
+                    if queued >= self.SOURCE_BACKLOG_S or (sent >= 100 and least >= 0.0099):
+                        # a burst, or a frame of standing backlog for a whole second
                         io.counters[CAPTURE_DROPPED] += device_frame
+                        sent, least = 0, 1.0
                         continue
+                    if sent >= 100:
+                        sent, least = 0, 1.0
                     queued += 0.01
                     frame = rtc.AudioFrame(samples.tobytes(), SAMPLE_RATE, 1, FRAME)
                     if self._apm is not None:
@@ -355,6 +391,10 @@ class Session:
         for chunk in self._out_reframe.push(samples):
             if io.playback.write(chunk) < len(chunk):
                 io.counters[PLAYBACK_OVERRUNS] += 1
+        self._frames_in += 1
+        waiter = self._tick_waiter
+        if waiter is not None:
+            _wake(waiter)
 
     async def _read_track(self, sid: str, stream: rtc.AudioStream) -> None:
         """One remote audio track. Alone, its frames go straight to the speaker
@@ -671,6 +711,11 @@ def _prepare_without_microphone(audio: AudioBackend) -> int:
     if "microphone" in inspect.signature(audio.prepare).parameters:
         return audio.prepare(microphone=False)  # type: ignore[call-arg]
     return audio.prepare()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _disconnect_late(room: rtc.Room) -> Callable[[asyncio.Task[None]], None]:

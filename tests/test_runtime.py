@@ -144,3 +144,40 @@ def test_one_agent_track_plays_without_a_mixer_and_two_are_mixed(speko_server: L
 
         second.leave()
         wait_until(lambda: len(session._streams) == 1 and session._mixer_task is None, what="back to one track")
+
+
+class WaitProbe(NullAudio):
+    """Loop-clocked: records, at each tick, how long ago the newest agent frame
+    reached the playback ring (``arrived`` is stamped by the session's ``_play``)."""
+
+    arrived = 0.0
+
+    def open(self, io: AudioIO) -> None:
+        super().open(io)
+        self.waits: list[float] = []
+
+    def tick(self, samples: int) -> None:
+        if self.io.playback.available():
+            self.waits.append(time.monotonic() - self.arrived)
+        super().tick(samples)
+
+
+def test_one_agent_track_clocks_a_loop_clocked_backend_so_nothing_waits(speko_server: LocalServer,
+                                                                         speko_agent: ScriptedAgent) -> None:
+    audio = WaitProbe()
+    with open_conversation(speko_server, speko_agent, audio=audio) as conv:
+        session = conv._session
+        wait_until(lambda: len(session._streams) == 1, what="the agent's track")
+        play = session._play
+
+        def stamped(samples: np.ndarray) -> None:
+            audio.arrived = time.monotonic()
+            play(samples)
+
+        session._play = stamped  # type: ignore[method-assign]
+        speko_agent.say_tone(440, 2.0, 0.3)
+        wait_until(lambda: len(audio.waits) > 150, what="agent audio played")
+        waits = np.array(audio.waits[-100:])
+    # each frame is rendered by the tick its arrival wakes, not by a free-running
+    # 10 ms timer (which would leave it waiting 5 ms on average)
+    assert np.median(waits) < 0.003

@@ -50,6 +50,7 @@ test: lint pytest
 bench: setup agent-env
 	$(PY) benchmarks/bench_server.py
 	$(PY) benchmarks/bench_conversation.py
+	$(PY) benchmarks/bench_scale.py
 	SPEKO_SYNC_AGENT_PYTHON=$(CURDIR)/$(AGENT_VENV)/bin/python $(PY) benchmarks/bench_agent_worker.py
 
 clean:

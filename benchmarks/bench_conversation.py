@@ -3,8 +3,8 @@
 1. Connect: median time for ``Conversation(...)`` to return (joined, microphone
    published) against the local server, compared in the same run with the raw
    ``rtc.Room.connect`` plus a microphone publish (goal: at most 1.15x).
-2. Playback: mean playback buffer depth and underruns over 60 s of agent
-   speech, on real PortAudio with virtual PulseAudio devices.
+2. Playback: playback buffer depth (mean, p95), underruns and trims over 60 s
+   of agent speech, on real PortAudio with virtual PulseAudio devices.
 3. CPU: the client process's CPU during 60 s of full-duplex audio with the
    buffer backend (the server runs in a child process and is not counted).
 """
@@ -91,7 +91,7 @@ def connect_figures(child: Child, runs: int) -> tuple[float, float]:
     return statistics.median(ours), statistics.median(raw)
 
 
-def playback_figures(child: Child, seconds: float) -> tuple[float, int, float]:
+def playback_figures(child: Child, seconds: float) -> tuple[float, float, int, int, float]:
     from speko_sync import Conversation
     from speko_sync.testing._pulse import VirtualSoundDevices
 
@@ -109,7 +109,8 @@ def playback_figures(child: Child, seconds: float) -> tuple[float, int, float]:
         stats = conv.stats()
         conv.end_session()
     played_s = (stats.frames_played - base.frames_played) / 100
-    return float(np.mean(depths)), int(stats.underruns - base.underruns), played_s
+    return (float(np.mean(depths)), float(np.percentile(depths, 95)), int(stats.underruns - base.underruns),
+            int(stats.playback_dropped - base.playback_dropped), played_s)
 
 
 def cpu_figure(child: Child, seconds: float) -> float:
@@ -133,6 +134,7 @@ def main() -> int:
     parser.add_argument("--serve-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--only", choices=["playback"], help="run one figure only")
     args = parser.parse_args()
     if args.serve_child:
         serve_child()
@@ -142,12 +144,17 @@ def main() -> int:
     reexec_isolated()
     child = Child()
     try:
-        ours, raw = connect_figures(child, args.runs)
-        print(f"connect: Conversation median {ours * 1000:.0f} ms, raw Room.connect + publish median "
-              f"{raw * 1000:.0f} ms over {args.runs} runs each: {ours / raw:.2f}x (goal <= 1.15x)", flush=True)
-        depth, underruns, played = playback_figures(child, args.seconds)
-        print(f"playback over {args.seconds:.0f} s of agent speech (PyAudio, virtual PulseAudio devices): "
-              f"mean buffer depth {depth:.1f} ms, {underruns} underruns, {played:.1f} s played", flush=True)
+        if args.only is None:
+            ours, raw = connect_figures(child, args.runs)
+            print(f"connect: Conversation median {ours * 1000:.0f} ms, raw Room.connect + publish median "
+                  f"{raw * 1000:.0f} ms over {args.runs} runs each: {ours / raw:.2f}x (goal <= 1.15x)", flush=True)
+        if args.only in (None, "playback"):
+            depth, p95, underruns, dropped, played = playback_figures(child, args.seconds)
+            print(f"playback over {args.seconds:.0f} s of agent speech (PyAudio, virtual PulseAudio devices, "
+                  f"20 ms device buffers): buffer depth mean {depth:.1f} ms, p95 {p95:.1f} ms; {underruns} "
+                  f"underruns; trimmed {dropped} times; {played:.1f} s played", flush=True)
+        if args.only == "playback":
+            return 0
         cpu = cpu_figure(child, args.seconds)
         print(f"client CPU during {args.seconds:.0f} s of full-duplex audio (buffer backend): "
               f"{cpu * 100:.1f} % of one core", flush=True)

@@ -29,7 +29,8 @@ reports:
   of the markers 1-3 s later, and how long after the stall the latency was back
   within 20 ms of its median before.
 
-Run: ``python benchmarks/bench_scale.py`` (``--quick`` for N=1,4 only).
+Run: ``python benchmarks/bench_scale.py`` (about 17 minutes; ``--pairs 3`` as
+in ``benchmarks/README.md``; ``--quick`` for N = 1 and 4, one pair).
 """
 
 from __future__ import annotations
@@ -230,7 +231,6 @@ def speko_client(url: str, tokens: list[str], apm: bool, run: Any) -> Any:
     try:
         result = run(probes, stall)
         result["stream_heard"], result["source_sent"] = hops[0].onsets, hops[1].onsets
-        result["stats"] = repr(convs[0].stats())
         return result
     finally:
         for conv in convs:
@@ -440,9 +440,6 @@ def one_run(server: Server, kind: str, n: int, apm: bool, seconds: float, tag: s
         if proc.returncode != 0:
             raise RuntimeError(f"{kind} client exited with {proc.returncode}:\n{proc.stderr[-3000:]}")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
-        if os.environ.get("BENCH_DEBUG"):
-            print(kind, n, result.get("stats"), "rates", [f"{m:.0f}/{p:.0f}" for m, p in result["rates"]],
-                  proc.stderr[-1500:], file=sys.stderr)
     finally:
         if far.stdin is not None:
             far.stdin.close()

@@ -154,8 +154,7 @@ class Conversation:
                 raise  # KeyboardInterrupt and friends pass through unchanged
             raise SpekoClientError(ErrorCode.CONNECTION_FAILED, f"could not connect: {exc}", exc) from exc
         with self._lock:
-            if self._status == Status.CONNECTING:
-                self._set_status(Status.CONNECTED)
+            if self._transition((Status.CONNECTING,), Status.CONNECTED):
                 self._emit("connected", self._conversation_id)
             end_now = self._end_requested
         if end_now:  # end_session() was called while connecting
@@ -184,12 +183,17 @@ class Conversation:
     def _emit(self, kind: str, value: Any) -> None:
         self._dispatcher.post(kind, value)
 
-    def _set_status(self, status: Status) -> None:
+    def _transition(self, allowed: tuple[Status, ...], status: Status) -> bool:
+        """The one place the status changes: from one of ``allowed`` to
+        ``status``, atomically, posting ``status_changed`` in the order of the
+        changes. False (and nothing done) from any other status, so of two
+        threads racing to end the conversation exactly one wins."""
         with self._lock:
-            if status == self._status:
-                return
+            if self._status not in allowed:
+                return False
             self._status = status
-        self._emit("status_changed", status)
+            self._emit("status_changed", status)
+        return True
 
     def _abort(self) -> None:
         """A failed constructor: release everything, deliver what happened."""
@@ -197,7 +201,7 @@ class Conversation:
             self._runner.call(self._session.close(), timeout=10)
         except Exception:
             pass
-        self._set_status(Status.DISCONNECTED)
+        self._transition((Status.CONNECTING, Status.CONNECTED, Status.DISCONNECTING), Status.DISCONNECTED)
         self._ended.set()
         self._dispatcher.call(self._disconnect_receivers)
         self._dispatcher.close()
@@ -210,11 +214,8 @@ class Conversation:
 
     def _on_remote_end(self, details: DisconnectionDetails) -> None:
         """On the loop: LiveKit ended the session (kick, drop, failure)."""
-        with self._lock:
-            if self._status in (Status.DISCONNECTING, Status.DISCONNECTED):
-                return
-        self._set_status(Status.DISCONNECTING)
-        self._runner.loop.create_task(self._finish(details))
+        if self._transition((Status.CONNECTING, Status.CONNECTED), Status.DISCONNECTING):
+            self._runner.loop.create_task(self._finish(details))
 
     async def _finish(self, details: DisconnectionDetails) -> None:
         """On the loop: release everything, then report the end."""
@@ -223,7 +224,7 @@ class Conversation:
         finally:
             with self._lock:
                 self._details = details
-            self._set_status(Status.DISCONNECTED)
+            self._transition((Status.DISCONNECTING,), Status.DISCONNECTED)
             self._emit("disconnected", details)
             self._dispatcher.call(self._disconnect_receivers)
             self._dispatcher.close()  # a receiver may be waiting for us: do not wait here
@@ -346,13 +347,10 @@ class Conversation:
         receivers included. Returns the disconnection details; raises
         ``TimeoutError`` if release took longer than ``timeout`` seconds."""
         with self._lock:
-            starting = self._status == Status.CONNECTED
-            if starting:
-                self._status = Status.DISCONNECTING
-            elif self._status == Status.CONNECTING:
+            starting = self._transition((Status.CONNECTED,), Status.DISCONNECTING)
+            if not starting and self._status == Status.CONNECTING:
                 self._end_requested = True  # the constructor ends it once connected
         if starting:
-            self._emit("status_changed", Status.DISCONNECTING)
             details = _protocol.disconnection_details("CLIENT_INITIATED")
             self._runner.submit(self._finish(details))
         return self.wait_for_end(timeout)

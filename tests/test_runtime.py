@@ -6,6 +6,7 @@ agent track."""
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from conv import Recorder, open_conversation
 
-from speko_sync import BufferAudio, Conversation, NullAudio
+from speko_sync import BufferAudio, Conversation, DisconnectionDetails, NullAudio
 from speko_sync._runtime import runtime
 from speko_sync.audio import AudioIO
 from speko_sync.testing import LocalServer, ScriptedAgent, tone
@@ -181,3 +182,37 @@ def test_one_agent_track_clocks_a_loop_clocked_backend_so_nothing_waits(speko_se
     # each frame is rendered by the tick its arrival wakes, not by a free-running
     # 10 ms timer (which would leave it waiting 5 ms on average)
     assert np.median(waits) < 0.003
+
+
+def test_remote_end_racing_end_session_ends_once_with_one_reason(speko_server: LocalServer,
+                                                                  speko_agent: ScriptedAgent) -> None:
+    from speko_sync import _protocol
+
+    remote = _protocol.disconnection_details("ROOM_DELETED")
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # interleave the two threads as finely as the interpreter allows
+    try:
+        race(speko_server, speko_agent, remote)
+    finally:
+        sys.setswitchinterval(switch)
+
+
+def race(speko_server: LocalServer, speko_agent: ScriptedAgent, remote: DisconnectionDetails) -> None:
+    from speko_sync import Status
+
+    for i in range(100):
+        rec = Recorder()
+        conv = open_conversation(speko_server, speko_agent, rec, identity=f"racer-{i}")
+        both = threading.Barrier(2)
+
+        def remote_end(conv: Conversation = conv, both: threading.Barrier = both) -> None:
+            both.wait(5)
+            conv._on_remote_end(remote)  # what LiveKit's "disconnected" leads to, on the loop
+
+        runtime().loop.call_soon(remote_end)
+        both.wait(5)
+        details = conv.end_session()
+        assert rec.of("disconnected") == [details]  # one end, one reason, everywhere
+        assert rec.of("status_changed") == [Status.CONNECTING, Status.CONNECTED, Status.DISCONNECTING,
+                                            Status.DISCONNECTED]
+        assert conv.wait_for_end(1) == details

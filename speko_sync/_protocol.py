@@ -35,17 +35,33 @@ class InvalidPacket(ValueError):
     """An inbound packet broke the protocol; ``str(err)`` says how."""
 
 
-def _encode(packet: dict[str, Any]) -> bytes:
-    return json.dumps(packet, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+#: The most user data one reliable LiveKit data packet carries (LiveKit's limit:
+#: 16 KiB per packet, less its routing headers). Outbound JSON packets larger
+#: than this are refused with ``ValueError`` before anything is sent.
+MAX_PACKET_BYTES = 15 * 1024
+
+
+def _encode(packet: dict[str, Any], what: str) -> bytes:
+    data = json.dumps(packet, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    if len(data) > MAX_PACKET_BYTES:
+        raise ValueError(f"{what} is {len(data)} bytes as a data packet; the limit is {MAX_PACKET_BYTES} bytes "
+                         "(send long text with send_chat_message, a text stream)")
+    return data
 
 
 def encode_overrides(overrides: OverridesLike) -> bytes:
-    return _encode({"type": "overrides", "overrides": overrides_to_wire(overrides)})
+    return _encode({"type": "overrides", "overrides": overrides_to_wire(overrides)}, "the overrides packet")
 
 
 def _text(text: object, what: str) -> str:
+    """``TypeError`` unless a str; ``ValueError`` if not encodable as UTF-8
+    (a lone surrogate)."""
     if not isinstance(text, str):
         raise TypeError(f"{what} text must be a str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} text is not valid Unicode: {exc}") from exc
     return text
 
 
@@ -56,19 +72,19 @@ def check_chat_text(text: object) -> str:
     assert isinstance(text, str)
     if not text.strip():
         raise ValueError("chat message text must not be empty")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"chat message text is not valid Unicode: {exc}") from exc
     return text
 
 
 def encode_user_message(text: str) -> bytes:
-    return _encode({"type": "user_message", "text": _text(text, "user message")})
+    """Raises ``TypeError`` for a non-str, ``ValueError`` for text that is not
+    valid Unicode or makes a packet over :data:`MAX_PACKET_BYTES`."""
+    return _encode({"type": "user_message", "text": _text(text, "user message")}, "the user message")
 
 
 def encode_contextual_update(text: str) -> bytes:
-    return _encode({"type": "contextual_update", "text": _text(text, "contextual update")})
+    """As :func:`encode_user_message`."""
+    return _encode({"type": "contextual_update", "text": _text(text, "contextual update")},
+                   "the contextual update")
 
 
 def decode(payload: bytes) -> Message | None:

@@ -319,7 +319,9 @@ class Conversation:
         :meth:`send_chat_message` for a typed turn it answers; this stays for
         agents that read the JSON packets. Raises NOT_CONNECTED before the
         session is connected or after it ended; ``TypeError`` if ``text`` is not
-        a str."""
+        a str; ``ValueError``, before anything is sent, if it is not valid
+        Unicode or the packet would exceed LiveKit's 15 KiB for one reliable
+        packet (longer text goes through :meth:`send_chat_message`)."""
         payload = _protocol.encode_user_message(text)
         self._require_connected()
         self._call(self._session.send(payload))

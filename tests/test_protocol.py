@@ -33,6 +33,22 @@ def test_outbound_shapes() -> None:
         encode_user_message(3)  # type: ignore[arg-type]
 
 
+def test_outbound_packets_over_livekits_limit_or_not_unicode_are_value_errors() -> None:
+    from speko_sync._protocol import MAX_PACKET_BYTES
+
+    overhead = len(encode_user_message(""))
+    fits = "x" * (MAX_PACKET_BYTES - overhead)
+    assert len(encode_user_message(fits)) == MAX_PACKET_BYTES
+    with pytest.raises(ValueError, match=f"the user message is {MAX_PACKET_BYTES + 1} bytes .* limit is "
+                                         f"{MAX_PACKET_BYTES} bytes .*send_chat_message"):
+        encode_user_message(fits + "x")
+    with pytest.raises(ValueError, match=r"the contextual update is .* limit"):
+        encode_contextual_update("é" * MAX_PACKET_BYTES)  # two bytes each in UTF-8
+    for encode in (encode_user_message, encode_contextual_update):
+        with pytest.raises(ValueError, match="not valid Unicode"):
+            encode("lone \ud800 surrogate")
+
+
 def test_overrides_from_dataclasses_omit_absent_keys() -> None:
     packet = json.loads(encode_overrides(Overrides(agent=AgentOverrides(first_message="Hi"),
                                                    tts=TtsOverrides(speed=1.2))))

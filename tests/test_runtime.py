@@ -216,3 +216,17 @@ def race(speko_server: LocalServer, speko_agent: ScriptedAgent, remote: Disconne
         assert rec.of("status_changed") == [Status.CONNECTING, Status.CONNECTED, Status.DISCONNECTING,
                                             Status.DISCONNECTED]
         assert conv.wait_for_end(1) == details
+
+
+def test_oversized_or_unencodable_text_is_refused_before_sending_and_the_session_goes_on(
+        speko_server: LocalServer, speko_agent: ScriptedAgent) -> None:
+    with open_conversation(speko_server, speko_agent) as conv:
+        with pytest.raises(ValueError, match="limit is 15360 bytes"):
+            conv.send_user_message("x" * 20_000)
+        with pytest.raises(ValueError, match="not valid Unicode"):
+            conv.send_contextual_update("\ud800")
+        with pytest.raises(ValueError, match="not valid Unicode"):
+            conv.send_chat_message("\ud800")
+        assert conv.stats().packets_sent == 0 and conv.is_open()
+        conv.send_chat_message("x" * 20_000)  # a text stream: any length
+        assert conv.stats().packets_sent == 1

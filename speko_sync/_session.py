@@ -22,7 +22,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -258,7 +258,7 @@ class Session:
         io.capture.skip(io.capture.available())  # what the device heard while we joined
         loop = asyncio.get_running_loop()
         if self.microphone or audio.clocked_by_loop:
-            self._tasks.append(loop.create_task(self._capture_pump()))
+            self._tasks.append(loop.create_task(self._supervised("microphone", self._capture_pump)))
 
     async def _publish_microphone(self) -> None:
         audio = self._audio
@@ -379,6 +379,29 @@ class Session:
                         self._apm.process_stream(frame)
                     await source.capture_frame(frame)
 
+    #: How many times a pump that raised is started again before giving up.
+    PUMP_RESTARTS = 3
+
+    async def _supervised(self, what: str, pump: Callable[[], Awaitable[None]]) -> None:
+        """Run an audio pump. One that raises is logged and started again (at
+        most ``PUMP_RESTARTS`` times), so one bad frame does not silence the
+        microphone or the speaker for the rest of the call; a failed microphone
+        is also reported as MICROPHONE_FAILED."""
+        for attempt in range(self.PUMP_RESTARTS + 1):
+            try:
+                await pump()
+                return
+            except Exception as exc:
+                last = attempt == self.PUMP_RESTARTS
+                log.error("the %s audio path failed (%s): %r", what, "giving up" if last else "restarting it", exc,
+                          exc_info=exc)
+                if what == "microphone":
+                    self._emit("error", SpekoClientError(ErrorCode.MICROPHONE_FAILED,
+                                                         f"the microphone audio path failed: {exc}", exc))
+                if last:
+                    return
+                await asyncio.sleep(0.05)
+
     def _play(self, samples: np.ndarray) -> None:
         """One 10 ms frame of the agent's audio (48 kHz) to the speaker: echo
         reference first, then the playback ring at the device rate."""
@@ -457,8 +480,9 @@ class Session:
         stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1, frame_size_ms=10)
         self._streams[track.sid] = stream
         self._arrange_playback()
-        self._readers_by_track[track.sid] = asyncio.get_running_loop().create_task(
-            self._read_track(track.sid, stream))
+        sid = track.sid
+        self._readers_by_track[sid] = asyncio.get_running_loop().create_task(
+            self._supervised("speaker", lambda: self._read_track(sid, stream)))
 
     def _on_track_unsubscribed(self, track: rtc.Track, *_: Any) -> None:
         stream = self._streams.pop(track.sid, None)

@@ -230,3 +230,46 @@ def test_oversized_or_unencodable_text_is_refused_before_sending_and_the_session
         assert conv.stats().packets_sent == 0 and conv.is_open()
         conv.send_chat_message("x" * 20_000)  # a text stream: any length
         assert conv.stats().packets_sent == 1
+
+
+class FailsOnce(NullAudio):
+    """A loop-clocked backend whose 30th tick raises."""
+
+    def open(self, io: AudioIO) -> None:
+        super().open(io)
+        self.ticks = 0
+
+    def tick(self, samples: int) -> None:
+        self.ticks += 1
+        if self.ticks == 30:
+            raise RuntimeError("device hiccup")
+        super().tick(samples)
+
+
+def test_an_audio_path_that_raises_is_reported_and_started_again(speko_server: LocalServer,
+                                                                  speko_agent: ScriptedAgent) -> None:
+    from speko_sync import ErrorCode
+
+    rec, audio = Recorder(), FailsOnce()
+    with open_conversation(speko_server, speko_agent, rec, audio=audio) as conv:
+        error = rec.wait_for("error")
+        assert error.code == ErrorCode.MICROPHONE_FAILED and "device hiccup" in error.message
+        ticks = audio.ticks
+        wait_until(lambda: audio.ticks > ticks + 20, what="the microphone path running again")
+
+        session = conv._session
+        wait_until(lambda: len(session._streams) == 1, what="the agent's track")
+        play, failed = session._play, []
+
+        def fails_once(samples: np.ndarray) -> None:
+            if not failed:
+                failed.append(True)
+                raise RuntimeError("bad frame")
+            play(samples)
+
+        session._play = fails_once  # type: ignore[method-assign]
+        speko_agent.say_tone(440, 2.0, 0.3)
+        wait_until(lambda: bool(failed), what="the speaker path failing")
+        played = conv.stats().frames_played
+        wait_until(lambda: conv.stats().frames_played > played + 30, what="the speaker path running again")
+        assert conv.is_open() and rec.of("error") == [error]  # the speaker's failure is logged, not an event

@@ -273,3 +273,13 @@ def test_an_audio_path_that_raises_is_reported_and_started_again(speko_server: L
         played = conv.stats().frames_played
         wait_until(lambda: conv.stats().frames_played > played + 30, what="the speaker path running again")
         assert conv.is_open() and rec.of("error") == [error]  # the speaker's failure is logged, not an event
+
+
+def test_scripted_agent_wait_for_times_out_with_the_room_described(speko_server: LocalServer,
+                                                                  speko_agent: ScriptedAgent) -> None:
+    audio = BufferAudio(tone(300, 5.0, 0.2))
+    with open_conversation(speko_server, speko_agent, audio=audio, identity="described"):
+        with pytest.raises(TimeoutError) as err:
+            speko_agent.wait_for(lambda: False, timeout=0.3)
+    # the room was described (which asks the server's loop) without the lock the loop records under
+    assert "described" in str(err.value) and "TimeoutError" not in str(err.value)

@@ -384,8 +384,12 @@ class ScriptedAgent:
             while not condition():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError(f"condition not met within {timeout} s; room: {self.describe()}")
+                    break
                 self._changed.wait(min(remaining, 0.05))
+            else:
+                return
+        # described outside the lock: describing asks the server's loop, which records under it
+        raise TimeoutError(f"condition not met within {timeout} s; room: {self.describe()}")
 
     def describe(self) -> dict[str, Any]:
         """The room as the agent sees it, for diagnostics: every participant with

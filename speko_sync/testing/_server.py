@@ -7,6 +7,7 @@ import base64
 import contextlib
 import gzip
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -290,7 +291,8 @@ class LocalServer:
         self._port = port
         self._runner: LoopThread | None = None
         self._core: _ServerCore | None = None
-        self.agents: list[ScriptedAgent] = []
+        self.agents: list[ScriptedAgent] = []  # changed in place, under _agents_lock (user and loop threads)
+        self._agents_lock = threading.Lock()
         self.agent_workers: list[AgentWorker] = []
         self._background: set[asyncio.Future[None]] = set()
 
@@ -314,7 +316,9 @@ class LocalServer:
         runner, core = self._runner, self._core
         if runner is None or core is None:
             return
-        for agent in list(self.agents):
+        with self._agents_lock:
+            agents = list(self.agents)
+        for agent in agents:
             agent._shutdown()
         for worker in self.agent_workers:
             worker.stop()
@@ -401,15 +405,18 @@ class LocalServer:
 
         cls = agent_class or ScriptedAgent
         agent = cls(self, room, identity, **options)
-        self.agents.append(agent)
+        with self._agents_lock:
+            self.agents.append(agent)
         agent._join()
         return agent
 
     def _room_closed(self, name: str) -> None:
         """On the loop: a room was closed; its agents stop (on a worker thread,
         since stopping waits for their behaviour threads)."""
-        gone = [a for a in self.agents if a.room == name]
-        self.agents = [a for a in self.agents if a.room != name]
+        with self._agents_lock:
+            # an agent not yet in (it joins after this, on this loop) is not in the closed room
+            gone = [a for a in self.agents if a.room == name and a._peer is not None]
+            self.agents[:] = [a for a in self.agents if a not in gone]
         for agent in gone:
             asyncio.get_running_loop().run_in_executor(None, agent._shutdown)
 
@@ -423,8 +430,9 @@ class LocalServer:
         def make() -> None:
             if callable(factory):
                 agent = factory(self, room.name)
-                if agent not in self.agents:
-                    self.agents.append(agent)
+                with self._agents_lock:
+                    if agent not in self.agents:
+                        self.agents.append(agent)
             else:
                 self.add_agent(room.name)
         # add_agent blocks on the loop, so it runs on a worker thread

@@ -10,12 +10,18 @@ switches; on one loop it costs what the raw ``livekit.rtc`` client costs.
 
 from __future__ import annotations
 
+import concurrent.futures.thread  # noqa: F401  (its exit hook must be registered before ours; see _on_exit)
+import logging
 import os
 import threading
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
 
 from ._dispatch import Dispatcher
 from ._loop import LoopThread
+
+log = logging.getLogger("speko_sync")
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,8 @@ class Runtime:
     loop: LoopThread
     dispatcher: Dispatcher
     pid: int
+    #: conversations not yet ended, ended at interpreter exit
+    open: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
 
     def alive(self) -> bool:
         return (self.pid == os.getpid() and self.loop.thread.is_alive() and not self.loop.stopping
@@ -41,6 +49,33 @@ def runtime() -> Runtime:
         if current is None or not current.alive():
             current = _current = Runtime(LoopThread("speko-loop"), Dispatcher("speko-dispatch"), os.getpid())
         return current
+
+
+def _on_exit() -> None:
+    """At interpreter exit, end the conversations left open: leave their rooms
+    and close their devices while the loop and the thread pools still work.
+
+    Registered with ``threading``'s exit hooks, which run before the
+    interpreter tears anything down, in reverse order of registration: ours is
+    registered after ``concurrent.futures``' (imported above), so it runs while
+    the default executor still takes work."""
+    current = _current
+    if current is None or current.pid != os.getpid():
+        return
+    for conversation in list(current.open):
+        try:
+            conversation.end_session(timeout=5.0)
+        except Exception:
+            log.exception("could not end %r at exit", conversation)
+
+
+_register_exit = getattr(threading, "_register_atexit", None)
+if _register_exit is not None:
+    _register_exit(_on_exit)
+else:  # pragma: no cover - an interpreter without threading's exit hooks
+    import atexit
+
+    atexit.register(_on_exit)
 
 
 def _after_fork_in_child() -> None:

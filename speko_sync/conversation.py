@@ -138,9 +138,10 @@ class Conversation:
             signal.connect(receiver, sender=self, weak=False)
             self._receivers.append((signal, receiver))
 
-        shared = runtime()  # one loop thread and one dispatcher thread for every conversation
+        shared = self._runtime = runtime()  # one loop thread and one dispatcher thread for every conversation
         self._dispatcher = shared.dispatcher.channel(self)
         self._runner = shared.loop
+        shared.open.add(self)  # ended at interpreter exit if still open
         self._session = Session(self._emit, self._audio, audio_constraints or AudioConstraints(),
                                 self._on_remote_end, microphone=microphone)
         self._emit("status_changed", Status.CONNECTING)
@@ -202,6 +203,7 @@ class Conversation:
         except Exception:
             pass
         self._transition((Status.CONNECTING, Status.CONNECTED, Status.DISCONNECTING), Status.DISCONNECTED)
+        self._runtime.open.discard(self)
         self._ended.set()
         self._dispatcher.call(self._disconnect_receivers)
         self._dispatcher.close()
@@ -228,6 +230,7 @@ class Conversation:
             self._emit("disconnected", details)
             self._dispatcher.call(self._disconnect_receivers)
             self._dispatcher.close()  # a receiver may be waiting for us: do not wait here
+            self._runtime.open.discard(self)
             self._ended.set()
 
     # -- public API -----------------------------------------------------------------------

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -283,3 +284,32 @@ def test_scripted_agent_wait_for_times_out_with_the_room_described(speko_server:
             speko_agent.wait_for(lambda: False, timeout=0.3)
     # the room was described (which asks the server's loop) without the lock the loop records under
     assert "described" in str(err.value) and "TimeoutError" not in str(err.value)
+
+
+EXIT_WITHOUT_ENDING = """
+import sys
+from speko_sync import Conversation, NullAudio
+
+class Marked(NullAudio):
+    def close(self):
+        with open(sys.argv[3], "w") as f:
+            f.write("closed")
+
+conv = Conversation(sys.argv[1], sys.argv[2], audio=Marked())
+print(conv.status.value, flush=True)
+"""
+
+
+def test_interpreter_exit_ends_open_conversations(speko_server: LocalServer, speko_agent: ScriptedAgent,
+                                                  tmp_path: Path) -> None:
+    import subprocess
+
+    marker = f"{tmp_path}/closed"
+    proc = subprocess.run([sys.executable, "-c", EXIT_WITHOUT_ENDING, speko_server.token("exiter", speko_agent.room),
+                           speko_server.url, marker], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "connected"
+    with open(marker) as f:
+        assert f.read() == "closed"  # the devices were closed
+    # and the room was left (not dropped by a ping timeout): gone from the server at once
+    assert "exiter" not in speko_server.participants(speko_agent.room)

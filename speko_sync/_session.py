@@ -21,6 +21,7 @@ import collections
 import contextlib
 import inspect
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -157,6 +158,7 @@ class Session:
         self._updates = SegmentUpdates()
         self.muted = False
         self.volume = 1.0  # applied to the audio io when it opens
+        self._volume_lock = threading.Lock()
         self.closing = False
         self._closed: asyncio.Task[None] | None = None
         self.packets_sent = 0
@@ -188,10 +190,10 @@ class Session:
                 await asyncio.to_thread(_prepare_without_microphone, audio)
             # a loop-clocked backend ticks on the loop the agent's frames arrive on:
             # no slack, and at most one frame after underruns
-            io = self.io = AudioIO(rate, microphone=self.microphone,
-                                   playback_slack_ms=0 if audio.clocked_by_loop else 10,
-                                   playback_max_slack_ms=10 if audio.clocked_by_loop else 60)
-            io.volume = self.volume
+            io = AudioIO(rate, microphone=self.microphone,
+                         playback_slack_ms=0 if audio.clocked_by_loop else 10,
+                         playback_max_slack_ms=10 if audio.clocked_by_loop else 60)
+            self.set_volume(None, io)
             await asyncio.to_thread(audio.open, io)
         except Exception as exc:
             with contextlib.suppress(Exception):
@@ -636,6 +638,18 @@ class Session:
         name = rtc.DisconnectReason.Name(reason) if known else None  # type: ignore[arg-type]
         details = _protocol.disconnection_details(name)
         self._on_remote_end(details)
+
+    def set_volume(self, volume: float | None, io: AudioIO | None = None) -> None:
+        """Any thread: set the playback volume (``None`` keeps it) and, with
+        ``io``, make that the session's audio io first. One lock orders the two,
+        so a volume set while the devices open is never lost."""
+        with self._volume_lock:
+            if io is not None:
+                self.io = io
+            if volume is not None:
+                self.volume = volume
+            if self.io is not None:
+                self.io.volume = self.volume
 
     # -- commands ----------------------------------------------------------------------
     async def _publish(self, payload: bytes) -> None:

@@ -299,10 +299,7 @@ class Conversation:
         audio buffer. Raises ``TypeError`` for a non-number."""
         if isinstance(volume, bool) or not isinstance(volume, (int, float)) or volume != volume:
             raise TypeError(f"volume must be a number between 0 and 1, got {volume!r}")
-        self._session.volume = min(1.0, max(0.0, float(volume)))
-        io = self._session.io
-        if io is not None:
-            io.volume = self._session.volume
+        self._session.set_volume(min(1.0, max(0.0, float(volume))))
 
     def send_chat_message(self, text: str) -> None:
         """Send a typed user turn the way today's Speko worker (LiveKit Agents)

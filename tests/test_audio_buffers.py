@@ -328,3 +328,16 @@ def test_buffer_audio_keeps_a_bounded_recording_and_counts_everything() -> None:
     assert len(everything.played()) == 48000
     with pytest.raises(ValueError, match="keep_seconds"):
         BufferAudio(keep_seconds=0)
+
+
+def test_a_volume_set_while_the_devices_open_reaches_the_io() -> None:
+    from speko_sync._session import Session
+    from speko_sync.audio import AudioConstraints, NullAudio
+
+    session = Session(lambda kind, value: None, NullAudio(), AudioConstraints(), lambda details: None)
+    session.set_volume(0.3)  # before the io exists (the devices are opening)
+    io = AudioIO(48000)
+    session.set_volume(None, io)  # the loop publishes the io
+    assert session.io is io and io.volume == 0.3
+    session.set_volume(0.5)
+    assert io.volume == 0.5 and session.volume == 0.5

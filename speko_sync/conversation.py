@@ -50,10 +50,12 @@ class Conversation:
     (status ``connected``); then audio flows both ways on background threads
     while the caller's code carries on. Every method is thread-safe.
 
-    Threads: a private asyncio loop owns the LiveKit room; the audio backend's
-    own threads (PortAudio callbacks) move audio; a dispatcher thread runs every
-    receiver (the ``on_*`` callbacks and :mod:`speko_sync.signals` receivers), in
-    order. Receivers never run on the audio or network threads.
+    Threads: one asyncio loop thread per process, shared by every conversation
+    and started by the first, owns the LiveKit rooms; the audio backend's own
+    threads (PortAudio callbacks) move audio; one dispatcher thread per process
+    runs every receiver (the ``on_*`` callbacks and :mod:`speko_sync.signals`
+    receivers), each conversation's in order. Receivers never run on the audio
+    or network threads; one that blocks delays every conversation's events.
 
     Args:
         token: the session's LiveKit access token (``conversationToken``).
@@ -77,8 +79,10 @@ class Conversation:
         SpekoClientError: CONNECTION_FAILED if joining fails or times out;
             MICROPHONE_FAILED if the audio device cannot be opened or the
             microphone cannot be published (the room is left again). Every
-            thread and device taken is released before it is raised.
-        TypeError, ValueError: for bad arguments, before anything starts.
+            device taken is released and the room left before it is raised
+            (the process-wide threads stay for later conversations).
+        TypeError, ValueError: for bad arguments (overrides over 15 KiB as a
+            packet included), before anything starts.
     """
 
     def __init__(self, token: str, url: str, *, overrides: OverridesLike | None = None,

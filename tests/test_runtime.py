@@ -313,3 +313,48 @@ def test_interpreter_exit_ends_open_conversations(speko_server: LocalServer, spe
         assert f.read() == "closed"  # the devices were closed
     # and the room was left (not dropped by a ping timeout): gone from the server at once
     assert "exiter" not in speko_server.participants(speko_agent.room)
+
+
+INTERRUPTED_JOIN = """
+import signal, sys, time
+from speko_sync import Conversation, NullAudio
+
+def interrupt(*_):
+    raise KeyboardInterrupt
+
+signal.signal(signal.SIGALRM, interrupt)
+signal.setitimer(signal.ITIMER_REAL, 0.5)  # Ctrl-C half a second into the constructor
+try:
+    Conversation(sys.argv[1], sys.argv[2], audio=NullAudio(), connect_timeout=10.0)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+time.sleep(20)  # LiveKit's FFI used to panic and SIGTERM the process 17-19 s later
+print("alive", flush=True)
+"""
+
+
+def test_ctrl_c_during_a_held_join_leaves_no_ghost_and_no_later_signal(speko_server: LocalServer,
+                                                                      speko_agent: ScriptedAgent) -> None:
+    import subprocess
+
+    speko_server.set_join_delay(3.0)
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_JOIN, speko_server.token("ghost", speko_agent.room),
+                                 speko_server.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        appeared = gone = None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and gone is None:  # watch the room while the held join completes
+            present = "ghost" in speko_server.participants(speko_agent.room)
+            now = time.monotonic()
+            if present and appeared is None:
+                appeared = now
+            elif not present and appeared is not None:
+                gone = now
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        speko_server.set_join_delay(0)
+    assert proc.returncode == 0 and out.split() == ["interrupted", "alive"], err[-2000:]
+    # the join the server let through after the interrupt was left again at once
+    assert appeared is None or (gone is not None and gone - appeared < 1.0)
+    assert "ghost" not in speko_server.participants(speko_agent.room)

@@ -306,7 +306,6 @@ def raw_client(url: str, tokens: list[str], apm: bool, run: Any) -> Any:
         keep.append((track, processor))  # as a Conversation keeps them
 
         async def capture() -> None:
-            samples = np.zeros(FRAME, dtype=np.int16)
             next_tick = time.monotonic()
             while True:
                 next_tick += 0.01
@@ -319,8 +318,7 @@ def raw_client(url: str, tokens: list[str], apm: bool, run: Any) -> Any:
                 if processor is not None:
                     processor.process_stream(frame)
                 if probe.mic.markers:  # the same probe as speko_sync's: where the frame reaches LiveKit
-                    samples[:] = np.frombuffer(frame.data, dtype=np.int16)
-                    to_source.feed(samples, time.monotonic())
+                    to_source.feed(np.frombuffer(frame.data, dtype=np.int16), time.monotonic())
                 await source.capture_frame(frame)
         tasks.add(loop.create_task(capture()))
 

@@ -87,6 +87,17 @@ def encode_contextual_update(text: str) -> bytes:
                    "the contextual update")
 
 
+def _json_object(payload: bytes) -> dict[str, Any]:
+    """The JSON object ``payload`` carries; :class:`InvalidPacket` otherwise."""
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidPacket(f"not UTF-8 JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidPacket(f"JSON is not an object but {type(data).__name__}")
+    return data
+
+
 def decode(payload: bytes) -> Message | None:
     """Decode one inbound packet.
 
@@ -96,12 +107,7 @@ def decode(payload: bytes) -> Message | None:
     JSON, JSON that is not an object, an object without a string ``type``, or a
     known type whose ``text`` is not a string.
     """
-    try:
-        data = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidPacket(f"not UTF-8 JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidPacket(f"JSON is not an object but {type(data).__name__}")
+    data = _json_object(payload)
     kind = data.get("type")
     if not isinstance(kind, str):
         raise InvalidPacket("object has no string 'type'")
@@ -130,12 +136,7 @@ def decode(payload: bytes) -> Message | None:
 def decode_control(payload: bytes) -> ControlEvent:
     """Decode a ``speko.control`` packet. Raises :class:`InvalidPacket` for one
     that is not a JSON object with a known control ``type``."""
-    try:
-        data = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidPacket(f"not UTF-8 JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidPacket(f"JSON is not an object but {type(data).__name__}")
+    data = _json_object(payload)
     try:
         return ControlEvent(ControlEventType(data.get("type")), data)
     except ValueError:

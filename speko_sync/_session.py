@@ -340,12 +340,7 @@ class Session:
                 ticked = self._frames_in
             else:
                 ticked = self._frames_in
-                delay = next_tick - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                elif delay < -self.CATCH_UP_S:
-                    next_tick = loop.time()  # a long stall: resume from now
-                next_tick += 0.01
+                next_tick = await _sleep_until(loop, next_tick, self.CATCH_UP_S) + 0.01
             if audio.clocked_by_loop:
                 for _ in range(n):
                     audio.tick(device_frame)
@@ -441,12 +436,7 @@ class Session:
         out = np.zeros(FRAME, dtype=np.int16)
         next_tick = loop.time()
         while True:
-            next_tick += 0.01
-            delay = next_tick - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -0.015:
-                next_tick = loop.time()
+            next_tick = await _sleep_until(loop, next_tick + 0.01, 0.015)
             mix[:] = 0
             heard = False
             for queue in self._mix_queues.values():
@@ -749,6 +739,18 @@ def _prepare_without_microphone(audio: AudioBackend) -> int:
     if "microphone" in inspect.signature(audio.prepare).parameters:
         return audio.prepare(microphone=False)  # type: ignore[call-arg]
     return audio.prepare()
+
+
+async def _sleep_until(loop: asyncio.AbstractEventLoop, due: float, catch_up: float) -> float:
+    """Sleep until loop time ``due`` and return it; when already behind by more
+    than ``catch_up`` seconds (a stall), return now instead, so the caller's
+    10 ms clock resumes from here rather than bursting the ticks it missed."""
+    delay = due - loop.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    elif delay < -catch_up:
+        return loop.time()
+    return due
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

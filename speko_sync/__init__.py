@@ -40,6 +40,7 @@ _EXPORTS = {
     "NullAudio": "audio",
     "Overrides": "overrides",
     "PyAudioBackend": "audio",
+    "Reconnection": "events",
     "SessionCredentials": "sessions",
     "create_session": "sessions",
     "session_credentials": "sessions",
@@ -71,6 +72,7 @@ __all__ = [
     "NullAudio",
     "Overrides",
     "PyAudioBackend",
+    "Reconnection",
     "SessionCredentials",
     "SpekoClientError",
     "Status",
@@ -107,6 +109,7 @@ if TYPE_CHECKING:
         Message,
         MessageSource,
         Mode,
+        Reconnection,
         Status,
     )
     from .overrides import AgentOverrides, Overrides, TtsOverrides

@@ -11,6 +11,10 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+class LoopStopped(RuntimeError):
+    """The loop was asked to stop (or stopped) before the operation ran or finished."""
+
+
 class LoopThread:
     """Owns one event loop running on its own thread.
 
@@ -50,12 +54,12 @@ class LoopThread:
         return threading.current_thread() is self._thread
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Schedule ``coro`` on the loop. Raises ``RuntimeError`` once the loop
-        has been asked to stop."""
+        """Schedule ``coro`` on the loop. Raises :class:`LoopStopped` once the
+        loop has been asked to stop."""
         with self._stop_lock:
             if self._stopping:
                 coro.close()
-                raise RuntimeError("the event loop has stopped")
+                raise LoopStopped("the event loop has stopped")
             return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
@@ -69,7 +73,7 @@ class LoopThread:
             future.cancel()
             raise TimeoutError(f"operation did not finish within {timeout} s") from None
         except concurrent.futures.CancelledError:
-            raise RuntimeError("the event loop stopped before the operation finished") from None
+            raise LoopStopped("the event loop stopped before the operation finished") from None
         except BaseException:
             future.cancel()  # interrupted (KeyboardInterrupt): do not leave it running
             raise

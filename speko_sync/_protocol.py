@@ -149,6 +149,8 @@ _REASONS = {
     "ROOM_DELETED": DisconnectReason.AGENT,
     "ROOM_CLOSED": DisconnectReason.AGENT,
     "JOIN_FAILURE": DisconnectReason.ERROR,
+    "CONNECTION_TIMEOUT": DisconnectReason.TIMEOUT,
+    "RECONNECT_TIMEOUT": DisconnectReason.TIMEOUT,  # speko_sync's own: the link was not recovered in time
 }
 
 

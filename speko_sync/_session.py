@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 from livekit import rtc
+from livekit.rtc.participant import PublishDataError
 
 from . import _protocol
 from ._protocol import (
@@ -63,11 +64,15 @@ from .events import (
     Message,
     MessageSource,
     Mode,
+    Reconnection,
 )
 
 log = logging.getLogger("speko_sync")
 
 FRAME = SAMPLE_RATE // 100  # 10 ms at 48 kHz
+#: what LiveKit raises when a packet or text stream cannot go out (the room is
+#: gone or going); anything else is a bug and propagates unchanged
+_SEND_FAILURES = (PublishDataError, rtc.StreamError, ConnectionError)
 Emit = Callable[[str, Any], None]
 
 
@@ -128,8 +133,10 @@ class Session:
     """One LiveKit session. Created and used on the loop thread only."""
 
     def __init__(self, emit: Emit, audio: AudioBackend, constraints: AudioConstraints,
-                 on_remote_end: Callable[[DisconnectionDetails], None], *, microphone: bool = True) -> None:
+                 on_remote_end: Callable[[DisconnectionDetails], None], *, microphone: bool = True,
+                 on_link: Callable[[Reconnection | None], None] = lambda _: None) -> None:
         self._emit = emit
+        self._on_link = on_link  # None: the link is lost; a Reconnection: it is back
         self._audio = audio
         self.microphone = microphone  # false: a text-only session
         self._constraints = constraints
@@ -160,6 +167,10 @@ class Session:
         self.volume = 1.0  # applied to the audio io when it opens
         self._volume_lock = threading.Lock()
         self.closing = False
+        self.reconnecting = False
+        self._outage_started = 0.0
+        self._sid_before = ""  # our participant sid when the link was lost
+        self._republished = False  # LiveKit published our tracks again: a full rejoin
         self._closed: asyncio.Task[None] | None = None
         self.packets_sent = 0
         self.packets_received = 0
@@ -206,6 +217,9 @@ class Session:
         loop = asyncio.get_running_loop()
         room = self.room = rtc.Room(loop)
         room.on("disconnected", self._on_disconnected)
+        room.on("reconnecting", self._on_reconnecting)
+        room.on("reconnected", self._on_reconnected)
+        room.on("local_track_republished", self._on_republished)
         room.on("active_speakers_changed", self._on_speakers)
         room.on("data_received", self._on_data)
         room.on("track_subscribed", self._on_track_subscribed)
@@ -629,6 +643,27 @@ class Session:
         details = _protocol.disconnection_details(name)
         self._on_remote_end(details)
 
+    def _on_reconnecting(self) -> None:
+        """LiveKit lost the link and tries to resume, else to rejoin."""
+        if self.closing or self.reconnecting or self.room is None:
+            return
+        self.reconnecting = True
+        self._outage_started = time.monotonic()
+        self._sid_before = self.room.local_participant.sid
+        self._republished = False
+        self._on_link(None)
+
+    def _on_republished(self, *_: Any) -> None:
+        self._republished = True
+
+    def _on_reconnected(self) -> None:
+        if self.closing or not self.reconnecting or self.room is None:
+            return
+        self.reconnecting = False
+        # a full rejoin is a new participant (and republishes the microphone)
+        resumed = not self._republished and self.room.local_participant.sid == self._sid_before
+        self._on_link(Reconnection(resumed=resumed, outage_s=time.monotonic() - self._outage_started))
+
     def set_volume(self, volume: float | None, io: AudioIO | None = None) -> None:
         """Any thread: set the playback volume (``None`` keeps it) and, with
         ``io``, make that the session's audio io first. One lock orders the two,
@@ -647,22 +682,29 @@ class Session:
         await self.room.local_participant.publish_data(payload, reliable=True)
         self.packets_sent += 1
 
-    async def send(self, payload: bytes) -> None:
+    def _require_link(self) -> rtc.Room:
+        """The room, if packets can go out now; else NOT_CONNECTED."""
+        if self.reconnecting:
+            raise SpekoClientError(ErrorCode.NOT_CONNECTED, "the conversation is reconnecting: nothing was "
+                                   "sent; send again after on_reconnect")
         if self.closing or self.room is None or not self.room.isconnected():
             raise SpekoClientError(ErrorCode.NOT_CONNECTED, "the session is not connected")
+        return self.room
+
+    async def send(self, payload: bytes) -> None:
+        self._require_link()
         try:
             await self._publish(payload)
-        except Exception as exc:
-            raise SpekoClientError(ErrorCode.NOT_CONNECTED, f"could not send: {exc}", exc) from exc
+        except _SEND_FAILURES as exc:
+            raise SpekoClientError(ErrorCode.NOT_CONNECTED, f"not sent: {exc}", exc) from exc
 
     async def send_chat(self, text: str) -> None:
         """A typed user turn as LiveKit Agents reads one: an ``lk.chat`` text stream."""
-        if self.closing or self.room is None or not self.room.isconnected():
-            raise SpekoClientError(ErrorCode.NOT_CONNECTED, "the session is not connected")
+        room = self._require_link()
         try:
-            await self.room.local_participant.send_text(text, topic=TOPIC_CHAT)
-        except Exception as exc:
-            raise SpekoClientError(ErrorCode.NOT_CONNECTED, f"could not send: {exc}", exc) from exc
+            await room.local_participant.send_text(text, topic=TOPIC_CHAT)
+        except _SEND_FAILURES as exc:
+            raise SpekoClientError(ErrorCode.NOT_CONNECTED, f"not sent: {exc}", exc) from exc
         self.packets_sent += 1
         # LiveKit Agents does not transcribe typed turns back: they join the
         # transcript here, as the user's

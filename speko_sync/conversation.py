@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from . import _protocol, signals
+from ._loop import LoopStopped
 from ._runtime import runtime
 from ._session import Session
 from .audio import AudioBackend, AudioConstraints, PyAudioBackend
@@ -22,6 +23,7 @@ from .events import (
     EventBatch,
     Message,
     Mode,
+    Reconnection,
     Status,
 )
 from .overrides import OverridesLike, overrides_to_wire
@@ -31,6 +33,7 @@ __all__ = ["Conversation"]
 _CALLBACKS = {
     "on_connect": "connected",
     "on_disconnect": "disconnected",
+    "on_reconnect": "reconnected",
     "on_message": "message",
     "on_transcript": "transcript",
     "on_status_change": "status_changed",
@@ -68,12 +71,26 @@ class Conversation:
             :class:`~speko_sync.audio.BufferAudio`...); default PyAudio.
         microphone: false for a text-only session: no microphone is opened or
             published; the agent's audio still plays and chat messages work.
-        on_connect(conversation_id), on_disconnect(details), on_message(message),
+        on_connect(conversation_id), on_disconnect(details),
+        on_reconnect(reconnection), on_message(message),
         on_transcript(transcript), on_status_change(status), on_mode_change(mode),
         on_agent_state_change(state), on_control(event), on_error(error):
             callbacks with the payload alone, run on the dispatcher thread
             (see :mod:`speko_sync.signals`).
         connect_timeout: seconds the constructor may take.
+        reconnect_timeout: seconds the conversation may stay ``reconnecting``
+            after LiveKit loses the link (default 15, LiveKit's ping timeout).
+            Past it the session ends with reason ``timeout``
+            (``RECONNECT_TIMEOUT``) and an ``on_error`` ``DISCONNECTED``: a
+            server that went away is reported this way within that time.
+
+    Reconnection: when the link drops (the connection closes, or the server
+    stops answering pings for the ping timeout), the status goes
+    ``connected`` -> ``reconnecting`` while LiveKit resumes the session or
+    joins it again (republishing the microphone), then back to ``connected``
+    with ``on_reconnect(Reconnection)``. While reconnecting, sends raise
+    ``NOT_CONNECTED`` at once and nothing is sent: nothing is queued, so
+    nothing is delivered twice; send again after ``on_reconnect``.
 
     Raises:
         SpekoClientError: CONNECTION_FAILED if joining fails or times out;
@@ -91,6 +108,7 @@ class Conversation:
                  audio: AudioBackend | None = None, microphone: bool = True,
                  on_connect: Callable[[str], Any] | None = None,
                  on_disconnect: Callable[[DisconnectionDetails], Any] | None = None,
+                 on_reconnect: Callable[[Reconnection], Any] | None = None,
                  on_message: Callable[[Message], Any] | None = None,
                  on_transcript: Callable[[tuple[Message, ...]], Any] | None = None,
                  on_status_change: Callable[[Status], Any] | None = None,
@@ -98,7 +116,7 @@ class Conversation:
                  on_agent_state_change: Callable[[AgentState], Any] | None = None,
                  on_control: Callable[[ControlEvent], Any] | None = None,
                  on_error: Callable[[SpekoClientError], Any] | None = None,
-                 connect_timeout: float = 15.0) -> None:
+                 connect_timeout: float = 15.0, reconnect_timeout: float = 15.0) -> None:
         # Validate everything before any thread or device is taken.
         if not isinstance(token, str) or not token.strip():
             raise ValueError("token must be a non-empty string (the session's conversationToken)")
@@ -106,6 +124,9 @@ class Conversation:
             raise ValueError(f"url must be a ws://, wss://, http:// or https:// URL, got {url!r}")
         if not isinstance(connect_timeout, (int, float)) or connect_timeout <= 0:
             raise ValueError(f"connect_timeout must be a positive number of seconds, got {connect_timeout!r}")
+        if isinstance(reconnect_timeout, bool) or not isinstance(reconnect_timeout, (int, float)) \
+                or not reconnect_timeout > 0:
+            raise ValueError(f"reconnect_timeout must be a positive number of seconds, got {reconnect_timeout!r}")
         overrides_packet = None
         if overrides is not None:
             overrides_to_wire(overrides)  # raises on bad overrides
@@ -120,7 +141,8 @@ class Conversation:
             raise ValueError("input_device/output_device apply to the default backend; "
                              "pass them to the backend given as audio= instead")
         callbacks = {name: fn for name, fn in (
-            ("on_connect", on_connect), ("on_disconnect", on_disconnect), ("on_message", on_message),
+            ("on_connect", on_connect), ("on_disconnect", on_disconnect), ("on_reconnect", on_reconnect),
+            ("on_message", on_message),
             ("on_transcript", on_transcript), ("on_status_change", on_status_change),
             ("on_mode_change", on_mode_change), ("on_agent_state_change", on_agent_state_change),
             ("on_control", on_control), ("on_error", on_error)) if fn is not None}
@@ -134,6 +156,8 @@ class Conversation:
         self._details: DisconnectionDetails | None = None
         self._ended = threading.Event()
         self._end_requested = False
+        self._reconnect_timeout = float(reconnect_timeout)
+        self._give_up: Any = None  # the reconnect_timeout timer (an asyncio.TimerHandle, on the loop)
         self._receivers: list[tuple[Any, Any]] = []
         self._audio = audio or PyAudioBackend(input_device, output_device)
         for name, fn in callbacks.items():
@@ -147,7 +171,7 @@ class Conversation:
         self._runner = shared.loop
         shared.open.add(self)  # ended at interpreter exit if still open
         self._session = Session(self._emit, self._audio, audio_constraints or AudioConstraints(),
-                                self._on_remote_end, microphone=microphone)
+                                self._on_remote_end, microphone=microphone, on_link=self._on_link)
         self._emit("status_changed", Status.CONNECTING)
         try:
             self._conversation_id = self._runner.call(
@@ -219,18 +243,40 @@ class Conversation:
         self._receivers = []
 
     def _on_remote_end(self, details: DisconnectionDetails) -> None:
-        """On the loop: LiveKit ended the session (kick, drop, failure)."""
-        if self._transition((Status.CONNECTING, Status.CONNECTED), Status.DISCONNECTING):
+        """On the loop: LiveKit ended the session (kick, drop, failure), or the
+        link was not recovered in time."""
+        if self._transition((Status.CONNECTING, Status.CONNECTED, Status.RECONNECTING), Status.DISCONNECTING):
             self._runner.loop.create_task(self._finish(details))
+
+    def _on_link(self, reconnection: Reconnection | None) -> None:
+        """On the loop: LiveKit lost the link (``None``) or got it back."""
+        if reconnection is None:
+            if self._transition((Status.CONNECTED,), Status.RECONNECTING):
+                self._give_up = self._runner.loop.call_later(self._reconnect_timeout, self._on_remote_end,
+                                                             _protocol.disconnection_details("RECONNECT_TIMEOUT"))
+            return
+        if self._give_up is not None:
+            self._give_up.cancel()
+            self._give_up = None
+        with self._lock:
+            if self._transition((Status.RECONNECTING,), Status.CONNECTED):
+                self._emit("reconnected", reconnection)
 
     async def _finish(self, details: DisconnectionDetails) -> None:
         """On the loop: release everything, then report the end."""
+        if self._give_up is not None:
+            self._give_up.cancel()
+            self._give_up = None
         try:
             await self._session.close()
         finally:
             with self._lock:
                 self._details = details
             self._transition((Status.DISCONNECTING,), Status.DISCONNECTED)
+            if details.reason not in (DisconnectReason.USER, DisconnectReason.AGENT):
+                self._emit("error", SpekoClientError(
+                    ErrorCode.DISCONNECTED, f"the session ended unexpectedly ({details.reason.value}: "
+                    f"{details.message})"))
             self._emit("disconnected", details)
             self._dispatcher.call(self._disconnect_receivers)
             self._dispatcher.close()  # a receiver may be waiting for us: do not wait here
@@ -275,27 +321,34 @@ class Conversation:
         return self._session.volume
 
     def is_open(self) -> bool:
-        """True while connected."""
+        """True while connected (sends go out); false while connecting,
+        reconnecting and after the end."""
         return self.status == Status.CONNECTED
 
-    def _require_connected(self) -> None:
-        if self.status != Status.CONNECTED:
-            raise SpekoClientError(ErrorCode.NOT_CONNECTED, f"the conversation is {self.status.value}")
+    def _require_connected(self, *also: Status) -> None:
+        status = self.status
+        if status != Status.CONNECTED and status not in also:
+            hint = ": nothing was sent; send again after on_reconnect" if status == Status.RECONNECTING else ""
+            raise SpekoClientError(ErrorCode.NOT_CONNECTED, f"the conversation is {status.value}{hint}")
 
     def _call(self, coro: Any) -> Any:
-        """Run a session command on the loop; a session that ended meanwhile is
-        NOT_CONNECTED."""
+        """Run a session command on the loop. It waits for LiveKit as long as
+        the session lives (a send caught by an outage LiveKit has not reported
+        yet goes out once the link is back, or fails when the session ends);
+        the bound is only a safety net."""
         try:
-            return self._runner.call(coro, timeout=10)
-        except RuntimeError as exc:
+            return self._runner.call(coro, timeout=self._reconnect_timeout + 30)
+        except LoopStopped as exc:  # the interpreter is shutting down
             raise SpekoClientError(ErrorCode.NOT_CONNECTED, "the conversation has ended", exc) from exc
 
     def set_mic_muted(self, muted: bool) -> None:
         """Mute or unmute the microphone: a LiveKit track mute the agent sees, and
-        no audio is sent while muted. Raises NOT_CONNECTED after the end."""
+        no audio is sent while muted. Works while reconnecting too. Raises
+        ``TypeError`` for a non-bool; NOT_CONNECTED before connecting
+        finished and after the end."""
         if not isinstance(muted, bool):
             raise TypeError("muted must be a bool")
-        self._require_connected()
+        self._require_connected(Status.RECONNECTING)
         self._call(self._session.set_muted(muted))
 
     def set_volume(self, volume: float) -> None:
@@ -353,7 +406,7 @@ class Conversation:
         receivers included. Returns the disconnection details; raises
         ``TimeoutError`` if release took longer than ``timeout`` seconds."""
         with self._lock:
-            starting = self._transition((Status.CONNECTED,), Status.DISCONNECTING)
+            starting = self._transition((Status.CONNECTED, Status.RECONNECTING), Status.DISCONNECTING)
             if not starting and self._status == Status.CONNECTING:
                 self._end_requested = True  # the constructor ends it once connected
         if starting:

@@ -12,13 +12,16 @@ class ErrorCode(str, enum.Enum):
 
     #: Joining the room failed: bad token, unreachable server, timeout.
     CONNECTION_FAILED = "CONNECTION_FAILED"
-    #: The session ended unexpectedly.
+    #: The session ended unexpectedly: neither ``end_session()`` nor the agent
+    #: ended it (the link was not recovered, the server went away). Delivered
+    #: through ``on_error`` just before ``on_disconnect``.
     DISCONNECTED = "DISCONNECTED"
     #: The microphone could not be opened or published.
     MICROPHONE_FAILED = "MICROPHONE_FAILED"
     #: An inbound data packet was not a JSON object with a string ``type``.
     INVALID_MESSAGE = "INVALID_MESSAGE"
-    #: A send was attempted before the session connected or after it ended.
+    #: A send was attempted before the session connected, while it was
+    #: reconnecting (nothing was sent) or after it ended.
     NOT_CONNECTED = "NOT_CONNECTED"
     #: Minting a session (``create_session``) failed; ``status`` has the HTTP status.
     SESSION_REQUEST_FAILED = "SESSION_REQUEST_FAILED"

@@ -22,16 +22,27 @@ __all__ = [
     "Message",
     "MessageSource",
     "Mode",
+    "Reconnection",
     "Status",
 ]
 
 
 class Status(str, enum.Enum):
     """Where a conversation is in its life: connecting -> connected ->
-    disconnecting -> disconnected."""
+    disconnecting -> disconnected, with connected -> reconnecting -> connected
+    while the link is lost and recovered.
+
+    ``reconnecting`` means LiveKit lost the link to the server (its ping
+    timeout passed, or the connection dropped) and is trying to resume the
+    session or join it again. Meanwhile no audio flows and sends are refused
+    with ``NOT_CONNECTED``; it ends in ``connected`` (``on_reconnect``) or,
+    after the conversation's ``reconnect_timeout``, in ``disconnecting`` and
+    ``disconnected`` with reason ``timeout``.
+    """
 
     CONNECTING = "connecting"
     CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
     DISCONNECTING = "disconnecting"
     DISCONNECTED = "disconnected"
 
@@ -101,13 +112,33 @@ class DisconnectReason(str, enum.Enum):
     USER = "user"  # end_session() was called (LiveKit CLIENT_INITIATED)
     AGENT = "agent"  # the agent ended it (PARTICIPANT_REMOVED, ROOM_DELETED, ROOM_CLOSED)
     ERROR = "error"  # joining failed (JOIN_FAILURE)
+    #: the link was lost and not recovered within ``reconnect_timeout``
+    #: (message ``RECONNECT_TIMEOUT``; a dead server ends this way), or LiveKit
+    #: gave up itself (``CONNECTION_TIMEOUT``)
     TIMEOUT = "timeout"
     UNKNOWN = "unknown"  # anything else
 
 
 @dataclass(frozen=True)
+class Reconnection:
+    """A lost link recovered (the ``reconnected`` signal, ``on_reconnect``).
+
+    ``resumed``: true when LiveKit resumed the same session (same participant,
+    subscriptions kept; reliable packets sent meanwhile are resent by LiveKit,
+    once); false after a full rejoin: a new participant joined the room, the
+    microphone was published again, and data sent before the outage was
+    noticed may not have reached the agent. ``outage_s``: seconds spent
+    ``reconnecting``.
+    """
+
+    resumed: bool
+    outage_s: float
+
+
+@dataclass(frozen=True)
 class DisconnectionDetails:
-    """``reason`` in Speko's vocabulary; ``message`` the raw LiveKit reason name."""
+    """``reason`` in Speko's vocabulary; ``message`` the raw LiveKit reason
+    name (or ``RECONNECT_TIMEOUT``, speko_sync's own)."""
 
     reason: DisconnectReason
     message: str = ""
@@ -118,7 +149,7 @@ class Event:
     """One event, as returned by :meth:`Conversation.poll_events`.
 
     ``kind`` is the signal's name (``"connected"``, ``"disconnected"``,
-    ``"message"``, ``"transcript"``, ``"status_changed"``, ``"mode_changed"``,
+    ``"reconnected"``, ``"message"``, ``"transcript"``, ``"status_changed"``, ``"mode_changed"``,
     ``"agent_state_changed"``, ``"control"``, ``"error"``) and ``value`` its
     payload (the conversation id for ``connected``, a tuple of turn messages
     for ``transcript``).
@@ -126,7 +157,7 @@ class Event:
 
     kind: str
     value: (str | Message | tuple[Message, ...] | Status | Mode | AgentState | ControlEvent
-            | DisconnectionDetails | SpekoClientError)
+            | DisconnectionDetails | Reconnection | SpekoClientError)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ signal                keyword argument            type
 ====================  ==========================  =================================
 ``connected``         ``conversation_id``         ``str`` (the room name)
 ``disconnected``      ``details``                 :class:`DisconnectionDetails`
+``reconnected``       ``reconnection``            :class:`Reconnection`
 ``message``           ``message``                 :class:`Message`
 ``transcript``        ``transcript``              ``tuple[Message, ...]`` (turns)
 ``status_changed``    ``status``                  :class:`Status`
@@ -34,12 +35,13 @@ from __future__ import annotations
 from blinker import Namespace
 
 __all__ = ["agent_state_changed", "connected", "control", "disconnected", "error", "message", "mode_changed",
-           "namespace", "status_changed", "transcript"]
+           "namespace", "reconnected", "status_changed", "transcript"]
 
 namespace = Namespace()
 
 connected = namespace.signal("connected", doc="The session is joined and the microphone published.")
 disconnected = namespace.signal("disconnected", doc="The session ended; sent once.")
+reconnected = namespace.signal("reconnected", doc="A lost link recovered (status back to connected).")
 message = namespace.signal("message", doc="A transcript update, agent message or user message echo.")
 transcript = namespace.signal("transcript", doc="The whole reconciled transcript, after every message.")
 agent_state_changed = namespace.signal("agent_state_changed", doc="The agent's own state changed.")
@@ -52,6 +54,7 @@ error = namespace.signal("error", doc="Something went wrong without ending the s
 PAYLOAD_NAMES = {
     "connected": "conversation_id",
     "disconnected": "details",
+    "reconnected": "reconnection",
     "message": "message",
     "transcript": "transcript",
     "agent_state_changed": "state",

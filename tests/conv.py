@@ -20,7 +20,8 @@ class Recorder:
 
     def callbacks(self) -> dict[str, Callable[[Any], None]]:
         return {f"on_{name}": self._make(kind) for name, kind in (
-            ("connect", "connected"), ("disconnect", "disconnected"), ("message", "message"),
+            ("connect", "connected"), ("disconnect", "disconnected"), ("reconnect", "reconnected"),
+            ("message", "message"),
             ("transcript", "transcript"), ("status_change", "status_changed"), ("mode_change", "mode_changed"),
             ("agent_state_change", "agent_state_changed"), ("control", "control"), ("error", "error"))}
 

@@ -62,6 +62,8 @@ class _ServerCore:
         self.refused_identities: set[str] = set()
         self.stats: Counter[str] = Counter()
         self.runner: web.AppRunner | None = None
+        self.site: web.TCPSite | None = None
+        self.host = ""
         self.port = 0
         self.dispatcher = Dispatcher(self)
 
@@ -78,11 +80,22 @@ class _ServerCore:
         app.router.add_get("/", self._handle_root)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        await self.listen(host, port)
+
+    async def listen(self, host: str, port: int) -> None:
+        assert self.runner is not None
+        site = self.site = web.TCPSite(self.runner, host, port, reuse_address=True)
         await site.start()
         server = site._server  # aiohttp has no public way to learn the bound port
         assert isinstance(server, asyncio.Server)
-        self.port = server.sockets[0].getsockname()[1]
+        self.host, self.port = host, server.sockets[0].getsockname()[1]
+
+    async def stop_listening(self) -> None:
+        """Close the listening socket: new connections are refused, as by a
+        server that is gone; connections already open stay."""
+        if self.site is not None:
+            await self.site.stop()
+            self.site = None
 
     async def stop(self) -> None:
         await self.dispatcher.close()
@@ -541,6 +554,18 @@ class LocalServer:
                 await r.close(models.DisconnectReason.ROOM_DELETED)
                 await core.dispatcher.room_closed(room)
         self._call(delete())
+
+    def stop_listening(self) -> None:
+        """Refuse new connections at the TCP level (nothing listens on the port),
+        as a server that went away does; with :meth:`drop_connections` the
+        server looks dead to its clients. :meth:`listen_again` undoes it."""
+        self._call(self._require()[1].stop_listening())
+
+    def listen_again(self) -> None:
+        """Listen on the same port again after :meth:`stop_listening`."""
+        core = self._require()[1]
+        if core.site is None:
+            self._call(core.listen(core.host, core.port))
 
     def pause_pongs(self, seconds: float) -> None:
         """Stop answering client pings for ``seconds``."""

@@ -1,0 +1,125 @@
+"""Lost links, end to end against the local server over real WebRTC: the
+``reconnecting`` status, ``on_reconnect`` after a resume or a full rejoin, the
+microphone published again, sends refused while reconnecting, and a server
+that went away reported within ``reconnect_timeout``."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from conv import Recorder, open_conversation
+from test_runtime import wait_until
+
+from speko_sync import (
+    BufferAudio,
+    DisconnectReason,
+    ErrorCode,
+    Reconnection,
+    SpekoClientError,
+    Status,
+)
+from speko_sync.testing import LocalServer, ScriptedAgent, tone
+
+pytestmark = [pytest.mark.webrtc, pytest.mark.speko_agent(greeting=None)]
+
+
+def statuses(rec: Recorder) -> list[Status]:
+    return list(rec.of("status_changed"))
+
+
+def agent_hears(agent: ScriptedAgent, identity: str = "user", timeout: float = 10.0) -> None:
+    """Wait until the agent receives fresh, non-silent audio from ``identity``."""
+    agent.clear_audio()
+    agent.wait_for(lambda: float(np.abs(agent.received_audio(identity)).max(initial=0)) > 0.05
+                   and len(agent.received_audio(identity)) > 4800, timeout=timeout)
+
+
+@pytest.mark.speko_server(ping_interval=1, ping_timeout=2)
+def test_a_dropped_connection_rejoins_fully_republishes_the_microphone_and_goes_on(
+        speko_server: LocalServer, speko_agent: ScriptedAgent) -> None:
+    rec = Recorder()
+    audio = BufferAudio()
+    audio.feed(tone(440, 60.0, amplitude=0.3))
+    conv = open_conversation(speko_server, speko_agent, rec, audio=audio)
+    try:
+        agent_hears(speko_agent)
+        assert speko_server.drop_connections(speko_agent.room) == 1
+        wait_until(lambda: conv.status == Status.RECONNECTING, what="reconnecting")
+        with pytest.raises(SpekoClientError) as err:
+            conv.send_user_message("during the outage")
+        assert err.value.code == ErrorCode.NOT_CONNECTED and "reconnecting" in err.value.message
+        assert not conv.is_open()
+        reconnection = rec.wait_for("reconnected", timeout=20)
+        assert isinstance(reconnection, Reconnection)
+        assert reconnection.resumed is False  # this server refuses to resume: a new participant
+        assert reconnection.outage_s > 0
+        assert conv.status == Status.CONNECTED
+        assert statuses(rec)[-2:] == [Status.RECONNECTING, Status.CONNECTED]
+        agent_hears(speko_agent)  # the microphone was published again
+        conv.send_user_message("after the outage")
+        speko_agent.wait_for_packet(lambda p: p.data.get("text") == "after the outage")
+        assert [p.data.get("text") for p in speko_agent.packets()
+                if p.data.get("type") == "user_message"] == ["after the outage"]
+    finally:
+        details = conv.end_session()
+    assert details.reason == DisconnectReason.USER
+    assert rec.of("error") == []
+
+
+@pytest.mark.speko_server(ping_interval=1, ping_timeout=2)
+def test_unanswered_pings_show_reconnecting_and_the_agent_still_speaks_after(
+        speko_server: LocalServer, speko_agent: ScriptedAgent) -> None:
+    rec = Recorder()
+    audio = BufferAudio()
+    conv = open_conversation(speko_server, speko_agent, rec, audio=audio)
+    try:
+        speko_server.pause_pongs(4)
+        rec.wait_for("status_changed", lambda s: s == Status.RECONNECTING, timeout=10)
+        rec.wait_for("reconnected", timeout=20)
+        assert conv.is_open()
+        speko_agent.wait_for(lambda: "user" in speko_agent.ready_clients(), timeout=10)
+        before = conv.stats().frames_played
+        speko_agent.say_tone(660, 1.0)
+        wait_until(lambda: float(np.abs(audio.played()[-4800 * 5:]).max(initial=0)) > 0.05,
+                   what="agent audio after the reconnect")
+        assert conv.stats().frames_played > before
+    finally:
+        conv.end_session()
+    assert rec.of("error") == []
+
+
+@pytest.mark.speko_server(ping_interval=1, ping_timeout=2)
+def test_a_server_that_goes_away_is_reported_within_reconnect_timeout(
+        speko_server: LocalServer, speko_agent: ScriptedAgent) -> None:
+    rec = Recorder()
+    conv = open_conversation(speko_server, speko_agent, rec, reconnect_timeout=3)
+    started = time.monotonic()
+    speko_server.stop_listening()  # the server is gone: connections refused
+    speko_server.drop_connections(speko_agent.room)
+    details = conv.wait_for_end(timeout=15)
+    took = time.monotonic() - started
+    assert (details.reason, details.message) == (DisconnectReason.TIMEOUT, "RECONNECT_TIMEOUT")
+    assert took < 3 + 2, took
+    (error,) = rec.of("error")
+    assert error.code == ErrorCode.DISCONNECTED
+    assert rec.of("disconnected") == [details]
+    assert statuses(rec)[-3:] == [Status.RECONNECTING, Status.DISCONNECTING, Status.DISCONNECTED]
+    with pytest.raises(SpekoClientError) as err:
+        conv.send_user_message("anyone?")
+    assert err.value.code == ErrorCode.NOT_CONNECTED
+
+
+def test_end_session_while_reconnecting_ends_as_the_user_asked(
+        speko_server: LocalServer, speko_agent: ScriptedAgent) -> None:
+    rec = Recorder()
+    conv = open_conversation(speko_server, speko_agent, rec, reconnect_timeout=30)
+    speko_server.stop_listening()  # the server is gone: connections refused
+    speko_server.drop_connections(speko_agent.room)
+    wait_until(lambda: conv.status == Status.RECONNECTING, what="reconnecting")
+    conv.set_mic_muted(True)  # local: allowed while reconnecting
+    details = conv.end_session(timeout=15)
+    assert details.reason == DisconnectReason.USER
+    assert rec.of("error") == [] and rec.of("reconnected") == []
+    assert rec.of("disconnected") == [details]

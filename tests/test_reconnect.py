@@ -68,16 +68,21 @@ def test_a_dropped_connection_rejoins_fully_republishes_the_microphone_and_goes_
     assert rec.of("error") == []
 
 
-@pytest.mark.speko_server(ping_interval=1, ping_timeout=2)
-def test_unanswered_pings_show_reconnecting_and_the_agent_still_speaks_after(
+# a resume takes LiveKit a second or two (it waits for the ICE restart and
+# pings nothing meanwhile): a ping timeout shorter than that fails the resume
+@pytest.mark.speko_server(ping_interval=1, ping_timeout=5)
+def test_unanswered_pings_resume_the_same_session_and_the_agent_still_speaks_after(
         speko_server: LocalServer, speko_agent: ScriptedAgent) -> None:
     rec = Recorder()
     audio = BufferAudio()
     conv = open_conversation(speko_server, speko_agent, rec, audio=audio)
     try:
-        speko_server.pause_pongs(4)
+        joins = speko_server.stats()["joins"]
+        speko_server.pause_pongs(6)  # the client gives up on its link after 5 s, resumes on a new one
         rec.wait_for("status_changed", lambda s: s == Status.RECONNECTING, timeout=10)
-        rec.wait_for("reconnected", timeout=20)
+        reconnection = rec.wait_for("reconnected", timeout=20)
+        assert reconnection.resumed is True  # the same participant: no new join
+        assert speko_server.stats()["resumes"] == 1 and speko_server.stats()["joins"] == joins
         assert conv.is_open()
         speko_agent.wait_for(lambda: "user" in speko_agent.ready_clients(), timeout=10)
         before = conv.stats().frames_played

@@ -380,15 +380,16 @@ class ScriptedAgent:
         """Block until ``condition()`` is true; it is re-checked whenever the agent
         records something. Raises ``TimeoutError``."""
         deadline = time.monotonic() + timeout
-        with self._changed:
-            while not condition():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
+        # The condition runs outside the lock: it may ask the server's loop
+        # (ready_clients, received_audio), which records under that lock.
+        while not condition():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            with self._changed:
                 self._changed.wait(min(remaining, 0.05))
-            else:
-                return
-        # described outside the lock: describing asks the server's loop, which records under it
+        else:
+            return
         raise TimeoutError(f"condition not met within {timeout} s; room: {self.describe()}")
 
     def describe(self) -> dict[str, Any]:

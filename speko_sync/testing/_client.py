@@ -14,8 +14,10 @@ Two modes, as LiveKit has them:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
@@ -80,6 +82,9 @@ class RemoteClient(Participant):
         self._unattached: list[str] = []  # track sids waiting for an m-line (v1)
         self._sections_requested = 0  # m-lines asked for and not yet offered (v1)
         self._closed = False
+        self.pong_pause: tuple[web.WebSocketResponse, float] | None = None  # (websocket, until)
+        self._handover = asyncio.Event()  # set when a resume brings a new websocket
+        self.last_reliable_seq = 0  # of the client's reliable packets: a resume resends from here
         self._ready = asyncio.Event()  # data channel open and every track attached
         self._gone = asyncio.Event()  # released: waiters give up
         self._sub_pending = False  # v0: a subscriber negotiation is under way
@@ -114,6 +119,42 @@ class RemoteClient(Participant):
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("client %s: %r", self.identity, task.exception())
+
+    def _pongs_paused(self) -> bool:
+        pause = self.pong_pause
+        return pause is not None and pause[0] is self.ws and time.monotonic() < pause[1]
+
+    @property
+    def ended(self) -> bool:
+        """Left, closed by the server, or released: no resume."""
+        return self._closed
+
+    def end(self) -> None:
+        self._closed = True
+
+    async def resume(self, ws: web.WebSocketResponse) -> None:
+        """Carry this session on over ``ws`` (the client's resume join): the
+        old websocket is closed, the client learns where to resend reliable
+        packets from, and its ICE-restart offer is answered as any offer."""
+        old, self.ws = self.ws, ws
+        self._handover.set()
+        if not old.closed:
+            transport = old._req.transport if old._req is not None else None
+            if transport is not None:
+                transport.abort()
+        await self.send(reconnect=rtc.ReconnectResponse(ice_servers=[], last_message_seq=self.last_reliable_seq))
+        # the room as it is now: the client drops whoever it does not hear of
+        await self.send(update=rtc.ParticipantUpdate(participants=[p.info() for p in self.room.others(self)]))
+
+    async def wait_resumed(self, ws: web.WebSocketResponse, timeout: float) -> bool:
+        """After ``ws`` closed without a leave: true if the client resumed on a
+        new websocket within ``timeout`` seconds."""
+        if self.ws is not ws:
+            return True
+        self._handover.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._handover.wait(), timeout)
+        return self.ws is not ws and not self._closed
 
     async def start(self, join: rtc.JoinRequest) -> None:
         """Send the JoinResponse, then answer or offer as the mode wants."""
@@ -166,11 +207,11 @@ class RemoteClient(Participant):
         if which not in ("ping_req", "ping", "trickle"):
             log.debug("client %s -> %s", self.identity, which)
         if which == "ping_req":
-            if not self.core.pongs_paused():
+            if not self._pongs_paused():
                 await self.send(pong_resp=rtc.Pong(
                     last_ping_timestamp=req.ping_req.timestamp, timestamp=int(time.time() * 1000)))
         elif which == "ping":
-            if not self.core.pongs_paused():
+            if not self._pongs_paused():
                 await self.send(pong=int(time.time() * 1000))
         elif which == "offer":
             self.spawn(self._answer(req.offer))
@@ -186,6 +227,7 @@ class RemoteClient(Participant):
         elif which == "update_metadata":
             await self.send(request_response=self.room.update_metadata(self, req.update_metadata))
         elif which == "leave":
+            self._closed = True  # no resume after a leave
             await self.room.leave(self, models.DisconnectReason.CLIENT_INITIATED)
         # subscription, track_setting, sync_state...: accepted, ignored
 
@@ -337,6 +379,7 @@ class RemoteClient(Participant):
         async with self._negotiate_lock:
             if self._closed:
                 return
+            _adopt_ice_restart(self.pc, offer.sdp)
             await self.pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
             await self._drop_stopped_publications()
             if self.single_pc:
@@ -425,6 +468,10 @@ class RemoteClient(Participant):
             return
         if packet.WhichOneof("value") is None:
             return
+        if reliable and packet.sequence:
+            if packet.sequence <= self.last_reliable_seq:
+                return  # resent after a resume, and already routed
+            self.last_reliable_seq = packet.sequence
         packet.kind = models.DataPacket.Kind.RELIABLE if reliable else models.DataPacket.Kind.LOSSY
         self.core.stats["data_in"] += 1
         self.room.route_data(self, packet)
@@ -506,6 +553,7 @@ class RemoteClient(Participant):
     async def release(self) -> None:
         self._closed = True
         self._gone.set()
+        self._handover.set()
         for track, forward in self._subscriptions.values():
             track.fanout.unsubscribe_track(forward)
         self._subscriptions.clear()
@@ -515,3 +563,29 @@ class RemoteClient(Participant):
         for pc in (self.pc, self.sub_pc):
             if pc is not None:
                 await pc.close()
+
+
+def _adopt_ice_restart(pc: RTCPeerConnection, sdp: str) -> None:
+    """An offer with new ICE credentials restarts ICE (a resuming client sends
+    one). aiortc cannot restart ICE, so the running ICE connection adopts the
+    client's new credentials: its checks and consent requests then use them,
+    and the path already validated carries on."""
+    ufrag = re.search(r"^a=ice-ufrag:(\S+)", sdp, re.M)
+    pwd = re.search(r"^a=ice-pwd:(\S+)", sdp, re.M)
+    if ufrag is None or pwd is None:
+        return
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.receiver.transport
+        if transport is not None:
+            _set_remote_credentials(transport.transport, ufrag.group(1), pwd.group(1))
+    sctp = pc.sctp
+    if sctp is not None:
+        _set_remote_credentials(sctp.transport.transport, ufrag.group(1), pwd.group(1))
+
+
+def _set_remote_credentials(ice: Any, ufrag: str, pwd: str) -> None:
+    connection = getattr(ice, "_connection", None)
+    if connection is None or connection.remote_username in (None, ufrag):
+        return
+    connection.remote_username = ufrag
+    connection.remote_password = pwd

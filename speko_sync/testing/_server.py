@@ -56,7 +56,6 @@ class _ServerCore:
         self.clients: set[RemoteClient] = set()
         self.ping_interval = server.ping_interval
         self.ping_timeout = server.ping_timeout
-        self.pong_pause_until = 0.0
         self.join_delay = 0.0
         self.join_refusal: tuple[int, str] | None = None
         self.refused_identities: set[str] = set()
@@ -66,9 +65,6 @@ class _ServerCore:
         self.host = ""
         self.port = 0
         self.dispatcher = Dispatcher(self)
-
-    def pongs_paused(self) -> bool:
-        return time.monotonic() < self.pong_pause_until
 
     async def start(self, host: str, port: int) -> None:
         app = web.Application()
@@ -183,8 +179,7 @@ class _ServerCore:
         if (join.metadata or any(join.participant_attributes.values())) and not grant.can_update_metadata:
             raise web.HTTPUnauthorized(text="setting metadata or attributes at join needs canUpdateOwnMetadata")
         if join.reconnect:
-            # Resuming a session is not supported: the client then rejoins fully.
-            raise web.HTTPNotFound(text="participant session not found; rejoin")
+            return await self._resume(request, grant, join)
         room = self.room(grant.room, create=True)
         assert room is not None
         ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
@@ -197,17 +192,50 @@ class _ServerCore:
             await room.join(client)
             await client.start(join)
             self.dispatcher.request_agent(room)
-            await client.serve()
         except Exception:
             log.exception("client %s failed", client.identity)
-        finally:
-            self.clients.discard(client)
-            await room.leave(client, models.DisconnectReason.CLIENT_INITIATED
-                             if client.ws.closed else models.DisconnectReason.UNKNOWN_REASON)
-            await client.release()
-            if not ws.closed:
-                await ws.close()
-            self._watch_empty(room)
+            client.end()
+        return await self._serve(client, ws)
+
+    async def _resume(self, request: web.Request, grant: Any, join: rtc.JoinRequest) -> web.StreamResponse:
+        """A client that lost its signalling link resumes its session, as
+        livekit-server allows while the participant is still in the room: a new
+        websocket, a ReconnectResponse (with the last reliable packet received,
+        from which the client resends), then its ICE-restart offer."""
+        room = self.rooms.get(grant.room)
+        client = room.participants.get(grant.identity) if room is not None else None
+        if not self.server.allow_resume or not isinstance(client, RemoteClient) or client.ended \
+                or client.sid != join.participant_sid:
+            self.stats["resumes_refused"] += 1
+            raise web.HTTPNotFound(text="participant session not found; rejoin")
+        ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
+        await ws.prepare(request)
+        self.stats["resumes"] += 1
+        await client.resume(ws)
+        return await self._serve(client, ws)
+
+    async def _serve(self, client: RemoteClient, ws: web.WebSocketResponse) -> web.WebSocketResponse:
+        """Serve ``client`` on ``ws`` until its session ends here. A websocket
+        that closes without a leave keeps the participant for a resume for the
+        ping timeout, as livekit-server does; a resume hands the session to
+        the new websocket's handler, and this one returns at once."""
+        room = client.room
+        try:
+            if not client.ended:
+                await client.serve()
+            if not client.ended and await client.wait_resumed(ws, float(self.ping_timeout)):
+                return ws
+        except Exception:
+            log.exception("client %s failed", client.identity)
+        if client.ws is not ws and not client.ended:
+            return ws  # resumed while this handler was failing: not ours to end
+        self.clients.discard(client)
+        await room.leave(client, models.DisconnectReason.CLIENT_INITIATED
+                         if client.ws.closed else models.DisconnectReason.UNKNOWN_REASON)
+        await client.release()
+        if not ws.closed:
+            await ws.close()
+        self._watch_empty(room)
         return ws
 
     def _watch_empty(self, room: Room) -> None:
@@ -278,7 +306,12 @@ class LocalServer:
             the default class, or a callable ``(server, room_name) -> agent``.
         auto_create_rooms: create rooms on demand from the token's grant; when
             false only rooms made with :meth:`create_room` can be joined.
-        ping_interval, ping_timeout: seconds, sent to clients in the join.
+        ping_interval, ping_timeout: seconds, sent to clients in the join. A
+            client whose websocket closed without a leave stays in the room
+            for ``ping_timeout`` seconds, to resume.
+        allow_resume: accept resumes (LiveKit's reconnect join: same
+            participant, ICE restart); when false the server answers them 404
+            and clients rejoin as new participants.
         empty_room_timeout: seconds after its last client left that a room is
             closed (its agents leave and stop); ``None`` keeps rooms forever.
     """
@@ -288,7 +321,7 @@ class LocalServer:
                  single_pc: bool = True,
                  default_agent: bool | Callable[[LocalServer, str], ScriptedAgent] = False,
                  auto_create_rooms: bool = True,
-                 ping_interval: int = 5, ping_timeout: int = 15,
+                 ping_interval: int = 5, ping_timeout: int = 15, allow_resume: bool = True,
                  empty_room_timeout: float | None = None) -> None:
         if ping_interval <= 0 or ping_timeout <= 0:
             raise ValueError("ping_interval and ping_timeout must be positive (seconds)")
@@ -300,6 +333,7 @@ class LocalServer:
         self.auto_create_rooms = auto_create_rooms
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
+        self.allow_resume = allow_resume
         self.empty_room_timeout = empty_room_timeout
         self._port = port
         self._runner: LoopThread | None = None
@@ -568,9 +602,14 @@ class LocalServer:
             self._call(core.listen(core.host, core.port))
 
     def pause_pongs(self, seconds: float) -> None:
-        """Stop answering client pings for ``seconds``."""
-        core = self._require()[1]
-        core.pong_pause_until = time.monotonic() + seconds
+        """Stop answering pings on every client websocket open now, for
+        ``seconds``: the clients take their links for dead once their ping
+        timeout passes. Websockets opened later (a resume) are answered."""
+        async def pause() -> None:
+            until = time.monotonic() + seconds
+            for client in self._require()[1].clients:
+                client.pong_pause = (client.ws, until)
+        self._call(pause())
 
     def set_join_delay(self, seconds: float) -> None:
         """Hold every new join for ``seconds`` before answering it (0 to stop)."""

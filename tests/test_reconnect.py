@@ -20,7 +20,7 @@ from speko_sync import (
     SpekoClientError,
     Status,
 )
-from speko_sync.testing import LocalServer, ScriptedAgent, tone
+from speko_sync.testing import LocalServer, NetworkFaultUnavailable, ScriptedAgent, link_outage, packet_loss, tone
 
 pytestmark = [pytest.mark.webrtc, pytest.mark.speko_agent(greeting=None)]
 
@@ -128,3 +128,40 @@ def test_end_session_while_reconnecting_ends_as_the_user_asked(
     assert details.reason == DisconnectReason.USER
     assert rec.of("error") == [] and rec.of("reconnected") == []
     assert rec.of("disconnected") == [details]
+
+
+@pytest.mark.speko_server(ping_interval=1, ping_timeout=5)
+def test_an_outage_longer_than_the_ping_timeout_resumes_and_delivers_each_message_once(
+        speko_server: LocalServer, speko_agent: ScriptedAgent) -> None:
+    rec = Recorder()
+    audio = BufferAudio()
+    audio.feed(tone(440, 60.0, amplitude=0.3))
+    conv = open_conversation(speko_server, speko_agent, rec, audio=audio, reconnect_timeout=20)
+    try:
+        agent_hears(speko_agent)  # the microphone's negotiation is over
+        with link_outage():
+            conv.send_user_message("sent into the outage")  # LiveKit has not noticed: accepted
+            speko_agent.send({"type": "agent_message", "text": "said during the outage"})
+            rec.wait_for("status_changed", lambda s: s == Status.RECONNECTING, timeout=15)
+            with pytest.raises(SpekoClientError) as err:
+                conv.send_user_message("refused while reconnecting")
+            assert err.value.code == ErrorCode.NOT_CONNECTED
+        reconnection = rec.wait_for("reconnected", timeout=20)
+        assert reconnection.resumed is True
+        conv.send_user_message("after the outage")
+        speko_agent.wait_for_packet(lambda p: p.data.get("text") == "after the outage")
+        rec.wait_for("message", lambda m: m.text == "said during the outage")
+        sent = [p.data.get("text") for p in speko_agent.packets() if p.data.get("type") == "user_message"]
+        assert sent == ["sent into the outage", "after the outage"]  # once each, in order
+        assert [m.text for m in rec.of("message")].count("said during the outage") == 1
+        agent_hears(speko_agent)  # the same microphone track carries on
+    finally:
+        conv.end_session()
+
+
+def test_network_faults_refuse_to_run_outside_the_test_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SPEKO_SYNC_NETNS", raising=False)
+    with pytest.raises(NetworkFaultUnavailable, match="namespace"), link_outage():
+        pass
+    with pytest.raises(ValueError, match="probability"):
+        packet_loss(1.5)

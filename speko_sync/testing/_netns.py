@@ -12,11 +12,12 @@ Root uses ``unshare -n``; other users ``unshare -rn`` where user namespaces exis
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 #: Set to "1" inside a namespace made by this module (and inherited by children).
 ENV_MARK = "SPEKO_SYNC_NETNS"
@@ -115,3 +116,54 @@ def reexec_isolated(argv: Sequence[str] | None = None) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(cmd[0], cmd)
+
+
+class NetworkFaultUnavailable(RuntimeError):
+    """Network faults cannot be made here; ``str(err)`` says why."""
+
+
+def _require_fault_namespace() -> str:
+    """The iptables binary, once sure this process is in a namespace this module
+    made (faults must never touch the host's own rules)."""
+    if not in_isolated_namespace():
+        raise NetworkFaultUnavailable("network faults are made only inside a namespace made by "
+                                      "speko_sync.testing (reexec_isolated / run_isolated)")
+    probe = subprocess.run(["ip", "-o", "-4", "addr", "show", "dev", "sk0"], capture_output=True, text=True)
+    if VETH_ADDRESS not in probe.stdout:
+        raise NetworkFaultUnavailable("this is not the namespace speko_sync.testing made (no sk0 with "
+                                      f"{VETH_ADDRESS})")
+    iptables = shutil.which("iptables")
+    if iptables is None:
+        raise NetworkFaultUnavailable("the 'iptables' command (Debian package iptables) is not installed")
+    return iptables
+
+
+@contextlib.contextmanager
+def _drop_rule(match: Sequence[str]) -> Iterator[None]:
+    iptables = _require_fault_namespace()
+    # INPUT, not OUTPUT: a DROP in OUTPUT fails the sender's own sendto() at once
+    # (EPERM), which no real outage does. Client and server share lo here.
+    rule = ["INPUT", "-i", "lo", *match, "-j", "DROP"]
+    subprocess.run([iptables, "-I", rule[0], "1", *rule[1:]], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run([iptables, "-D", *rule], check=True, capture_output=True)
+
+
+def link_outage() -> contextlib.AbstractContextManager[None]:
+    """While the ``with`` block runs, every packet between the clients and the
+    server in this namespace (signalling and media) is lost, as in a network
+    outage: nothing is refused, nothing arrives. Raises
+    :class:`NetworkFaultUnavailable` outside the namespace or without iptables."""
+    return _drop_rule([])
+
+
+def packet_loss(probability: float) -> contextlib.AbstractContextManager[None]:
+    """While the ``with`` block runs, each packet in this namespace is lost with
+    ``probability`` (0..1), independently. Raises ``ValueError`` for a
+    probability outside 0..1, :class:`NetworkFaultUnavailable` as
+    :func:`link_outage`."""
+    if not 0 <= probability <= 1:
+        raise ValueError(f"probability must be within 0..1, got {probability!r}")
+    return _drop_rule(["-m", "statistic", "--mode", "random", "--probability", f"{probability:.4f}"])

@@ -358,3 +358,30 @@ def test_ctrl_c_during_a_held_join_leaves_no_ghost_and_no_later_signal(speko_ser
     # the join the server let through after the interrupt was left again at once
     assert appeared is None or (gone is not None and gone - appeared < 1.0)
     assert "ghost" not in speko_server.participants(speko_agent.room)
+
+
+def test_connect_timeout_during_a_held_join_leaves_nothing_behind(speko_server: LocalServer,
+                                                                 speko_agent: ScriptedAgent) -> None:
+    from speko_sync import ErrorCode, SpekoClientError
+
+    def python_threads() -> list[str]:
+        # Dummy-N: LiveKit's native (tokio) threads, seen by Python when they log through it
+        return sorted(t.name for t in threading.enumerate() if not isinstance(t, threading._DummyThread))
+
+    open_conversation(speko_server, speko_agent).end_session()  # the process-wide threads now exist
+    threads_before = python_threads()
+    speko_server.set_join_delay(2.0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(SpekoClientError) as err:
+            open_conversation(speko_server, speko_agent, identity="impatient", connect_timeout=1.0)
+        assert err.value.code == ErrorCode.CONNECTION_FAILED
+        assert time.monotonic() - started < 3.0
+        deadline = time.monotonic() + 3.5  # past the moment the server lets the held join through
+        while time.monotonic() < deadline:
+            assert "impatient" not in speko_server.participants(speko_agent.room)
+            time.sleep(0.05)
+    finally:
+        speko_server.set_join_delay(0)
+    assert library_threads() == ["speko-dispatch", "speko-loop"]
+    assert python_threads() == threads_before

@@ -183,7 +183,8 @@ class _ServerCore:
         room = self.room(grant.room, create=True)
         assert room is not None
         ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
-        await ws.prepare(request)
+        if not await _upgrade(ws, request):
+            return ws
         client = RemoteClient(self, room, ws, grant=grant, single_pc=single_pc)
         self.clients.add(client)
         self.stats["joins"] += 1
@@ -209,7 +210,8 @@ class _ServerCore:
             self.stats["resumes_refused"] += 1
             raise web.HTTPNotFound(text="participant session not found; rejoin")
         ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
-        await ws.prepare(request)
+        if not await _upgrade(ws, request):
+            return ws
         self.stats["resumes"] += 1
         await client.resume(ws)
         return await self._serve(client, ws)
@@ -272,6 +274,17 @@ class _ServerCore:
                 await room.evict(p, reason)
                 removed += 1
         return removed
+
+
+async def _upgrade(ws: web.WebSocketResponse, request: web.Request) -> bool:
+    """Upgrade to a websocket; false when the client already gave up (an
+    abandoned join, a held one it timed out on): nothing to serve, no error."""
+    try:
+        await ws.prepare(request)
+    except ConnectionError:
+        log.debug("a client left before its websocket upgrade")
+        return False
+    return True
 
 
 def _http_error(status: int, text: str) -> web.HTTPException:

@@ -291,6 +291,7 @@ class Conversation:
 
     @property
     def status(self) -> Status:
+        """Where the conversation is (:class:`Status`); any thread."""
         with self._lock:
             return self._status
 
@@ -309,20 +310,23 @@ class Conversation:
 
     def transcript(self) -> tuple[Message, ...]:
         """The reconciled transcript so far: one message per speaker turn,
-        ordered by when each turn began (see :mod:`speko_sync._transcript`)."""
+        ordered by when each turn began (see :mod:`speko_sync._transcript`);
+        any thread, any status. Raises nothing."""
         return self._session.transcript.messages
 
     @property
     def mic_muted(self) -> bool:
+        """Whether the microphone is muted (:meth:`set_mic_muted`)."""
         return self._session.muted
 
     @property
     def volume(self) -> float:
+        """The agent's playback volume, 0..1 (:meth:`set_volume`)."""
         return self._session.volume
 
     def is_open(self) -> bool:
         """True while connected (sends go out); false while connecting,
-        reconnecting and after the end."""
+        reconnecting and after the end. Raises nothing."""
         return self.status == Status.CONNECTED
 
     def _require_connected(self, *also: Status) -> None:
@@ -343,9 +347,12 @@ class Conversation:
 
     def set_mic_muted(self, muted: bool) -> None:
         """Mute or unmute the microphone: a LiveKit track mute the agent sees, and
-        no audio is sent while muted. Works while reconnecting too. Raises
-        ``TypeError`` for a non-bool; NOT_CONNECTED before connecting
-        finished and after the end."""
+        no audio is sent while muted. Works while reconnecting too.
+
+        Raises:
+            TypeError: ``muted`` is not a bool.
+            SpekoClientError: NOT_CONNECTED while connecting and after the end.
+        """
         if not isinstance(muted, bool):
             raise TypeError("muted must be a bool")
         self._require_connected(Status.RECONNECTING)
@@ -353,9 +360,16 @@ class Conversation:
 
     def set_volume(self, volume: float) -> None:
         """Set the agent's playback volume, 0..1 (clamped), effective within one
-        audio buffer. Raises ``TypeError`` for a non-number."""
-        if isinstance(volume, bool) or not isinstance(volume, (int, float)) or volume != volume:
+        audio buffer; any status, any thread.
+
+        Raises:
+            TypeError: ``volume`` is not a number (a bool is not one).
+            ValueError: ``volume`` is NaN.
+        """
+        if isinstance(volume, bool) or not isinstance(volume, (int, float)):
             raise TypeError(f"volume must be a number between 0 and 1, got {volume!r}")
+        if volume != volume:
+            raise ValueError("volume must be a number between 0 and 1, got NaN")
         self._session.set_volume(min(1.0, max(0.0, float(volume))))
 
     def send_chat_message(self, text: str) -> None:
@@ -363,9 +377,16 @@ class Conversation:
         reads one: an ``lk.chat`` text stream; the agent answers it like a spoken
         turn, with audio and transcript. The turn is delivered as the user's
         message and joins the transcript (the agent does not echo typed turns).
-        Raises NOT_CONNECTED before the session
-        is connected or after it ended; ``TypeError`` if ``text`` is not a str,
-        ``ValueError`` if it is empty or not encodable as UTF-8."""
+        Blocks until LiveKit took the stream (an outage LiveKit has not noticed
+        yet holds it until the link is back or the session ends).
+
+        Raises:
+            TypeError: ``text`` is not a str.
+            ValueError: ``text`` is empty or not valid Unicode (checked first).
+            SpekoClientError: NOT_CONNECTED while connecting, while reconnecting
+                (nothing was sent: send again after ``on_reconnect``), after the
+                end, or when LiveKit could not send it ("not sent: ...").
+        """
         _protocol.check_chat_text(text)
         self._require_connected()
         self._call(self._session.send_chat(text))
@@ -374,37 +395,54 @@ class Conversation:
         """Send a visible user turn as the v0.0.3 JSON packet (``user_message``).
         Today's Speko worker (LiveKit Agents) does not read it: use
         :meth:`send_chat_message` for a typed turn it answers; this stays for
-        agents that read the JSON packets. Raises NOT_CONNECTED before the
-        session is connected or after it ended; ``TypeError`` if ``text`` is not
-        a str; ``ValueError``, before anything is sent, if it is not valid
-        Unicode or the packet would exceed LiveKit's 15 KiB for one reliable
-        packet (longer text goes through :meth:`send_chat_message`)."""
+        agents that read the JSON packets. Returns once LiveKit took the packet
+        on its reliable channel.
+
+        Raises:
+            TypeError: ``text`` is not a str.
+            ValueError: ``text`` is not valid Unicode, or the packet would exceed
+                LiveKit's 15 KiB for one reliable packet (longer text goes
+                through :meth:`send_chat_message`); checked before anything else.
+            SpekoClientError: NOT_CONNECTED as for :meth:`send_chat_message`.
+        """
         payload = _protocol.encode_user_message(text)
         self._require_connected()
         self._call(self._session.send(payload))
 
     def send_contextual_update(self, text: str) -> None:
         """Send an invisible hint to the agent as the v0.0.3 JSON packet
-        (``contextual_update``; not read by today's LiveKit Agents worker; same
-        rules as :meth:`send_user_message`)."""
+        (``contextual_update``; not read by today's LiveKit Agents worker).
+
+        Raises:
+            TypeError, ValueError, SpekoClientError: as :meth:`send_user_message`.
+        """
         payload = _protocol.encode_contextual_update(text)
         self._require_connected()
         self._call(self._session.send(payload))
 
     def poll_events(self) -> EventBatch:
-        """Return and clear the events since the last call, without blocking.
-        Keeps the newest 1000; ``EventBatch.dropped`` counts the older ones lost."""
+        """Return and clear the events since the last call, without blocking;
+        any thread, any status. Keeps the newest 1000; ``EventBatch.dropped``
+        counts the older ones lost. Raises nothing."""
         return self._dispatcher.poll()
 
     def stats(self) -> ConversationStats:
-        """A snapshot of the audio and packet counters (see :class:`ConversationStats`)."""
+        """A snapshot of the audio and packet counters (see
+        :class:`ConversationStats`); any thread, any status. Raises nothing."""
         return self._session.stats()
 
     def end_session(self, timeout: float = 10.0) -> DisconnectionDetails:
         """End the conversation and release everything (the OS microphone
         included) before returning. Idempotent; callable from any thread,
-        receivers included. Returns the disconnection details; raises
-        ``TimeoutError`` if release took longer than ``timeout`` seconds."""
+        receivers included, and while reconnecting. Called while the
+        constructor is still connecting (from another thread), it ends the
+        conversation as soon as it is connected. Returns the disconnection
+        details.
+
+        Raises:
+            TimeoutError: release took longer than ``timeout`` seconds (it goes
+                on; :meth:`wait_for_end` waits for it).
+        """
         with self._lock:
             starting = self._transition((Status.CONNECTED, Status.RECONNECTING), Status.DISCONNECTING)
             if not starting and self._status == Status.CONNECTING:
@@ -415,8 +453,12 @@ class Conversation:
         return self.wait_for_end(timeout)
 
     def wait_for_end(self, timeout: float | None = None) -> DisconnectionDetails:
-        """Block until the conversation has ended; return why. Raises
-        ``TimeoutError`` when ``timeout`` seconds pass first."""
+        """Block until the conversation has ended and every event of it was
+        delivered (at once on the dispatcher thread); return why.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._ended.wait(timeout):
             raise TimeoutError(f"the conversation did not end within {timeout} s")

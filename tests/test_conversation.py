@@ -140,6 +140,9 @@ def test_volume_scales_what_is_played(speko_server: LocalServer, speko_agent: Sc
         assert conv.volume == 1.0  # clamped
         with pytest.raises(TypeError, match="volume"):
             conv.set_volume("loud")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="NaN"):
+            conv.set_volume(float("nan"))
+        assert conv.volume == 1.0  # unchanged by the refused values
     assert levels[1] == pytest.approx(levels[0] / 2, rel=0.1)
     assert levels[2] == pytest.approx(levels[0], rel=0.1)
 

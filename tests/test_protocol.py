@@ -137,3 +137,16 @@ def test_control_packets_keep_the_whole_object() -> None:
 def test_chat_text_is_checked(text: object, error: type[Exception]) -> None:
     with pytest.raises(error):
         _protocol.check_chat_text(text)
+
+
+def test_every_public_conversation_method_says_what_it_raises() -> None:
+    import inspect
+
+    from speko_sync import Conversation
+
+    methods = {name: fn for name, fn in inspect.getmembers(Conversation, inspect.isfunction)
+               if not name.startswith("_")}
+    methods["__init__"] = Conversation
+    methods["from_session"] = Conversation.from_session
+    silent = [name for name, fn in methods.items() if "Raises" not in (inspect.getdoc(fn) or "")]
+    assert silent == []

@@ -139,13 +139,14 @@ def test_an_outage_longer_than_the_ping_timeout_resumes_and_delivers_each_messag
     conv = open_conversation(speko_server, speko_agent, rec, audio=audio, reconnect_timeout=20)
     try:
         agent_hears(speko_agent)  # the microphone's negotiation is over
-        with link_outage():
+        with link_outage() as outage:
             conv.send_user_message("sent into the outage")  # LiveKit has not noticed: accepted
             speko_agent.send({"type": "agent_message", "text": "said during the outage"})
             rec.wait_for("status_changed", lambda s: s == Status.RECONNECTING, timeout=15)
             with pytest.raises(SpekoClientError) as err:
                 conv.send_user_message("refused while reconnecting")
             assert err.value.code == ErrorCode.NOT_CONNECTED
+            assert outage.dropped() > 0
         reconnection = rec.wait_for("reconnected", timeout=20)
         assert reconnection.resumed is True
         conv.send_user_message("after the outage")
@@ -165,3 +166,21 @@ def test_network_faults_refuse_to_run_outside_the_test_namespace(monkeypatch: py
         pass
     with pytest.raises(ValueError, match="probability"):
         packet_loss(1.5)
+
+
+def test_messages_survive_a_lossy_link_in_order(speko_server: LocalServer, speko_agent: ScriptedAgent) -> None:
+    rec = Recorder()
+    conv = open_conversation(speko_server, speko_agent, rec)
+    try:
+        speko_agent.wait_for(lambda: "user" in speko_agent.ready_clients())
+        texts = [f"lossy {i}" for i in range(40)]
+        with packet_loss(0.1) as loss:
+            for text in texts:
+                conv.send_user_message(text)
+            speko_agent.wait_for_packet(lambda p: p.data.get("text") == texts[-1], timeout=20)
+            assert loss.dropped() > 0  # the rule bites
+        received = [p.data.get("text") for p in speko_agent.packets() if p.data.get("type") == "user_message"]
+        assert received == texts
+        assert conv.is_open() and rec.of("error") == []
+    finally:
+        conv.end_session()

@@ -33,6 +33,7 @@ _EXPORTS = {
     "DEFAULT_API_SECRET": "_server",
     "Grant": "_auth",
     "IsolationUnavailable": "_netns",
+    "DropRule": "_netns",
     "LocalServer": "_server",
     "NetworkFaultUnavailable": "_netns",
     "PulseUnavailable": "_pulse",
@@ -62,6 +63,7 @@ __all__ = [
     "VETH_ADDRESS",
     "AgentEnvUnavailable",
     "AgentWorker",
+    "DropRule",
     "Grant",
     "IsolationUnavailable",
     "JobRecord",
@@ -93,6 +95,7 @@ if TYPE_CHECKING:
     from ._auth import Grant, TokenError, mint_token, verify_token
     from ._netns import (
         VETH_ADDRESS,
+        DropRule,
         IsolationUnavailable,
         NetworkFaultUnavailable,
         check_isolation,

@@ -138,20 +138,34 @@ def _require_fault_namespace() -> str:
     return iptables
 
 
+class DropRule:
+    """A drop rule in force (what :func:`link_outage` and :func:`packet_loss`
+    yield); :meth:`dropped` tells whether it really bites."""
+
+    def __init__(self, iptables: str) -> None:
+        self._iptables = iptables
+
+    def dropped(self) -> int:
+        """Packets the rule has dropped so far (it is the first INPUT rule)."""
+        out = subprocess.run([self._iptables, "-L", "INPUT", "1", "-v", "-x", "-n"], check=True,
+                             capture_output=True, text=True).stdout.split()
+        return int(out[0]) if out else 0
+
+
 @contextlib.contextmanager
-def _drop_rule(match: Sequence[str]) -> Iterator[None]:
+def _drop_rule(match: Sequence[str]) -> Iterator[DropRule]:
     iptables = _require_fault_namespace()
     # INPUT, not OUTPUT: a DROP in OUTPUT fails the sender's own sendto() at once
     # (EPERM), which no real outage does. Client and server share lo here.
     rule = ["INPUT", "-i", "lo", *match, "-j", "DROP"]
     subprocess.run([iptables, "-I", rule[0], "1", *rule[1:]], check=True, capture_output=True)
     try:
-        yield
+        yield DropRule(iptables)
     finally:
         subprocess.run([iptables, "-D", *rule], check=True, capture_output=True)
 
 
-def link_outage() -> contextlib.AbstractContextManager[None]:
+def link_outage() -> contextlib.AbstractContextManager[DropRule]:
     """While the ``with`` block runs, every packet between the clients and the
     server in this namespace (signalling and media) is lost, as in a network
     outage: nothing is refused, nothing arrives. Raises
@@ -159,7 +173,7 @@ def link_outage() -> contextlib.AbstractContextManager[None]:
     return _drop_rule([])
 
 
-def packet_loss(probability: float) -> contextlib.AbstractContextManager[None]:
+def packet_loss(probability: float) -> contextlib.AbstractContextManager[DropRule]:
     """While the ``with`` block runs, each packet in this namespace is lost with
     ``probability`` (0..1), independently. Raises ``ValueError`` for a
     probability outside 0..1, :class:`NetworkFaultUnavailable` as

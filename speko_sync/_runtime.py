@@ -1,6 +1,12 @@
 """The process-wide runtime: one asyncio loop thread that owns every
-conversation's LiveKit room and audio pumps, and one dispatcher thread that
-delivers every conversation's events. Both start on first use.
+conversation's LiveKit room, one that runs every conversation's audio pumps,
+and one dispatcher thread that delivers every conversation's events. All start
+on first use.
+
+Audio has a loop of its own so that nothing the room does (a flood of data
+packets, a burst of events, a slow receiver of LiveKit's) delays a frame: the
+interpreter hands the audio thread its turn within a switch interval however
+busy the room loop is.
 
 One loop rather than one per conversation: LiveKit's FFI hands each native
 event to every subscribed loop with ``call_soon_threadsafe``, so N loops mean N
@@ -27,13 +33,15 @@ log = logging.getLogger("speko_sync")
 @dataclass(frozen=True)
 class Runtime:
     loop: LoopThread
+    audio: LoopThread
     dispatcher: Dispatcher
     pid: int
     #: conversations not yet ended, ended at interpreter exit
     open: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
 
     def alive(self) -> bool:
-        return (self.pid == os.getpid() and self.loop.thread.is_alive() and not self.loop.stopping
+        return (self.pid == os.getpid() and all(t.thread.is_alive() and not t.stopping
+                                                 for t in (self.loop, self.audio))
                 and self.dispatcher.thread.is_alive())
 
 
@@ -47,7 +55,8 @@ def runtime() -> Runtime:
     with _lock:
         current = _current
         if current is None or not current.alive():
-            current = _current = Runtime(LoopThread("speko-loop"), Dispatcher("speko-dispatch"), os.getpid())
+            current = _current = Runtime(LoopThread("speko-loop"), LoopThread("speko-audio"),
+                                         Dispatcher("speko-dispatch"), os.getpid())
         return current
 
 

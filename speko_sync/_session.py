@@ -1,5 +1,8 @@
 """The loop side of a conversation: owns the LiveKit room, the microphone track
-and the audio pumps. Everything here runs on the conversation's private loop.
+and the audio pumps. The room and its events live on the room loop; the audio
+streams, the pumps, the audio source and the playback path on the audio loop
+(both process-wide, see :mod:`speko_sync._runtime`), so no room work delays a
+frame. Methods say which loop they run on.
 
 Data flow:
   microphone -> backend -> capture ring -> ``_capture_pump`` (10 ms frames,
@@ -130,12 +133,15 @@ class _MicrophoneWatchdog:
 
 
 class Session:
-    """One LiveKit session. Created and used on the loop thread only."""
+    """One LiveKit session. Created and used on the room loop, except the audio
+    path, which runs on the audio loop (the same loop when none is given)."""
 
     def __init__(self, emit: Emit, audio: AudioBackend, constraints: AudioConstraints,
                  on_remote_end: Callable[[DisconnectionDetails], None], *, microphone: bool = True,
-                 on_link: Callable[[Reconnection | None], None] = lambda _: None) -> None:
+                 on_link: Callable[[Reconnection | None], None] = lambda _: None,
+                 audio_loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._emit = emit
+        self._audio_loop = audio_loop  # None: the room's loop runs the audio too
         self._on_link = on_link  # None: the link is lost; a Reconnection: it is back
         self._audio = audio
         self.microphone = microphone  # false: a text-only session
@@ -216,17 +222,16 @@ class Session:
     async def _join(self, url: str, token: str, overrides: bytes | None, timeout: float, deadline: float) -> str:
         loop = asyncio.get_running_loop()
         room = self.room = rtc.Room(loop)
-        room.on("disconnected", self._on_disconnected)
-        room.on("reconnecting", self._on_reconnecting)
-        room.on("reconnected", self._on_reconnected)
-        room.on("local_track_republished", self._on_republished)
-        room.on("active_speakers_changed", self._on_speakers)
-        room.on("data_received", self._on_data)
-        room.on("track_subscribed", self._on_track_subscribed)
-        room.on("track_unsubscribed", self._on_track_unsubscribed)
-        room.on("participant_attributes_changed", self._on_attributes)
-        room.on("participant_connected", self._on_participant)
-        room.on("transcription_received", self._on_legacy_transcription)
+        for event, handler in (
+                ("disconnected", self._on_disconnected), ("reconnecting", self._on_reconnecting),
+                ("reconnected", self._on_reconnected), ("local_track_republished", self._on_republished),
+                ("active_speakers_changed", self._on_speakers), ("data_received", self._on_data),
+                ("track_subscribed", self._on_track_subscribed),
+                ("track_unsubscribed", self._on_track_unsubscribed),
+                ("participant_attributes_changed", self._on_attributes),
+                ("participant_connected", self._on_participant),
+                ("transcription_received", self._on_legacy_transcription)):
+            room.on(event, _listener(handler))  # type: ignore[arg-type]  # names as LiveKit spells them
         room.register_text_stream_handler(TOPIC_TRANSCRIPTION, self._on_transcription_stream)
         connecting = loop.create_task(room.connect(url, token, rtc.RoomOptions(
             auto_subscribe=True, connect_timeout=max(0.5, timeout))))
@@ -267,14 +272,34 @@ class Session:
         self._out_reframe = _Reframer(SAMPLE_RATE, io.rate)
         self._echo = self._apm if self._constraints.echo_cancellation else None
         self._playing = True
-        for participant in self.room.remote_participants.values():
-            for publication in participant.track_publications.values():
-                if publication.track is not None:
-                    self._on_track_subscribed(publication.track, publication, participant)
-        io.capture.skip(io.capture.available())  # what the device heard while we joined
-        loop = asyncio.get_running_loop()
-        if self.microphone or audio.clocked_by_loop:
-            self._tasks.append(loop.create_task(self._supervised("microphone", self._capture_pump)))
+        tracks = [publication.track for participant in self.room.remote_participants.values()
+                  for publication in participant.track_publications.values()
+                  if publication.track is not None and publication.track.kind == rtc.TrackKind.KIND_AUDIO]
+
+        async def start() -> None:  # on the audio loop
+            for track in tracks:
+                self._add_stream(track)
+            io.capture.skip(io.capture.available())  # what the device heard while we joined
+            if self.microphone or audio.clocked_by_loop:
+                self._tasks.append(asyncio.get_running_loop().create_task(
+                    self._supervised("microphone", self._capture_pump)))
+        await self._on_audio_loop(start)
+
+    async def _on_audio_loop(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Room loop: run ``fn()`` on the audio loop and wait for it."""
+        loop = self._audio_loop
+        if loop is None or loop is asyncio.get_running_loop():
+            await fn()
+        else:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(fn(), loop))  # type: ignore[arg-type]
+
+    def _call_on_audio_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        """Room loop: have ``fn(*args)`` called on the audio loop, in order."""
+        loop = self._audio_loop
+        if loop is None or loop is asyncio.get_running_loop():
+            fn(*args)
+        else:
+            loop.call_soon_threadsafe(fn, *args)
 
     async def _publish_microphone(self) -> None:
         audio = self._audio
@@ -285,7 +310,8 @@ class Session:
                 echo_cancellation=c.echo_cancellation, noise_suppression=c.noise_suppression,
                 high_pass_filter=c.noise_suppression, auto_gain_control=c.auto_gain_control)
             self._apm.set_stream_delay_ms(int(audio.latency_s * 1000) + 40)
-        self._source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=200)
+        # fed on the audio loop (its timers run there)
+        self._source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=200, loop=self._audio_loop)
         self._track = rtc.LocalAudioTrack.create_audio_track("microphone", self._source)
         assert self.room is not None
         try:
@@ -312,7 +338,7 @@ class Session:
     FRAME_GRACE_S = 0.005
 
     async def _capture_pump(self) -> None:
-        """Every 10 ms: clock a loop-clocked backend, and send what the microphone
+        """Audio loop. Every 10 ms: clock a loop-clocked backend, and send what the microphone
         captured (a text-only session just discards it).
 
         While one agent track plays, a loop-clocked backend is clocked by its
@@ -414,7 +440,7 @@ class Session:
                 await asyncio.sleep(0.05)
 
     def _play(self, samples: np.ndarray) -> None:
-        """One 10 ms frame of the agent's audio (48 kHz) to the speaker: echo
+        """Audio loop. One 10 ms frame of the agent's audio (48 kHz) to the speaker: echo
         reference first, then the playback ring at the device rate."""
         io = self.io
         assert io is not None
@@ -431,7 +457,7 @@ class Session:
             _wake(waiter)
 
     async def _read_track(self, sid: str, stream: rtc.AudioStream) -> None:
-        """One remote audio track. Alone, its frames go straight to the speaker
+        """Audio loop. One remote audio track. Alone, its frames go straight to the speaker
         (no mixer, no timer: playback adds nothing to what the stream hands
         over); with others, to its queue for :meth:`_mix_pump`."""
         async for event in stream:
@@ -443,7 +469,7 @@ class Session:
                 queue.append(samples)  # bounded: the oldest frame goes when it is full
 
     async def _mix_pump(self) -> None:
-        """While two or more remote audio tracks play: every 10 ms, sum one frame
+        """Audio loop. While two or more remote audio tracks play: every 10 ms, sum one frame
         from each track's queue (a track with nothing queued adds silence)."""
         loop = asyncio.get_running_loop()
         mix = np.zeros(FRAME, dtype=np.int32)
@@ -465,7 +491,7 @@ class Session:
                 self._play(out)
 
     def _arrange_playback(self) -> None:
-        """Mix only while two or more remote audio tracks play."""
+        """Audio loop. Mix only while two or more remote audio tracks play."""
         mixing = len(self._streams) > 1
         if mixing and self._mixer_task is None:
             self._mix_queues = {sid: collections.deque(maxlen=5) for sid in self._streams}
@@ -481,7 +507,15 @@ class Session:
     # -- room events -------------------------------------------------------------------
     def _on_track_subscribed(self, track: rtc.Track, publication: rtc.RemoteTrackPublication,
                              participant: rtc.RemoteParticipant) -> None:
-        if track.kind != rtc.TrackKind.KIND_AUDIO or not self._playing or track.sid in self._streams:
+        if track.kind == rtc.TrackKind.KIND_AUDIO and self._playing:
+            self._call_on_audio_loop(self._add_stream, track)
+
+    def _on_track_unsubscribed(self, track: rtc.Track, *_: Any) -> None:
+        self._call_on_audio_loop(self._remove_stream, track.sid)
+
+    def _add_stream(self, track: rtc.Track) -> None:
+        """Audio loop: play a remote audio track (its stream delivers here)."""
+        if not self._playing or track.sid in self._streams:
             return
         stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1, frame_size_ms=10)
         self._streams[track.sid] = stream
@@ -490,14 +524,15 @@ class Session:
         self._readers_by_track[sid] = asyncio.get_running_loop().create_task(
             self._supervised("speaker", lambda: self._read_track(sid, stream)))
 
-    def _on_track_unsubscribed(self, track: rtc.Track, *_: Any) -> None:
-        stream = self._streams.pop(track.sid, None)
-        reader = self._readers_by_track.pop(track.sid, None)
+    def _remove_stream(self, sid: str) -> None:
+        """Audio loop: stop playing a track that went away."""
+        stream = self._streams.pop(sid, None)
+        reader = self._readers_by_track.pop(sid, None)
         if reader is not None:
             reader.cancel()
         if stream is not None:
             asyncio.get_running_loop().create_task(stream.aclose())
-        self._mix_queues.pop(track.sid, None)
+        self._mix_queues.pop(sid, None)
         self._arrange_playback()
 
     def _on_speakers(self, speakers: list[rtc.Participant]) -> None:
@@ -749,10 +784,29 @@ class Session:
 
     async def _release(self) -> None:
         self._playing = False
+        for task in self._readers:
+            task.cancel()
+        with contextlib.suppress(Exception):  # the audio loop is gone only at interpreter exit
+            await self._on_audio_loop(self._stop_audio)
+        if self._audio_open:
+            self._audio_open = False
+            await asyncio.to_thread(self._audio.close)
+        room = self.room
+        if room is not None and room.isconnected():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(room.disconnect(), 5)
+        source = self._source
+        if source is not None:
+            with contextlib.suppress(Exception):
+                await self._on_audio_loop(source.aclose)
+            self._source = None
+
+    async def _stop_audio(self) -> None:
+        """Audio loop: stop the pumps and close the streams."""
         tasks = [*self._tasks, *self._readers_by_track.values()]
         if self._mixer_task is not None:
             tasks.append(self._mixer_task)
-        for task in [*tasks, *self._readers]:
+        for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -762,17 +816,17 @@ class Session:
             with contextlib.suppress(Exception):
                 await stream.aclose()
         self._streams.clear()
-        if self._audio_open:
-            self._audio_open = False
-            await asyncio.to_thread(self._audio.close)
-        room = self.room
-        if room is not None and room.isconnected():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(room.disconnect(), 5)
-        if self._source is not None:
-            with contextlib.suppress(Exception):
-                await self._source.aclose()
-            self._source = None
+
+
+def _listener(method: Callable[..., None]) -> Callable[..., None]:
+    """``method`` as a room listener whose signature is worked out once:
+    LiveKit's emitter inspects each listener's signature on every event, which
+    costs a bound method about 10 us, a few percent of a core in a flood of
+    packets; a function carrying its ``__signature__`` costs 1 us."""
+    def listener(*args: Any) -> None:
+        method(*args)
+    listener.__signature__ = inspect.signature(method)  # type: ignore[attr-defined]
+    return listener
 
 
 def _prepare_without_microphone(audio: AudioBackend) -> int:

@@ -54,8 +54,10 @@ class Conversation:
     while the caller's code carries on. Every method is thread-safe.
 
     Threads: one asyncio loop thread per process, shared by every conversation
-    and started by the first, owns the LiveKit rooms; the audio backend's own
-    threads (PortAudio callbacks) move audio; one dispatcher thread per process
+    and started by the first, owns the LiveKit rooms; a second one runs every
+    conversation's audio pumps, so nothing the room does delays a frame; the
+    audio backend's own threads (PortAudio callbacks) move audio; one
+    dispatcher thread per process
     runs every receiver (the ``on_*`` callbacks and :mod:`speko_sync.signals`
     receivers), each conversation's in order. Receivers never run on the audio
     or network threads; one that blocks delays every conversation's events.
@@ -171,7 +173,8 @@ class Conversation:
         self._runner = shared.loop
         shared.open.add(self)  # ended at interpreter exit if still open
         self._session = Session(self._emit, self._audio, audio_constraints or AudioConstraints(),
-                                self._on_remote_end, microphone=microphone, on_link=self._on_link)
+                                self._on_remote_end, microphone=microphone, on_link=self._on_link,
+                                audio_loop=shared.audio.loop)
         self._emit("status_changed", Status.CONNECTING)
         try:
             self._conversation_id = self._runner.call(

@@ -37,16 +37,16 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str =
         time.sleep(0.01)
 
 
-def stall_loop(seconds: float, during: Callable[[], None] = lambda: None) -> None:
-    """Block the shared loop thread for ``seconds``; ``during`` runs on this
-    thread while it is blocked."""
+def stall_loop(seconds: float, during: Callable[[], None] = lambda: None, *, audio: bool = True) -> None:
+    """Block the shared audio loop (or, ``audio=False``, the room loop) for
+    ``seconds``; ``during`` runs on this thread while it is blocked."""
     blocked, release = threading.Event(), threading.Event()
 
     def block() -> None:
         blocked.set()
         release.wait(seconds)
 
-    runtime().loop.call_soon(block)
+    (runtime().audio if audio else runtime().loop).call_soon(block)
     assert blocked.wait(5)
     during()
     release.wait(seconds)  # the stall's length: the loop sleeps in block() meanwhile
@@ -56,7 +56,7 @@ def stall_loop(seconds: float, during: Callable[[], None] = lambda: None) -> Non
 def test_conversations_share_one_loop_thread_and_one_dispatcher(speko_server: LocalServer) -> None:
     runtime()
     before = library_threads()
-    assert before == ["speko-dispatch", "speko-loop"]
+    assert before == ["speko-audio", "speko-dispatch", "speko-loop"]
     agents = [speko_server.add_agent(f"shared-{i}", greeting=f"hello {i}") for i in range(4)]
     recorders = [Recorder() for _ in agents]
     with contextlib.ExitStack() as stack:
@@ -67,6 +67,8 @@ def test_conversations_share_one_loop_thread_and_one_dispatcher(speko_server: Lo
         assert library_threads() == before  # no thread per conversation
         rooms = {conv._session.room for conv in convs}
         assert len(rooms) == 4 and all(room is not None and room._loop is runtime().loop.loop for room in rooms)
+        streams = [stream for conv in convs for stream in conv._session._streams.values()]
+        assert streams and all(stream._loop is runtime().audio.loop for stream in streams)
     for rec in recorders:
         assert {thread for _, _, thread in rec.events} == {"speko-dispatch"}
         assert [kind for kind, _, _ in rec.events if kind == "disconnected"] == ["disconnected"]
@@ -383,5 +385,27 @@ def test_connect_timeout_during_a_held_join_leaves_nothing_behind(speko_server: 
             time.sleep(0.05)
     finally:
         speko_server.set_join_delay(0)
-    assert library_threads() == ["speko-dispatch", "speko-loop"]
+    assert library_threads() == ["speko-audio", "speko-dispatch", "speko-loop"]
     assert python_threads() == threads_before
+
+
+def test_a_stalled_room_loop_does_not_stall_audio(speko_server: LocalServer, speko_agent: ScriptedAgent) -> None:
+    """What a flood of packets or a burst of room events does to the room loop
+    leaves the audio alone: the agent's frames keep playing, the microphone
+    keeps being captured."""
+    audio = BufferAudio(tone(300, 30.0, 0.2))
+    with open_conversation(speko_server, speko_agent, audio=audio) as conv:
+        wait_until(lambda: len(conv._session._streams) == 1, what="the agent's track")
+        speko_agent.say_tone(440, 5.0, 0.3)
+        wait_until(lambda: conv.stats().frames_played > 50, what="agent audio")
+        during: dict[str, int] = {}
+
+        def measure() -> None:
+            before = conv.stats()
+            time.sleep(0.5)
+            after = conv.stats()
+            during["played"] = after.frames_played - before.frames_played
+            during["captured"] = after.frames_captured - before.frames_captured
+
+        stall_loop(0.6, measure, audio=False)
+    assert during["played"] >= 40 and during["captured"] >= 40, during  # 50 each in real time

@@ -1,0 +1,158 @@
+"""Does an inbound packet flood starve the agent's audio?
+
+The agent speaks without a pause while it sends ``--packets`` data packets back
+to back; the same session without the flood is the baseline. The conversation
+plays through real PortAudio on virtual PulseAudio devices (20 ms device
+buffers), so an underrun is a callback that found too little agent audio. The
+server runs in a child process; the conversation runs here.
+
+    python benchmarks/bench_flood.py [--packets 100000] [--seconds 20] [--kind ignored|message]
+
+``ignored``: packets of a type speko_sync does not know (counted, dropped);
+``message``: ``agent_message`` packets, each delivered as a message and
+reconciled into the transcript.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+PAYLOADS = {
+    "ignored": b'{"type":"flood"}',
+    "message": json.dumps({"type": "agent_message", "text": "flood"}).encode(),
+}
+
+
+def serve_child() -> None:
+    from speko_sync.testing import LocalServer
+
+    with LocalServer() as server:
+        agents = {}
+        print(server.url, flush=True)
+        for line in sys.stdin:
+            words = line.split()
+            if words[0] == "agent":
+                agents[words[1]] = server.add_agent(words[1], greeting=None)
+                print("ok", flush=True)
+            elif words[0] == "speak":
+                agents[words[1]].say_tone(440, float(words[2]), 0.3)
+                print("ok", flush=True)
+            elif words[0] == "flood":
+                started = time.monotonic()
+                agents[words[1]].flood(int(words[2]), PAYLOADS[words[3]])
+                print(f"{time.monotonic() - started:.3f}", flush=True)
+            elif words[0] == "token":
+                print(server.token(words[1], words[2]), flush=True)
+            elif words[0] == "quit":
+                return
+
+
+class Child:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve-child"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.url = self._read()
+
+    def _read(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
+
+    def ask(self, *words: object) -> str:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(" ".join(map(str, words)) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        self.ask("quit")
+        self.proc.wait(10)
+
+
+def session(child: Child, room: str, seconds: float, packets: int, kind: str) -> dict[str, float]:
+    from speko_sync import Conversation
+
+    child.ask("agent", room)
+    conv = Conversation(child.ask("token", "listener", room), child.url)
+    try:
+        child.ask("speak", room, seconds + 4)
+        deadline = time.monotonic() + 5
+        while conv.stats().frames_played < 100 and time.monotonic() < deadline:  # output stream started
+            time.sleep(0.05)
+        base = conv.stats()
+        import asyncio
+
+        from speko_sync._runtime import runtime
+
+        lags: dict[str, list[float]] = {"room": [], "audio": []}
+
+        async def heartbeat(into: list[float]) -> None:
+            loop = asyncio.get_running_loop()
+            while True:
+                t = loop.time()
+                await asyncio.sleep(0.005)
+                into.append(loop.time() - t - 0.005)
+        beats = [runtime().loop.submit(heartbeat(lags["room"])), runtime().audio.submit(heartbeat(lags["audio"]))]
+        started = time.monotonic()
+        sent_in = float(child.ask("flood", room, packets, kind)) if packets else 0.0
+        deadline = started + seconds
+        while time.monotonic() < deadline and conv.stats().packets_received - base.packets_received < packets:
+            time.sleep(0.05)
+        arrived_in = time.monotonic() - started
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        stats = conv.stats()
+        wall = time.monotonic() - started
+        for beat in beats:
+            beat.cancel()
+        import numpy as np
+        for name, lag in lags.items():
+            print(f"  {name} loop lag: p50 {np.percentile(lag, 50)*1000:.1f} ms, p99 {np.percentile(lag, 99)*1000:.1f} "
+                  f"ms, max {max(lag)*1000:.1f} ms, >20 ms: {sum(x > 0.02 for x in lag)}", flush=True)
+    finally:
+        conv.end_session()
+    return {
+        "underruns": stats.underruns - base.underruns,
+        "trims": stats.playback_dropped - base.playback_dropped,
+        "played_s": (stats.frames_played - base.frames_played) / 100,
+        "wall_s": wall,
+        "received": stats.packets_received - base.packets_received,
+        "server_sent_s": sent_in,
+        "arrived_s": arrived_in,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--serve-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--packets", type=int, default=100_000)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--kind", choices=sorted(PAYLOADS), default="ignored")
+    args = parser.parse_args()
+    if args.serve_child:
+        serve_child()
+        return 0
+    from speko_sync.testing import reexec_isolated
+    from speko_sync.testing._pulse import VirtualSoundDevices
+
+    reexec_isolated()
+    child = Child()
+    try:
+        with VirtualSoundDevices():
+            for name, packets in (("quiet", 0), ("flood", args.packets), ("quiet", 0)):
+                r = session(child, f"{name}-{time.monotonic_ns()}", args.seconds, packets, args.kind)
+                print(f"{name:5}: {r['underruns']:.0f} underruns, {r['trims']:.0f} trims, "
+                      f"{r['played_s']:.1f} s played in {r['wall_s']:.1f} s; "
+                      f"{r['received']:.0f} packets received"
+                      + (f" ({args.kind}; server sent them in {r['server_sent_s']:.1f} s, all arrived "
+                         f"{r['arrived_s']:.1f} s after the flood began)" if packets else ""), flush=True)
+        return 0
+    finally:
+        child.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

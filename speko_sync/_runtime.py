@@ -60,6 +60,25 @@ def runtime() -> Runtime:
         return current
 
 
+FORK_ADVICE = (
+    "speko_sync cannot hold a conversation in this process: it was forked from a parent that had "
+    "already used LiveKit, whose native threads do not survive fork(). Start conversations only in "
+    "processes whose parent has not: with Celery's prefork pool, run them in tasks, never in the "
+    "worker's main process or at import time; with gunicorn --preload, not at import time; or use "
+    "the 'spawn' or 'forkserver' start method of multiprocessing.")
+
+
+def check_not_forked_after_use() -> None:
+    """Raise ``RuntimeError`` (with :data:`FORK_ADVICE`) when LiveKit's native
+    runtime was started in a parent of this forked process; a process that
+    forked before using it is fine."""
+    from livekit.rtc._ffi_client import FfiClient
+
+    client = FfiClient._instance
+    if client is not None and getattr(client, "_pid", os.getpid()) != os.getpid():
+        raise RuntimeError(FORK_ADVICE)
+
+
 def _on_exit() -> None:
     """At interpreter exit, end the conversations left open: leave their rooms
     and close their devices while the loop and the thread pools still work.

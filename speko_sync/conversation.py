@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 from . import _protocol, signals
 from ._loop import LoopStopped
-from ._runtime import runtime
+from ._runtime import check_not_forked_after_use, runtime
 from ._session import Session
 from .audio import AudioBackend, AudioConstraints, PyAudioBackend
 from .errors import ErrorCode, SpekoClientError
@@ -102,6 +102,10 @@ class Conversation:
             (the process-wide threads stay for later conversations).
         TypeError, ValueError: for bad arguments (overrides over 15 KiB as a
             packet included), before anything starts.
+        RuntimeError: this process was forked from one that had already used
+            LiveKit (its native threads do not survive fork()); raised before
+            anything starts, with what to do instead (see the README's
+            Celery and gunicorn section).
     """
 
     def __init__(self, token: str, url: str, *, overrides: OverridesLike | None = None,
@@ -151,6 +155,7 @@ class Conversation:
         for name, fn in callbacks.items():
             if not callable(fn):
                 raise TypeError(f"{name} must be callable")
+        check_not_forked_after_use()
 
         self._lock = threading.RLock()
         self._status = Status.CONNECTING

@@ -409,3 +409,62 @@ def test_a_stalled_room_loop_does_not_stall_audio(speko_server: LocalServer, spe
 
         stall_loop(0.6, measure, audio=False)
     assert during["played"] >= 40 and during["captured"] >= 40, during  # 50 each in real time
+
+
+FORKS = """
+import os, sys, time
+from speko_sync import Conversation, NullAudio
+
+early, used, late, url = sys.argv[1:5]
+
+def fork(child):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            code = child()
+        except BaseException as exc:
+            print("child raised", repr(exc), flush=True)
+            code = 3
+        os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+def before_use():
+    Conversation(early, url, audio=NullAudio()).end_session()
+    return 0
+
+print("forked before use:", fork(before_use), flush=True)
+Conversation(used, url, audio=NullAudio()).end_session()  # this process now uses LiveKit
+
+class Watched(NullAudio):
+    prepared = False
+    def prepare(self):
+        Watched.prepared = True
+        return super().prepare()
+
+def after_use():
+    started = time.monotonic()
+    try:
+        Conversation(late, url, audio=Watched())
+    except RuntimeError as exc:
+        print("forked after use:", "fork()" in str(exc) and "Celery" in str(exc),
+              time.monotonic() - started < 0.5, Watched.prepared, flush=True)
+        return 0
+    return 2
+
+print("exit", fork(after_use), flush=True)
+"""
+
+
+def test_a_process_forked_after_use_is_refused_at_once_and_one_forked_before_works(
+        speko_server: LocalServer, speko_agent: ScriptedAgent) -> None:
+    import subprocess
+
+    room = speko_agent.room
+    proc = subprocess.run([sys.executable, "-c", FORKS, speko_server.token("early", room),
+                           speko_server.token("used", room), speko_server.token("late", room), speko_server.url],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # before use: a whole conversation; after use: a RuntimeError saying what to do, at
+    # once, before any device was opened
+    assert proc.stdout.splitlines() == ["forked before use: 0", "forked after use: True True False", "exit 0"], \
+        proc.stdout + proc.stderr[-2000:]

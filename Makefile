@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := portaudio19-dev pulseaudio pulseaudio-utils libasound2-plugins sox iproute2 util-linux espeak-ng iptables
+APT_PACKAGES := portaudio19-dev pulseaudio pulseaudio-utils libasound2-plugins sox iproute2 util-linux espeak-ng iptables redis-server
 # LiveKit Agents pins its own livekit release: the offline agent runs from an environment of its own
 AGENT_VENV ?= .venv-agent
 

@@ -16,6 +16,7 @@ TESTING = [
 ]
 API = ["httpx>=0.27,<1"]
 DEV = TESTING + API + [
+    "celery[redis]>=5.4,<6",  # examples/celery_worker.py and its test
     "pytest>=8",
     "mypy>=1.10",
     "ruff>=0.6",

@@ -736,6 +736,7 @@ class Session:
     async def send_chat(self, text: str) -> None:
         """A typed user turn as LiveKit Agents reads one: an ``lk.chat`` text stream."""
         room = self._require_link()
+        started = time.time()  # the user's turn began when it was sent, before the agent could answer it
         try:
             await room.local_participant.send_text(text, topic=TOPIC_CHAT)
         except _SEND_FAILURES as exc:
@@ -743,7 +744,7 @@ class Session:
         self.packets_sent += 1
         # LiveKit Agents does not transcribe typed turns back: they join the
         # transcript here, as the user's
-        self._deliver(Message(source=MessageSource.USER, text=text, is_final=True, started_at=time.time()))
+        self._deliver(Message(source=MessageSource.USER, text=text, is_final=True, started_at=started))
 
     async def set_muted(self, muted: bool) -> None:
         self.muted = muted

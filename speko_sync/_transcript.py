@@ -147,7 +147,9 @@ class SegmentUpdates:
     stream and a legacy ``Transcription`` packet, each with segment ids of its
     own. An update on one path joins the segment the other path has open for the
     same source and track when their texts agree (one is the start of the
-    other); that segment's id is the one delivered. :meth:`accept` then lets
+    other) and the path has not joined that segment already (a path's next id
+    is always a new segment, however its text begins); that segment's id is
+    the one delivered. :meth:`accept` then lets
     each update through once, drops stale ones (a shorter partial after a longer
     one, a partial after the final) and gives every update of a segment the time
     the segment was first received. A final segment is forgotten once the other
@@ -167,8 +169,10 @@ class SegmentUpdates:
         if known is not None:
             return known
         canonical = segment_id
+        # segments this path already delivered its share of: its next id is a new segment
+        taken = {delivered for (alias_path, _), delivered in self._alias.items() if alias_path == path}
         for (other_source, other_track, other_path), other_id in self._open.items():
-            if (other_source, other_track) != (source, track) or other_path == path:
+            if (other_source, other_track) != (source, track) or other_path == path or other_id in taken:
                 continue
             seen = self._seen.get((source, other_id))
             if seen is not None and (seen.latest.startswith(text) or text.startswith(seen.latest)):

@@ -4,6 +4,7 @@ is what every other test uses)."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import signal
 import subprocess
@@ -73,6 +74,7 @@ def test_serve_command_reports_a_busy_port() -> None:
 
 INNER_TEST = """
 import asyncio
+import importlib.util
 from livekit import rtc
 
 def test_inner(speko_server, speko_agent):
@@ -200,6 +202,34 @@ def test_examples_run(tmp_path: object, script: str, expected: str) -> None:
                           cwd=str(tmp_path), env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert expected in proc.stdout, proc.stdout
+
+
+@pytest.mark.webrtc
+def test_celery_example_runs_conversations_as_tasks_on_a_prefork_worker(tmp_path: object) -> None:
+    """A real Celery worker (prefork pool, Redis broker from Debian's
+    redis-server) runs three conversations as tasks and returns their
+    transcripts, each typed turn answered by the agent, in order."""
+    import shutil
+    from pathlib import Path
+
+    from speko_sync.testing.pytest_plugin import require_webrtc
+
+    require_webrtc()
+    missing = [what for what, present in (("redis-server", shutil.which("redis-server")),
+                                          ("celery", importlib.util.find_spec("celery"))) if not present]
+    if missing:
+        if os.environ.get("SPEKO_SYNC_REQUIRE_WEBRTC") == "1":
+            pytest.fail(f"missing for the Celery example: {missing} (make setup installs them)")
+        pytest.skip(f"missing for the Celery example: {missing}")
+    example = Path(__file__).parent.parent / "examples" / "celery_worker.py"
+    proc = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=300,
+                          cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("celery-")]
+    for i in range(3):
+        assert [line for line in lines if line.startswith(f"celery-{i} ")] == [
+            f"celery-{i} user: hello", f"celery-{i} agent: You said: hello.",
+            f"celery-{i} user: room {i}", f"celery-{i} agent: You said: room {i}."], proc.stdout
 
 
 def test_pytest_plugin_loads_nothing_heavy() -> None:

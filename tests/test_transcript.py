@@ -136,3 +136,23 @@ def test_other_tracks_are_never_joined() -> None:
     assert updates.accept(U, "a", "yes", True, 1.0, track="TR_1", path="stream") is not None
     other = updates.accept(U, "b", "yes", True, 1.0, track="TR_2", path="legacy")
     assert other is not None and other.segment_id == "b"
+
+
+def test_a_new_segment_that_starts_like_the_last_one_is_not_joined_to_it() -> None:
+    """"You said: hello." then "You said: room 0.": the second answer's first
+    word is a prefix of the first answer, but a path that already delivered its
+    share of a segment starts a new one with its next id."""
+    from speko_sync._transcript import SegmentUpdates
+
+    updates = SegmentUpdates()
+    arrivals = [("legacy", "L1", "You", False, 1.0), ("stream", "S1", "You", False, 1.0),
+                ("stream", "S1", "You said: hello.", True, 1.5), ("legacy", "L1", "You said: hello.", True, 1.5),
+                ("stream", "S2", "You", False, 3.0), ("legacy", "L2", "You", False, 3.0),
+                ("legacy", "L2", "You said: room 0.", True, 3.5), ("stream", "S2", "You said: room 0.", True, 3.5)]
+    got = []
+    for path, seg, text, final, now in arrivals:
+        message = updates.accept(A, seg, text, final, now, track="TR_agent", path=path)
+        if message is not None:
+            got.append((message.segment_id, message.text, message.is_final, message.started_at))
+    assert got == [("L1", "You", False, 1.0), ("L1", "You said: hello.", True, 1.0),
+                   ("S2", "You", False, 3.0), ("S2", "You said: room 0.", True, 3.0)]

@@ -29,6 +29,7 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.sdp import candidate_from_sdp
@@ -273,6 +274,9 @@ class RemoteClient(Participant):
             log.warning("client %s: unannounced audio track ignored", self.identity)
             return
         req = self._pending_publish.pop(cid)
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.receiver.track is track:
+                _forward_as_received(transceiver.receiver)
         sid = self._published_sids[cid]
         published = PublishedTrack(self, Fanout(sid, track.recv), name=req.name or "microphone",
                                    cid=cid, source=req.source)
@@ -589,3 +593,30 @@ def _set_remote_credentials(ice: Any, ufrag: str, pwd: str) -> None:
         return
     connection.remote_username = ufrag
     connection.remote_password = pwd
+
+
+class _ForwardingBuffer:
+    """What an SFU does with a publisher's audio packets: each one goes on as it
+    arrives, so a lost packet is a gap of one frame. aiortc's receive jitter
+    buffer waits for a missing packet until 16 more have come and then drops
+    frames around it, turning 5 % loss into about 20 % of the audio gone. A
+    packet older than one already passed on (reordered, duplicated) is dropped.
+    """
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+
+    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
+        sequence = packet.sequence_number
+        last = self._last
+        if last is not None and (sequence == last or (sequence - last) % 65536 >= 32768):
+            return False, None
+        self._last = sequence
+        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)
+
+
+def _forward_as_received(receiver: Any) -> None:
+    """Give an audio receiver the forwarding buffer (aiortc offers no option)."""
+    name = "_RTCRtpReceiver__jitter_buffer"
+    if isinstance(getattr(receiver, name, None), JitterBuffer):
+        setattr(receiver, name, _ForwardingBuffer())

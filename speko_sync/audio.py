@@ -43,7 +43,7 @@ FRAME_MS = 10
 class AudioConstraints:
     """Microphone processing (LiveKit's WebRTC audio processing on 10 ms frames),
     each on by default. Echo cancellation uses the played audio as reference, so
-    it works on open speakers."""
+    it works on open speakers. Raises nothing."""
 
     echo_cancellation: bool = True
     noise_suppression: bool = True
@@ -170,31 +170,42 @@ class AudioBackend:
         return self.rate
 
     def open(self, io: AudioIO) -> None:
+        """Start moving audio between the devices and ``io``'s rings (called on
+        a worker thread). Raises whatever the device raises; the conversation
+        reports it as MICROPHONE_FAILED."""
         self.io = io
 
     def tick(self, samples: int) -> None:
         """Loop-clocked backends: move ``samples`` of microphone audio into the
-        capture ring and take as many from the playback ring."""
+        capture ring and take as many from the playback ring. Called on the
+        audio loop thread; must not block. Raises nothing (an exception is
+        logged and the audio path started again)."""
 
     def microphone_failure(self) -> str | None:
         """Why the open microphone stopped working, or ``None`` while it works.
-        Called about twice a second on the loop thread; must not block."""
+        Called about twice a second on the audio loop thread; must not block.
+        Raises nothing."""
         return None
 
     def close(self) -> None:
-        """Release devices. Idempotent."""
+        """Release devices. Idempotent; called on a worker thread. Raises
+        nothing."""
 
 
 class NullAudio(AudioBackend):
-    """No sound devices: a silent microphone, the agent's audio discarded."""
+    """No sound devices: a silent microphone, the agent's audio discarded.
+    Loop-clocked; its methods raise nothing."""
 
     def open(self, io: AudioIO) -> None:
+        """Size the silent buffers for ``io``. Raises nothing."""
         super().open(io)
         self._silence = np.zeros(io.rate // 100, dtype=np.int16)
         self._out = np.zeros(io.rate // 100, dtype=np.int16)
         self._scratch = np.zeros(io.rate // 100, dtype=np.float32)
 
     def tick(self, samples: int) -> None:
+        """Capture ``samples`` of silence and discard as many of the agent's.
+        Raises nothing."""
         self.io.capture_samples(self._silence[:samples])
         self.io.render(self._out[:samples], self._scratch[:samples])
 
@@ -251,6 +262,11 @@ class BufferAudio(AudioBackend):
     Thread-safe: :meth:`feed`, :meth:`played` and the waits may be called from
     any thread while the conversation runs; :meth:`played` copies outside the
     lock the conversation's loop takes every 10 ms.
+
+    Raises:
+        ValueError: ``keep_seconds`` is not positive, or ``microphone`` is not
+            mono int16/float audio or a 16-bit WAV file (as :meth:`feed`).
+        OSError: the WAV file cannot be read.
     """
 
     rate = SAMPLE_RATE
@@ -270,41 +286,53 @@ class BufferAudio(AudioBackend):
             self.feed(microphone, sample_rate)
 
     def feed(self, microphone: np.ndarray | str | Path, sample_rate: int = SAMPLE_RATE) -> None:
-        """Queue more microphone audio after what is queued. Raises ``ValueError``
-        for audio that is not mono int16/float or a 16-bit WAV file."""
+        """Queue more microphone audio after what is queued; any thread.
+
+        Raises:
+            ValueError: the audio is not mono int16/float or a 16-bit WAV file.
+            OSError: the WAV file cannot be read.
+        """
         data = load_pcm16(microphone, sample_rate)
         with self._lock:
             self._pending.append(data)
 
     def pending_seconds(self) -> float:
-        """Microphone audio still to be captured, seconds."""
+        """Microphone audio still to be captured, seconds. Raises nothing."""
         with self._lock:
             return (sum(len(p) for p in self._pending) - self._offset) / SAMPLE_RATE
 
     def wait_until_fed(self, timeout: float | None = None) -> bool:
-        """Block until all queued microphone audio has been captured; false on timeout."""
+        """Block until all queued microphone audio has been captured; false on
+        timeout (seconds). Raises nothing."""
         with self._lock:
             return self._lock.wait_for(lambda: not self._pending, timeout)
 
     def played(self) -> np.ndarray:
         """What was played (the agent's audio at the set volume, silence
-        included), the newest ``keep_seconds`` of it, mono int16 at 48 kHz."""
+        included), the newest ``keep_seconds`` of it, mono int16 at 48 kHz; a
+        copy. Raises nothing."""
         with self._lock:
             chunks = list(self._played)  # references only: the copy happens outside the lock
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
 
     def played_seconds(self) -> float:
-        """Seconds played since the start, kept or not."""
+        """Seconds played since the start, kept or not. Raises nothing."""
         with self._lock:
             return self._played_samples / SAMPLE_RATE
 
     def wait_for_played(self, seconds: float, timeout: float | None = None) -> bool:
-        """Block until at least ``seconds`` of audio has been played; false on timeout."""
+        """Block until at least ``seconds`` of audio has been played; false on
+        timeout (seconds). Raises nothing."""
         with self._lock:
             return self._lock.wait_for(lambda: self._played_samples >= seconds * SAMPLE_RATE, timeout)
 
     def save_wav(self, path: str | Path) -> None:
-        """Write what was played so far to a 16-bit mono WAV file at 48 kHz."""
+        """Write what was played so far (:meth:`played`) to a 16-bit mono WAV
+        file at 48 kHz.
+
+        Raises:
+            OSError: the file cannot be written.
+        """
         with wave.open(str(path), "wb") as f:
             f.setnchannels(1)
             f.setsampwidth(2)
@@ -312,11 +340,14 @@ class BufferAudio(AudioBackend):
             f.writeframes(self.played().tobytes())
 
     def open(self, io: AudioIO) -> None:
+        """Size the buffers for ``io``. Raises nothing."""
         super().open(io)
         self._mic = np.zeros(io.rate // 100, dtype=np.int16)
         self._scratch = np.zeros(io.rate // 100, dtype=np.float32)
 
     def tick(self, samples: int) -> None:
+        """Capture the next ``samples`` of the queued microphone audio (silence
+        when none is left) and keep as many of the agent's. Raises nothing."""
         mic = self._mic[:samples]
         mic[:] = 0
         with self._lock:
@@ -393,7 +424,12 @@ def _portaudio() -> Any:
 def list_audio_devices() -> list[AudioDevice]:
     """Every PortAudio device, with which are the defaults (needs PyAudio).
     Prints nothing: the native libraries' probing noise is suppressed (logged
-    at debug level on ``speko_sync.audio``)."""
+    at debug level on ``speko_sync.audio``).
+
+    Raises:
+        ImportError: PyAudio is not installed.
+        OSError: PortAudio cannot be initialised.
+    """
     pa = _portaudio()
     try:
         return _devices(pa)
@@ -438,12 +474,21 @@ class PyAudioBackend(AudioBackend):
             ``None`` for the defaults. Unknown ones raise with the list of devices.
         frames_per_buffer: PortAudio buffer size in samples (default: 20 ms);
             the conversation reframes to 10 ms whatever this is.
+
+    Raises:
+        TypeError, ValueError: ``frames_per_buffer`` is not a positive int.
+            Devices are looked up only by :meth:`prepare`.
     """
 
     clocked_by_loop = False
 
     def __init__(self, input_device: int | str | None = None, output_device: int | str | None = None, *,
                  frames_per_buffer: int | None = None) -> None:
+        if frames_per_buffer is not None:
+            if isinstance(frames_per_buffer, bool) or not isinstance(frames_per_buffer, int):
+                raise TypeError(f"frames_per_buffer must be an int or None, got {type(frames_per_buffer).__name__}")
+            if frames_per_buffer <= 0:
+                raise ValueError(f"frames_per_buffer must be positive, got {frames_per_buffer}")
         self.input_device = input_device
         self.output_device = output_device
         self.frames_per_buffer = frames_per_buffer
@@ -452,7 +497,13 @@ class PyAudioBackend(AudioBackend):
         self.rate = SAMPLE_RATE
 
     def probe(self) -> tuple[AudioDevice, AudioDevice, int]:
-        """Resolve the microphone, the speaker and the rate to use; raises ``DeviceError``."""
+        """Resolve the microphone, the speaker and the rate to use.
+
+        Raises:
+            DeviceError: a device is unknown, or there is no default one (the
+                message lists the devices).
+            TypeError: a device was given as neither an index nor a name.
+        """
         mic, speaker, rate = self._resolve(microphone=True)
         assert mic is not None
         return mic, speaker, rate
@@ -490,7 +541,12 @@ class PyAudioBackend(AudioBackend):
     def prepare(self, *, microphone: bool = True) -> int:
         """Resolve the devices; the rate is 48 kHz when both take it, else the
         microphone's default rate (the conversation resamples). With
-        ``microphone`` false only the speaker is resolved."""
+        ``microphone`` false only the speaker is resolved.
+
+        Raises:
+            DeviceError, TypeError: as :meth:`probe` (PortAudio is released
+                first).
+        """
         try:
             self.rate = self._resolve(microphone=microphone)[2]
         except BaseException:
@@ -499,6 +555,14 @@ class PyAudioBackend(AudioBackend):
         return self.rate
 
     def open(self, io: AudioIO) -> None:
+        """Open and start the output stream and (unless text-only) the input
+        stream, in callback mode.
+
+        Raises:
+            DeviceError, TypeError: as :meth:`probe`.
+            OSError: PortAudio cannot open a stream. Whatever was opened is
+                closed first.
+        """
         import pyaudio
 
         super().open(io)
@@ -534,6 +598,8 @@ class PyAudioBackend(AudioBackend):
             raise
 
     def microphone_failure(self) -> str | None:
+        """Why the microphone stream stopped (the device or the sound server
+        went away), or ``None``. Raises nothing."""
         inputs = self._streams[1:]  # [output, input] while open
         if inputs and not inputs[0].is_active():
             return "the microphone stream stopped (the device or the sound server went away)"
@@ -558,6 +624,8 @@ class PyAudioBackend(AudioBackend):
         return out.tobytes(), self._continue
 
     def close(self) -> None:
+        """Stop and close the streams and release PortAudio. Idempotent.
+        Raises nothing."""
         streams, self._streams = self._streams, []
         for stream in streams:
             try:

@@ -12,7 +12,9 @@ __all__ = ["AgentOverrides", "Overrides", "OverridesLike", "TtsOverrides"]
 @dataclass(frozen=True)
 class AgentOverrides:
     """``prompt``: system prompt; ``first_message``: what the agent greets with;
-    ``language``: a BCP 47 tag such as ``"en-US"``."""
+    ``language``: a BCP 47 tag such as ``"en-US"``. Raises nothing when made;
+    ``Conversation(overrides=...)`` raises ``TypeError`` for a value of the
+    wrong type."""
 
     prompt: str | None = None
     first_message: str | None = None
@@ -21,7 +23,9 @@ class AgentOverrides:
 
 @dataclass(frozen=True)
 class TtsOverrides:
-    """``voice_id``: the voice; ``speed``: speaking rate (1.0 is normal)."""
+    """``voice_id``: the voice; ``speed``: speaking rate (1.0 is normal). Raises
+    nothing when made; ``Conversation(overrides=...)`` raises ``TypeError`` for
+    a value of the wrong type."""
 
     voice_id: str | None = None
     speed: float | None = None
@@ -29,6 +33,10 @@ class TtsOverrides:
 
 @dataclass(frozen=True)
 class Overrides:
+    """Per-session overrides for the agent and its voice, sent to the agent first
+    thing after joining (``Conversation(overrides=...)``; a mapping with the
+    wire's camelCase keys works too). Raises nothing when made."""
+
     agent: AgentOverrides = field(default_factory=AgentOverrides)
     tts: TtsOverrides = field(default_factory=TtsOverrides)
 

@@ -36,6 +36,7 @@ class SessionCredentials:
 
     ``token`` and ``url``: the LiveKit access token and URL. ``expires_at``: an
     aware ``datetime`` or ``None``. ``raw``: the response as given (a mapping).
+    Raises nothing when made (:func:`session_credentials` checks a response).
     """
 
     token: str

@@ -341,3 +341,13 @@ def test_a_volume_set_while_the_devices_open_reaches_the_io() -> None:
     assert session.io is io and io.volume == 0.3
     session.set_volume(0.5)
     assert io.volume == 0.5 and session.volume == 0.5
+
+
+def test_pyaudio_backend_refuses_a_bad_buffer_size_before_touching_devices() -> None:
+    from speko_sync import PyAudioBackend
+
+    with pytest.raises(ValueError, match="frames_per_buffer"):
+        PyAudioBackend(frames_per_buffer=0)
+    with pytest.raises(TypeError, match="frames_per_buffer"):
+        PyAudioBackend(frames_per_buffer=9.5)  # type: ignore[arg-type]
+    assert PyAudioBackend(frames_per_buffer=480).frames_per_buffer == 480

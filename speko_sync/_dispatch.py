@@ -24,6 +24,25 @@ _STOP = object()
 _CLOSE = object()
 
 
+class _Latest:
+    """A state snapshot (the transcript) posted with :meth:`Channel.post_latest`:
+    its value is made once, when first delivered or polled; a newer snapshot of
+    the same kind supersedes it."""
+
+    __slots__ = ("_make", "_value", "kind", "seq")
+
+    def __init__(self, kind: str, seq: int, make: Callable[[], Any]) -> None:
+        self.kind, self.seq, self._make = kind, seq, make
+        self._value: Any = _Latest
+
+    def value(self) -> Any:
+        """The snapshot, made on first use (on the dispatcher thread, or the
+        polling one: making it twice is harmless, it is a pure function)."""
+        if self._value is _Latest:
+            self._value = self._make()
+        return self._value
+
+
 class Dispatcher:
     """Delivers events to the blinker signals on its own thread, in the order
     they were posted (so each channel's order is kept).
@@ -75,10 +94,12 @@ class Channel:
     def __init__(self, dispatcher: Dispatcher, owner: Any, poll_capacity: int) -> None:
         self._dispatcher = dispatcher
         self._owner = owner
-        self._poll: collections.deque[Event] = collections.deque()
+        self._poll: collections.deque[Event | _Latest] = collections.deque()
         self._poll_capacity = poll_capacity
         self._poll_lock = threading.Lock()
         self._dropped = 0
+        self._latest: dict[str, int] = {}  # kind -> the newest snapshot posted
+        self._poll_latest: dict[str, _Latest] = {}  # kind -> its newest snapshot in the poll buffer
         self._closed = threading.Event()
 
     @property
@@ -94,14 +115,39 @@ class Channel:
             self._poll.append(event)
         self._dispatcher._put(self, event)
 
+    def post_latest(self, kind: str, make: Callable[[], Any]) -> None:
+        """Post a state snapshot whose value ``make()`` builds when it is
+        delivered (or polled). Snapshots come in order, like events; one that a
+        newer snapshot of the same kind follows before it is delivered is
+        skipped, so a flood costs one snapshot per delivery, not one per post."""
+        with self._poll_lock:
+            seq = self._latest[kind] = self._latest.get(kind, 0) + 1
+            slot = _Latest(kind, seq, make)
+            previous = self._poll_latest.get(kind)
+            if previous is not None:  # superseded: out of the poll buffer (it is near the end)
+                for i in range(1, min(len(self._poll), 8) + 1):
+                    if self._poll[-i] is previous:
+                        del self._poll[-i]
+                        break
+            self._poll_latest[kind] = slot
+            if len(self._poll) >= self._poll_capacity:
+                self._poll.popleft()
+                self._dropped += 1
+            self._poll.append(slot)
+        self._dispatcher._put(self, slot)
+
     def call(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the dispatcher thread after the events posted so far."""
         self._dispatcher._put(self, fn)
 
     def poll(self) -> EventBatch:
         with self._poll_lock:
-            events, self._poll = tuple(self._poll), collections.deque()
+            items, self._poll = list(self._poll), collections.deque()
             dropped, self._dropped = self._dropped, 0
+            self._poll_latest = {}
+        newest = {item.kind: item.seq for item in items if isinstance(item, _Latest)}
+        events = tuple(Event(item.kind, item.value()) if isinstance(item, _Latest) else item for item in items
+                       if not isinstance(item, _Latest) or item.seq == newest[item.kind])
         return EventBatch(events, dropped)
 
     def close(self) -> None:
@@ -120,7 +166,13 @@ class Channel:
         if item is _CLOSE:
             self._closed.set()
             return
-        if callable(item):
+        if isinstance(item, _Latest):
+            if item.seq != self._latest.get(item.kind):
+                return  # a newer snapshot is on its way
+            if not any(True for _ in getattr(signals, item.kind).receivers_for(self._owner)):
+                return  # nobody listens: the snapshot is not even made
+            item = Event(item.kind, item.value())
+        elif callable(item):
             try:
                 item()
             except BaseException:

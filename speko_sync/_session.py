@@ -139,8 +139,11 @@ class Session:
     def __init__(self, emit: Emit, audio: AudioBackend, constraints: AudioConstraints,
                  on_remote_end: Callable[[DisconnectionDetails], None], *, microphone: bool = True,
                  on_link: Callable[[Reconnection | None], None] = lambda _: None,
-                 audio_loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 audio_loop: asyncio.AbstractEventLoop | None = None,
+                 emit_latest: Callable[[str, Callable[[], Any]], None] | None = None) -> None:
         self._emit = emit
+        # snapshots (the transcript) built when delivered, the newest only
+        self._emit_latest = emit_latest or (lambda kind, make: emit(kind, make()))
         self._audio_loop = audio_loop  # None: the room's loop runs the audio too
         self._on_link = on_link  # None: the link is lost; a Reconnection: it is back
         self._audio = audio
@@ -581,7 +584,8 @@ class Session:
     def _deliver(self, message: Message) -> None:
         self.transcript = reconcile(self.transcript, message)
         self._emit("message", message)
-        self._emit("transcript", self.transcript.messages)
+        transcript = self.transcript
+        self._emit_latest("transcript", lambda: transcript.messages)
 
     def _transcribed(self, source: MessageSource, segment_id: str, text: str, is_final: bool, *,
                      track: str, path: str) -> None:

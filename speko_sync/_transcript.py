@@ -32,6 +32,8 @@ predecessor.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
+from itertools import chain, pairwise
 
 from .events import Message, MessageSource
 
@@ -65,7 +67,9 @@ class _Turn:
             segments[index] = segment
         return replace(self, segments=tuple(segments))
 
+    @cached_property
     def message(self) -> Message:
+        """The turn as one message (worked out once: turns never change)."""
         text = ""
         for segment in self.segments:
             piece = segment.text.strip()
@@ -76,27 +80,79 @@ class _Turn:
                        segment_id=self.segments[0].id, started_at=self.started_at)
 
 
+#: Reconciling touches the newest turns only: past ``_TAIL`` of them, the oldest
+#: ``_CHUNK`` are frozen, so a long transcript costs each update what a short
+#: one does (a rule that must look further back takes the slow, whole path).
+_TAIL = 128
+_CHUNK = 64
+
+
+class _Head:
+    """Frozen old turns, shared by every transcript made from one another
+    until the next chunk is frozen. Their messages are the previous head's
+    plus the new chunks', so freezing a chunk costs a copy, not a rebuild."""
+
+    __slots__ = ("__dict__", "chunks", "key", "messages")
+
+    def __init__(self, chunks: tuple[tuple[_Turn, ...], ...] = (), key: float = float("-inf"),
+                 messages: tuple[Message, ...] = ()) -> None:
+        self.chunks = chunks
+        self.key = key  # the ordering key after the last of these turns
+        self.messages = messages
+
+    @cached_property
+    def turns(self) -> tuple[_Turn, ...]:
+        return tuple(chain.from_iterable(self.chunks))
+
+
+_NO_HEAD = _Head()
+
+
 @dataclass(frozen=True)
 class Transcript:
-    """An immutable transcript: its turns, and :attr:`messages`, one per turn."""
+    """An immutable transcript: its turns, and :attr:`messages`, one per turn.
 
-    turns: tuple[_Turn, ...] = ()
+    Held as frozen old turns (``head``), shared with the transcripts it was
+    made from, and the newest turns (``tail``), which is all an update usually
+    needs; :attr:`turns` and :attr:`messages` are worked out when asked for,
+    the head's once for all the transcripts that share it."""
 
-    @property
+    head: _Head = _NO_HEAD
+    tail: tuple[_Turn, ...] = ()
+
+    @cached_property
+    def turns(self) -> tuple[_Turn, ...]:
+        return self.head.turns + self.tail
+
+    @cached_property
     def messages(self) -> tuple[Message, ...]:
-        return tuple(turn.message() for turn in self.turns)
+        return self.head.messages + tuple(turn.message for turn in self.tail)
 
 
 def reconcile(transcript: Transcript, incoming: Message) -> Transcript:
     """Return ``transcript`` with ``incoming`` folded in (see the module rules)."""
-    turns = list(transcript.turns)
+    head = transcript.head
+    if head.chunks:
+        turns = _apply(list(transcript.tail), incoming, head.key, complete=False)
+        if turns is not None:
+            return _chunked(head, turns)
+    turns = _apply(list(transcript.turns), incoming, float("-inf"), complete=True)
+    assert turns is not None
+    return _chunked(_NO_HEAD, turns)
+
+
+def _apply(turns: list[_Turn], incoming: Message, start_key: float, *,
+           complete: bool) -> tuple[_Turn, ...] | None:
+    """The rules on ``turns`` (the whole transcript when ``complete``, else its
+    newest turns, after turns whose ordering key ends at ``start_key``); the
+    new turns in order, or ``None`` when an answer needs older turns."""
     segment = _Segment(incoming.segment_id, incoming.text, incoming.is_final)
     if incoming.segment_id is None:
         if turns and turns[-1].source == incoming.source and not turns[-1].is_final:
             turns[-1] = _Turn(incoming.source, (segment,), turns[-1].started_at or incoming.started_at)
         else:
             turns.append(_Turn(incoming.source, (segment,), incoming.started_at))
-        return Transcript(_ordered(turns))
+        return _ordered(turns, start_key, complete)
     # 1. re-delivery inside the source's open run
     for i in range(len(turns) - 1, -1, -1):
         turn = turns[i]
@@ -105,31 +161,57 @@ def reconcile(transcript: Transcript, incoming: Message) -> Transcript:
         for j, known in enumerate(turn.segments):
             if known.id == incoming.segment_id:
                 turns[i] = turn.with_segment(j, segment)
-                return Transcript(_ordered(turns))
+                return _ordered(turns, start_key, complete)
+    else:
+        if not complete:
+            return None  # the open run may go on in older turns
     # 2. a final under a fresh id supersedes the latest open segment of the source
     if incoming.is_final:
         latest = next((i for i in range(len(turns) - 1, -1, -1) if turns[i].source == incoming.source), None)
+        if latest is None and not complete:
+            return None
         if latest is not None and not turns[latest].is_final:
             turn = turns[latest]
             turns[latest] = turn.with_segment(len(turn.segments) - 1, segment)
-            return Transcript(_ordered(turns))
+            return _ordered(turns, start_key, complete)
     # 3. a new segment: the speaker's current turn goes on, or a new turn opens
     if turns and turns[-1].source == incoming.source:
         turns[-1] = turns[-1].with_segment(len(turns[-1].segments), segment)
     else:
         turns.append(_Turn(incoming.source, (segment,), incoming.started_at))
-    return Transcript(_ordered(turns))
+    return _ordered(turns, start_key, complete)
 
 
-def _ordered(turns: list[_Turn]) -> tuple[_Turn, ...]:
-    """Stable order by ``started_at``; a turn without one sorts with its predecessor."""
+def _ordered(turns: list[_Turn], start_key: float, complete: bool) -> tuple[_Turn, ...] | None:
+    """Stable order by ``started_at``; a turn without one sorts with its
+    predecessor. ``None`` when a turn would sort before ``start_key`` (among
+    older turns than these)."""
     keys: list[float] = []
-    previous = float("-inf")
+    previous = start_key
     for turn in turns:
         previous = turn.started_at if turn.started_at is not None else previous
         keys.append(previous)
+    if not complete and keys and min(keys) < start_key:
+        return None
+    if all(a <= b for a, b in pairwise(keys)):
+        return tuple(turns)
     order = sorted(range(len(turns)), key=lambda i: keys[i])
     return tuple(turns[i] for i in order)
+
+
+def _chunked(head: _Head, turns: tuple[_Turn, ...]) -> Transcript:
+    """A transcript of ``head`` then ``turns``, freezing the oldest of ``turns``
+    into chunks while more than ``_TAIL`` are left."""
+    if len(turns) > _TAIL:
+        chunks, key, messages = head.chunks, head.key, head.messages
+        while len(turns) > _TAIL:
+            chunk, turns = turns[:_CHUNK], turns[_CHUNK:]
+            for turn in chunk:
+                key = turn.started_at if turn.started_at is not None else key
+            chunks = (*chunks, chunk)
+            messages += tuple(turn.message for turn in chunk)
+        head = _Head(chunks, key, messages)
+    return Transcript(head, turns)
 
 
 @dataclass

@@ -179,7 +179,7 @@ class Conversation:
         shared.open.add(self)  # ended at interpreter exit if still open
         self._session = Session(self._emit, self._audio, audio_constraints or AudioConstraints(),
                                 self._on_remote_end, microphone=microphone, on_link=self._on_link,
-                                audio_loop=shared.audio.loop)
+                                audio_loop=shared.audio.loop, emit_latest=self._dispatcher.post_latest)
         self._emit("status_changed", Status.CONNECTING)
         try:
             self._conversation_id = self._runner.call(

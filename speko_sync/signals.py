@@ -43,7 +43,8 @@ connected = namespace.signal("connected", doc="The session is joined and the mic
 disconnected = namespace.signal("disconnected", doc="The session ended; sent once.")
 reconnected = namespace.signal("reconnected", doc="A lost link recovered (status back to connected).")
 message = namespace.signal("message", doc="A transcript update, agent message or user message echo.")
-transcript = namespace.signal("transcript", doc="The whole reconciled transcript, after every message.")
+transcript = namespace.signal("transcript", doc="The whole reconciled transcript after a message; when messages "
+                              "come faster than receivers run, only the newest is delivered.")
 agent_state_changed = namespace.signal("agent_state_changed", doc="The agent's own state changed.")
 control = namespace.signal("control", doc="A control event from the Speko server.")
 status_changed = namespace.signal("status_changed", doc="The status changed.")

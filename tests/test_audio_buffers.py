@@ -212,6 +212,49 @@ def test_poll_buffer_is_bounded_and_counts_drops() -> None:
     dispatcher.stop(5)
 
 
+def test_snapshots_behind_a_busy_receiver_collapse_to_the_newest() -> None:
+    """While a receiver holds the dispatcher, 1000 transcripts are posted
+    between messages: every message is delivered, in order, but only the newest
+    transcript after the hold, and only the delivered ones are ever built."""
+    owner = object()
+    release = threading.Event()
+    got: list[tuple[str, object]] = []
+    built: list[int] = []
+
+    def on_message(sender: object, message: int) -> None:
+        if message == 0:
+            release.wait(5)
+        got.append(("message", message))
+
+    def on_transcript(sender: object, transcript: object) -> None:
+        got.append(("transcript", transcript))
+
+    signals.message.connect(on_message, sender=owner)
+    signals.transcript.connect(on_transcript, sender=owner)
+    dispatcher = Dispatcher()
+    channel = dispatcher.channel(owner)
+
+    def snapshot(i: int) -> int:
+        built.append(i)
+        return i
+
+    for i in range(1000):
+        channel.post("message", i)
+        channel.post_latest("transcript", lambda i=i: snapshot(i))
+    release.set()
+    channel.close()
+    assert channel.wait_closed(10)
+    assert [v for k, v in got if k == "message"] == list(range(1000))
+    assert [v for k, v in got if k == "transcript"] == [999] and got[-1] == ("transcript", 999)
+    assert built == [999]
+    batch = channel.poll()  # the poll buffer keeps the newest snapshot too
+    assert [e.value for e in batch if e.kind == "transcript"] == [999]
+    assert [e.value for e in batch if e.kind == "message"] == list(range(1000 - 999, 1000))
+    dispatcher.stop(5)
+    signals.message.disconnect(on_message, sender=owner)
+    signals.transcript.disconnect(on_transcript, sender=owner)
+
+
 def test_slow_receiver_does_not_block_posting() -> None:
     owner = object()
     release = threading.Event()

@@ -156,3 +156,38 @@ def test_a_new_segment_that_starts_like_the_last_one_is_not_joined_to_it() -> No
             got.append((message.segment_id, message.text, message.is_final, message.started_at))
     assert got == [("L1", "You", False, 1.0), ("L1", "You said: hello.", True, 1.0),
                    ("S2", "You", False, 3.0), ("S2", "You said: room 0.", True, 3.0)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_long_transcript_reconciles_as_if_it_were_short(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Updates touch only the newest turns of a long transcript, the older ones
+    frozen in chunks; the result is the same as reconciling the whole list (the
+    reference: a tail too long ever to freeze), through random traffic with
+    recurring segment ids, partials, finals, out-of-order starts and long runs
+    of one speaker."""
+    import random
+
+    import speko_sync._transcript as tr
+
+    rng = random.Random(seed)
+    incoming = []
+    clock = 0.0
+    for i in range(1500):
+        source = rng.choice([U, A]) if rng.random() < 0.3 else (incoming[-1].source if incoming else U)
+        clock += rng.random()
+        at = None if rng.random() < 0.1 else clock - (rng.random() * 30 if rng.random() < 0.05 else 0)
+        seg = None if rng.random() < 0.2 else f"SG_{rng.randrange(40)}"
+        incoming.append(m(source, f"w{i}", rng.random() < 0.6, seg, at))
+    fast_states = []
+    fast = tr.Transcript()
+    for message in incoming:
+        fast = tr.reconcile(fast, message)
+        fast_states.append(fast)
+    assert fast.head.chunks  # it did freeze chunks
+    monkeypatch.setattr(tr, "_TAIL", 10**9)
+    slow = tr.Transcript()
+    for step, message in enumerate(incoming):
+        slow = tr.reconcile(slow, message)
+        if step % 25 == 0 or step == len(incoming) - 1:
+            assert fast_states[step].messages == slow.messages, step
+    assert not slow.head.chunks

@@ -10,7 +10,9 @@ server runs in a child process; the conversation runs here.
 
 ``ignored``: packets of a type speko_sync does not know (counted, dropped);
 ``message``: ``agent_message`` packets, each delivered as a message and
-reconciled into the transcript.
+reconciled into the transcript. Diagnostics: ``--gc freeze|off``,
+``--switch-interval S`` (the interpreter's), ``--server-nice N`` (the server
+child's priority). Prints each loop's lag and when the underruns came.
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ PAYLOADS = {
 
 
 def serve_child() -> None:
+    import os
+
     from speko_sync.testing import LocalServer
+
+    os.nice(int(os.environ.get("SPEKO_BENCH_SERVER_NICE", "0")))  # --server-nice
 
     with LocalServer() as server:
         agents = {}
@@ -52,9 +58,9 @@ def serve_child() -> None:
 
 
 class Child:
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen([sys.executable, __file__, "--serve-child"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, text=True, env=env)
         self.url = self._read()
 
     def _read(self) -> str:
@@ -99,11 +105,18 @@ def session(child: Child, room: str, seconds: float, packets: int, kind: str) ->
         started = time.monotonic()
         sent_in = float(child.ask("flood", room, packets, kind)) if packets else 0.0
         deadline = started + seconds
+        underrun_at: list[float] = []
         while time.monotonic() < deadline and conv.stats().packets_received - base.packets_received < packets:
             time.sleep(0.05)
+            now = conv.stats().underruns - base.underruns
+            if now > len(underrun_at):
+                underrun_at.extend([time.monotonic() - started] * (now - len(underrun_at)))
         arrived_in = time.monotonic() - started
         while time.monotonic() < deadline:
             time.sleep(0.05)
+            now = conv.stats().underruns - base.underruns
+            if now > len(underrun_at):
+                underrun_at.extend([time.monotonic() - started] * (now - len(underrun_at)))
         stats = conv.stats()
         wall = time.monotonic() - started
         for beat in beats:
@@ -122,6 +135,7 @@ def session(child: Child, room: str, seconds: float, packets: int, kind: str) ->
         "received": stats.packets_received - base.packets_received,
         "server_sent_s": sent_in,
         "arrived_s": arrived_in,
+        "underrun_at": underrun_at,
     }
 
 
@@ -131,6 +145,12 @@ def main() -> int:
     parser.add_argument("--packets", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--kind", choices=sorted(PAYLOADS), default="ignored")
+    parser.add_argument("--server-nice", type=int, default=0,
+                        help="run the server child at this nice value, to tell the machine's load from ours")
+    parser.add_argument("--switch-interval", type=float, default=None,
+                        help="sys.setswitchinterval for the client process (seconds; default: Python's 0.005)")
+    parser.add_argument("--gc", choices=["default", "freeze", "off"], default="default",
+                        help="the cyclic garbage collector during the sessions (freeze: gc.freeze() first)")
     args = parser.parse_args()
     if args.serve_child:
         serve_child()
@@ -139,7 +159,17 @@ def main() -> int:
     from speko_sync.testing._pulse import VirtualSoundDevices
 
     reexec_isolated()
-    child = Child()
+    import os
+
+    child = Child(dict(os.environ, SPEKO_BENCH_SERVER_NICE=str(args.server_nice)))
+    import gc
+
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
+    if args.gc == "freeze":
+        gc.freeze()
+    elif args.gc == "off":
+        gc.disable()
     try:
         with VirtualSoundDevices():
             for name, packets in (("quiet", 0), ("flood", args.packets), ("quiet", 0)):
@@ -148,7 +178,9 @@ def main() -> int:
                       f"{r['played_s']:.1f} s played in {r['wall_s']:.1f} s; "
                       f"{r['received']:.0f} packets received"
                       + (f" ({args.kind}; server sent them in {r['server_sent_s']:.1f} s, all arrived "
-                         f"{r['arrived_s']:.1f} s after the flood began)" if packets else ""), flush=True)
+                         f"{r['arrived_s']:.1f} s after the flood began)" if packets else "")
+                      + (f"; underruns at {', '.join(f'{t:.1f}' for t in r['underrun_at'])} s"
+                         if r["underrun_at"] else ""), flush=True)
         return 0
     finally:
         child.close()

@@ -18,10 +18,12 @@ child's priority). Prints each loop's lag and when the underruns came.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
 import time
+from typing import Any
 
 PAYLOADS = {
     "ignored": b'{"type":"flood"}',
@@ -78,17 +80,26 @@ class Child:
         self.proc.wait(10)
 
 
-def session(child: Child, room: str, seconds: float, packets: int, kind: str) -> dict[str, float]:
+def session(child: Child, room: str, seconds: float, packets: int, kind: str,
+            microphone: bool = True) -> dict[str, Any]:
     from speko_sync import Conversation
 
     child.ask("agent", room)
-    conv = Conversation(child.ask("token", "listener", room), child.url)
+    conv = Conversation(child.ask("token", "listener", room), child.url, microphone=microphone)
     try:
         child.ask("speak", room, seconds + 4)
         deadline = time.monotonic() + 5
         while conv.stats().frames_played < 100 and time.monotonic() < deadline:  # output stream started
             time.sleep(0.05)
         base = conv.stats()
+        arrivals: list[float] = []  # when each agent frame reached the playback ring (audio loop)
+        play = conv._session._play
+
+        def stamped(samples: Any) -> None:
+            arrivals.append(time.monotonic())
+            play(samples)
+
+        conv._session._play = stamped  # type: ignore[method-assign]
         import asyncio
 
         from speko_sync._runtime import runtime
@@ -121,6 +132,10 @@ def session(child: Child, room: str, seconds: float, packets: int, kind: str) ->
         wall = time.monotonic() - started
         for beat in beats:
             beat.cancel()
+        gaps = [(b - a, b - started) for a, b in itertools.pairwise(arrivals) if b > started]
+        worst = sorted(gaps, reverse=True)[:3]
+        print("  longest gaps between agent frames reaching the ring: "
+              + ", ".join(f"{g * 1000:.0f} ms at {t:.1f} s" for g, t in worst), flush=True)
         import numpy as np
         for name, lag in lags.items():
             print(f"  {name} loop lag: p50 {np.percentile(lag, 50)*1000:.1f} ms, p99 {np.percentile(lag, 99)*1000:.1f} "
@@ -149,6 +164,7 @@ def main() -> int:
                         help="run the server child at this nice value, to tell the machine's load from ours")
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="sys.setswitchinterval for the client process (seconds; default: Python's 0.005)")
+    parser.add_argument("--no-microphone", action="store_true", help="text-only sessions (nothing captured)")
     parser.add_argument("--gc", choices=["default", "freeze", "off"], default="default",
                         help="the cyclic garbage collector during the sessions (freeze: gc.freeze() first)")
     args = parser.parse_args()
@@ -173,7 +189,8 @@ def main() -> int:
     try:
         with VirtualSoundDevices():
             for name, packets in (("quiet", 0), ("flood", args.packets), ("quiet", 0)):
-                r = session(child, f"{name}-{time.monotonic_ns()}", args.seconds, packets, args.kind)
+                r = session(child, f"{name}-{time.monotonic_ns()}", args.seconds, packets, args.kind,
+                            microphone=not args.no_microphone)
                 print(f"{name:5}: {r['underruns']:.0f} underruns, {r['trims']:.0f} trims, "
                       f"{r['played_s']:.1f} s played in {r['wall_s']:.1f} s; "
                       f"{r['received']:.0f} packets received"

@@ -10,7 +10,8 @@ server runs in a child process; the conversation runs here.
 
 ``ignored``: packets of a type speko_sync does not know (counted, dropped);
 ``message``: ``agent_message`` packets, each delivered as a message and
-reconciled into the transcript. Diagnostics: ``--gc freeze|off``,
+reconciled into the transcript. Diagnostics: ``--trace-ffi`` (when LiveKit's
+FFI thread hands each audio event over), ``--no-microphone``, ``--gc freeze|off``,
 ``--switch-interval S`` (the interpreter's), ``--server-nice N`` (the server
 child's priority). Prints each loop's lag and when the underruns came.
 """
@@ -81,7 +82,7 @@ class Child:
 
 
 def session(child: Child, room: str, seconds: float, packets: int, kind: str,
-            microphone: bool = True) -> dict[str, Any]:
+            microphone: bool = True, trace_ffi: bool = False) -> dict[str, Any]:
     from speko_sync import Conversation
 
     child.ask("agent", room)
@@ -100,6 +101,19 @@ def session(child: Child, room: str, seconds: float, packets: int, kind: str,
             play(samples)
 
         conv._session._play = stamped  # type: ignore[method-assign]
+        handed: list[float] = []  # when LiveKit's FFI thread handed each audio event over (--trace-ffi)
+        if trace_ffi:
+            from livekit.rtc._ffi_client import FfiClient
+
+            ffi_queue = FfiClient.instance.queue
+            put = ffi_queue.put
+
+            def traced(item: Any) -> None:
+                if item.WhichOneof("message") == "audio_stream_event":
+                    handed.append(time.monotonic())
+                put(item)
+
+            ffi_queue.put = traced  # type: ignore[method-assign]
         import asyncio
 
         from speko_sync._runtime import runtime
@@ -132,6 +146,12 @@ def session(child: Child, room: str, seconds: float, packets: int, kind: str,
         wall = time.monotonic() - started
         for beat in beats:
             beat.cancel()
+        if trace_ffi:
+            ffi_queue.put = put  # type: ignore[method-assign]
+            handed_gaps = sorted(((b - a, b - started) for a, b in itertools.pairwise(handed) if b > started),
+                                 reverse=True)[:3]
+            print("  longest gaps between audio events handed over by LiveKit's FFI thread: "
+                  + ", ".join(f"{g * 1000:.0f} ms at {t:.1f} s" for g, t in handed_gaps), flush=True)
         gaps = [(b - a, b - started) for a, b in itertools.pairwise(arrivals) if b > started]
         worst = sorted(gaps, reverse=True)[:3]
         print("  longest gaps between agent frames reaching the ring: "
@@ -165,6 +185,8 @@ def main() -> int:
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="sys.setswitchinterval for the client process (seconds; default: Python's 0.005)")
     parser.add_argument("--no-microphone", action="store_true", help="text-only sessions (nothing captured)")
+    parser.add_argument("--trace-ffi", action="store_true",
+                        help="also time the audio events as LiveKit's FFI thread hands them over")
     parser.add_argument("--gc", choices=["default", "freeze", "off"], default="default",
                         help="the cyclic garbage collector during the sessions (freeze: gc.freeze() first)")
     args = parser.parse_args()
@@ -190,7 +212,7 @@ def main() -> int:
         with VirtualSoundDevices():
             for name, packets in (("quiet", 0), ("flood", args.packets), ("quiet", 0)):
                 r = session(child, f"{name}-{time.monotonic_ns()}", args.seconds, packets, args.kind,
-                            microphone=not args.no_microphone)
+                            microphone=not args.no_microphone, trace_ffi=args.trace_ffi)
                 print(f"{name:5}: {r['underruns']:.0f} underruns, {r['trims']:.0f} trims, "
                       f"{r['played_s']:.1f} s played in {r['wall_s']:.1f} s; "
                       f"{r['received']:.0f} packets received"

@@ -17,11 +17,19 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
+#: a further command of the server child: (agents by room, the line's words) -> its reply
+Command = Callable[[dict[str, Any], list[str]], str]
 
-def serve_child() -> None:
+
+def serve_child(commands: Mapping[str, Command] | None = None) -> None:
+    """Child: a local server driven one line at a time on stdin (``agent ROOM``,
+    ``speak ROOM SECONDS``, ``token IDENTITY ROOM``, ``quit``, and ``commands``),
+    answering each on stdout; the first line out is its URL."""
     from speko_sync.testing import LocalServer
 
     with LocalServer() as server:
@@ -39,12 +47,17 @@ def serve_child() -> None:
                 print(server.token(words[1], words[2]), flush=True)
             elif words[0] == "quit":
                 return
+            elif commands is not None and words[0] in commands:
+                print(commands[words[0]](agents, words), flush=True)
 
 
 class Child:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve-child"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+    """The server child: ``script --serve-child`` (a script whose
+    ``--serve-child`` runs :func:`serve_child`), in ``env``."""
+
+    def __init__(self, script: str = __file__, env: Mapping[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen([sys.executable, script, "--serve-child"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env)
         self.url = self._read()
 
     def _read(self) -> str:

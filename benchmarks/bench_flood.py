@@ -21,10 +21,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import subprocess
+import os
 import sys
 import time
 from typing import Any
+
+from bench_conversation import Child, serve_child
 
 PAYLOADS = {
     "ignored": b'{"type":"flood"}',
@@ -32,53 +34,11 @@ PAYLOADS = {
 }
 
 
-def serve_child() -> None:
-    import os
-
-    from speko_sync.testing import LocalServer
-
-    os.nice(int(os.environ.get("SPEKO_BENCH_SERVER_NICE", "0")))  # --server-nice
-
-    with LocalServer() as server:
-        agents = {}
-        print(server.url, flush=True)
-        for line in sys.stdin:
-            words = line.split()
-            if words[0] == "agent":
-                agents[words[1]] = server.add_agent(words[1], greeting=None)
-                print("ok", flush=True)
-            elif words[0] == "speak":
-                agents[words[1]].say_tone(440, float(words[2]), 0.3)
-                print("ok", flush=True)
-            elif words[0] == "flood":
-                started = time.monotonic()
-                agents[words[1]].flood(int(words[2]), PAYLOADS[words[3]])
-                print(f"{time.monotonic() - started:.3f}", flush=True)
-            elif words[0] == "token":
-                print(server.token(words[1], words[2]), flush=True)
-            elif words[0] == "quit":
-                return
-
-
-class Child:
-    def __init__(self, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve-child"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=env)
-        self.url = self._read()
-
-    def _read(self) -> str:
-        assert self.proc.stdout is not None
-        return self.proc.stdout.readline().strip()
-
-    def ask(self, *words: object) -> str:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(" ".join(map(str, words)) + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def close(self) -> None:
-        self.ask("quit")
-        self.proc.wait(10)
+def flood(agents: dict[str, Any], words: list[str]) -> str:
+    """Server child command ``flood ROOM COUNT KIND``: replies how long sending took."""
+    started = time.monotonic()
+    agents[words[1]].flood(int(words[2]), PAYLOADS[words[3]])
+    return f"{time.monotonic() - started:.3f}"
 
 
 def session(child: Child, room: str, seconds: float, packets: int, kind: str,
@@ -191,15 +151,14 @@ def main() -> int:
                         help="the cyclic garbage collector during the sessions (freeze: gc.freeze() first)")
     args = parser.parse_args()
     if args.serve_child:
-        serve_child()
+        os.nice(int(os.environ.get("SPEKO_BENCH_SERVER_NICE", "0")))  # --server-nice, from the parent
+        serve_child({"flood": flood})
         return 0
     from speko_sync.testing import reexec_isolated
     from speko_sync.testing._pulse import VirtualSoundDevices
 
     reexec_isolated()
-    import os
-
-    child = Child(dict(os.environ, SPEKO_BENCH_SERVER_NICE=str(args.server_nice)))
+    child = Child(__file__, dict(os.environ, SPEKO_BENCH_SERVER_NICE=str(args.server_nice)))
     import gc
 
     if args.switch_interval is not None:

@@ -288,18 +288,23 @@ class Session:
                     self._supervised("microphone", self._capture_pump)))
         await self._on_audio_loop(start)
 
+    def _other_audio_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The audio loop when it is not the one running now, else ``None``."""
+        loop = self._audio_loop
+        return None if loop is None or loop is asyncio.get_running_loop() else loop
+
     async def _on_audio_loop(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Room loop: run ``fn()`` on the audio loop and wait for it."""
-        loop = self._audio_loop
-        if loop is None or loop is asyncio.get_running_loop():
+        loop = self._other_audio_loop()
+        if loop is None:
             await fn()
         else:
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(fn(), loop))  # type: ignore[arg-type]
 
     def _call_on_audio_loop(self, fn: Callable[..., None], *args: Any) -> None:
         """Room loop: have ``fn(*args)`` called on the audio loop, in order."""
-        loop = self._audio_loop
-        if loop is None or loop is asyncio.get_running_loop():
+        loop = self._other_audio_loop()
+        if loop is None:
             fn(*args)
         else:
             loop.call_soon_threadsafe(fn, *args)

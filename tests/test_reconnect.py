@@ -6,6 +6,7 @@ that went away reported within ``reconnect_timeout``."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from test_runtime import wait_until
 
 from speko_sync import (
     BufferAudio,
+    Conversation,
     DisconnectReason,
     ErrorCode,
     Reconnection,
@@ -29,6 +31,12 @@ def statuses(rec: Recorder) -> list[Status]:
     return list(rec.of("status_changed"))
 
 
+def talking_conversation(server: LocalServer, agent: ScriptedAgent, rec: Recorder | None = None,
+                         **options: Any) -> Conversation:
+    """A conversation whose microphone plays a 440 Hz tone for a minute."""
+    return open_conversation(server, agent, rec, audio=BufferAudio(tone(440, 60.0, amplitude=0.3)), **options)
+
+
 def agent_hears(agent: ScriptedAgent, identity: str = "user", timeout: float = 10.0) -> None:
     """Wait until the agent receives fresh, non-silent audio from ``identity``."""
     agent.clear_audio()
@@ -40,9 +48,7 @@ def agent_hears(agent: ScriptedAgent, identity: str = "user", timeout: float = 1
 def test_a_dropped_connection_rejoins_fully_republishes_the_microphone_and_goes_on(
         speko_server: LocalServer, speko_agent: ScriptedAgent) -> None:
     rec = Recorder()
-    audio = BufferAudio()
-    audio.feed(tone(440, 60.0, amplitude=0.3))
-    conv = open_conversation(speko_server, speko_agent, rec, audio=audio)
+    conv = talking_conversation(speko_server, speko_agent, rec)
     try:
         agent_hears(speko_agent)
         assert speko_server.drop_connections(speko_agent.room) == 1
@@ -134,9 +140,7 @@ def test_end_session_while_reconnecting_ends_as_the_user_asked(
 def test_an_outage_longer_than_the_ping_timeout_resumes_and_delivers_each_message_once(
         speko_server: LocalServer, speko_agent: ScriptedAgent) -> None:
     rec = Recorder()
-    audio = BufferAudio()
-    audio.feed(tone(440, 60.0, amplitude=0.3))
-    conv = open_conversation(speko_server, speko_agent, rec, audio=audio, reconnect_timeout=20)
+    conv = talking_conversation(speko_server, speko_agent, rec, reconnect_timeout=20)
     try:
         agent_hears(speko_agent)  # the microphone's negotiation is over
         with link_outage() as outage:
@@ -193,9 +197,7 @@ def test_the_server_forwards_audio_through_a_lossy_link_as_an_sfu_does(
     a reason to drop the packets after it. The bound leaves room for the
     randomness of the loss and the frames in flight; aiortc's own jitter buffer
     kept about 80 %."""
-    audio = BufferAudio()
-    audio.feed(tone(440, 60.0, amplitude=0.3))
-    conv = open_conversation(speko_server, speko_agent, audio=audio)
+    conv = talking_conversation(speko_server, speko_agent)
     try:
         agent_hears(speko_agent)
         with packet_loss(0.05) as loss:

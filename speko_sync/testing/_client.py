@@ -140,9 +140,7 @@ class RemoteClient(Participant):
         old, self.ws = self.ws, ws
         self._handover.set()
         if not old.closed:
-            transport = old._req.transport if old._req is not None else None
-            if transport is not None:
-                transport.abort()
+            _abort(old)
         await self.send(reconnect=rtc.ReconnectResponse(ice_servers=[], last_message_seq=self.last_reliable_seq))
         # the room as it is now: the client drops whoever it does not hear of
         await self.send(update=rtc.ParticipantUpdate(participants=[p.info() for p in self.room.others(self)]))
@@ -549,9 +547,7 @@ class RemoteClient(Participant):
         if send_leave:
             await self.ws.close()
         else:
-            transport = self.ws._req.transport if self.ws._req is not None else None
-            if transport is not None:
-                transport.abort()
+            _abort(self.ws)
         await self.release()
 
     async def release(self) -> None:
@@ -567,6 +563,13 @@ class RemoteClient(Participant):
         for pc in (self.pc, self.sub_pc):
             if pc is not None:
                 await pc.close()
+
+
+def _abort(ws: web.WebSocketResponse) -> None:
+    """Drop ``ws``'s connection at once, with no close frame, as a dead link does."""
+    transport = ws._req.transport if ws._req is not None else None
+    if transport is not None:
+        transport.abort()
 
 
 def _adopt_ice_restart(pc: RTCPeerConnection, sdp: str) -> None:

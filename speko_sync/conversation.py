@@ -263,18 +263,20 @@ class Conversation:
                 self._give_up = self._runner.loop.call_later(self._reconnect_timeout, self._on_remote_end,
                                                              _protocol.disconnection_details("RECONNECT_TIMEOUT"))
             return
-        if self._give_up is not None:
-            self._give_up.cancel()
-            self._give_up = None
+        self._stop_give_up_timer()
         with self._lock:
             if self._transition((Status.RECONNECTING,), Status.CONNECTED):
                 self._emit("reconnected", reconnection)
 
-    async def _finish(self, details: DisconnectionDetails) -> None:
-        """On the loop: release everything, then report the end."""
+    def _stop_give_up_timer(self) -> None:
+        """On the loop: the link is back, or the conversation is ending."""
         if self._give_up is not None:
             self._give_up.cancel()
             self._give_up = None
+
+    async def _finish(self, details: DisconnectionDetails) -> None:
+        """On the loop: release everything, then report the end."""
+        self._stop_give_up_timer()
         try:
             await self._session.close()
         finally:

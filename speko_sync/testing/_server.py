@@ -182,8 +182,8 @@ class _ServerCore:
             return await self._resume(request, grant, join)
         room = self.room(grant.room, create=True)
         assert room is not None
-        ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
-        if not await _upgrade(ws, request):
+        ws, upgraded = await _websocket(request)
+        if not upgraded:
             return ws
         client = RemoteClient(self, room, ws, grant=grant, single_pc=single_pc)
         self.clients.add(client)
@@ -209,8 +209,8 @@ class _ServerCore:
                 or client.sid != join.participant_sid:
             self.stats["resumes_refused"] += 1
             raise web.HTTPNotFound(text="participant session not found; rejoin")
-        ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
-        if not await _upgrade(ws, request):
+        ws, upgraded = await _websocket(request)
+        if not upgraded:
             return ws
         self.stats["resumes"] += 1
         await client.resume(ws)
@@ -276,15 +276,17 @@ class _ServerCore:
         return removed
 
 
-async def _upgrade(ws: web.WebSocketResponse, request: web.Request) -> bool:
-    """Upgrade to a websocket; false when the client already gave up (an
-    abandoned join, a held one it timed out on): nothing to serve, no error."""
+async def _websocket(request: web.Request) -> tuple[web.WebSocketResponse, bool]:
+    """Upgrade ``request`` to a signalling websocket; false when the client
+    already gave up (an abandoned join, a held one it timed out on): nothing
+    to serve, no error."""
+    ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
     try:
         await ws.prepare(request)
     except ConnectionError:
         log.debug("a client left before its websocket upgrade")
-        return False
-    return True
+        return ws, False
+    return ws, True
 
 
 def _http_error(status: int, text: str) -> web.HTTPException:

@@ -14,67 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-#: a further command of the server child: (agents by room, the line's words) -> its reply
-Command = Callable[[dict[str, Any], list[str]], str]
-
-
-def serve_child(commands: Mapping[str, Command] | None = None) -> None:
-    """Child: a local server driven one line at a time on stdin (``agent ROOM``,
-    ``speak ROOM SECONDS``, ``token IDENTITY ROOM``, ``quit``, and ``commands``),
-    answering each on stdout; the first line out is its URL."""
-    from speko_sync.testing import LocalServer
-
-    with LocalServer() as server:
-        agents = {}
-        print(server.url, flush=True)
-        for line in sys.stdin:
-            words = line.split()
-            if words[0] == "agent":
-                agents[words[1]] = server.add_agent(words[1], greeting=None)
-                print("ok", flush=True)
-            elif words[0] == "speak":
-                agents[words[1]].say_tone(440, float(words[2]), 0.3)
-                print("ok", flush=True)
-            elif words[0] == "token":
-                print(server.token(words[1], words[2]), flush=True)
-            elif words[0] == "quit":
-                return
-            elif commands is not None and words[0] in commands:
-                print(commands[words[0]](agents, words), flush=True)
-
-
-class Child:
-    """The server child: ``script --serve-child`` (a script whose
-    ``--serve-child`` runs :func:`serve_child`), in ``env``."""
-
-    def __init__(self, script: str = __file__, env: Mapping[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen([sys.executable, script, "--serve-child"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=env)
-        self.url = self._read()
-
-    def _read(self) -> str:
-        assert self.proc.stdout is not None
-        return self.proc.stdout.readline().strip()
-
-    def ask(self, *words: object) -> str:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(" ".join(map(str, words)) + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("quit\n")
-        self.proc.stdin.close()
-        self.proc.wait(15)
+if TYPE_CHECKING:
+    from speko_sync.testing import ServerProcess
 
 
 async def raw_connect(url: str, token: str) -> float:
@@ -91,27 +38,27 @@ async def raw_connect(url: str, token: str) -> float:
     return elapsed
 
 
-def connect_figures(child: Child, runs: int) -> tuple[float, float]:
+def connect_figures(child: ServerProcess, runs: int) -> tuple[float, float]:
     from speko_sync import Conversation, NullAudio
 
     ours, raw = [], []
     for i in range(runs):
         started = time.perf_counter()
-        conv = Conversation(child.ask("token", f"c{i}", f"conv{i}"), child.url, audio=NullAudio())
+        conv = Conversation(child.token(f"c{i}", f"conv{i}"), child.url, audio=NullAudio())
         ours.append(time.perf_counter() - started)
         conv.end_session()
-        raw.append(asyncio.run(raw_connect(child.url, child.ask("token", f"r{i}", f"raw{i}"))))
+        raw.append(asyncio.run(raw_connect(child.url, child.token(f"r{i}", f"raw{i}"))))
     return statistics.median(ours), statistics.median(raw)
 
 
-def playback_figures(child: Child, seconds: float) -> tuple[float, float, int, int, float]:
+def playback_figures(child: ServerProcess, seconds: float) -> tuple[float, float, int, int, float]:
     from speko_sync import Conversation
     from speko_sync.testing._pulse import VirtualSoundDevices
 
     with VirtualSoundDevices():
-        child.ask("agent", "playback")
-        conv = Conversation(child.ask("token", "listener", "playback"), child.url)
-        child.ask("speak", "playback", seconds + 3)
+        child.add_agent("playback")
+        conv = Conversation(child.token("listener", "playback"), child.url)
+        child.say_tone("playback", seconds + 3)
         time.sleep(2.0)  # output stream start-up
         base = conv.stats()
         depths = []
@@ -126,14 +73,14 @@ def playback_figures(child: Child, seconds: float) -> tuple[float, float, int, i
             int(stats.playback_dropped - base.playback_dropped), played_s)
 
 
-def cpu_figure(child: Child, seconds: float) -> float:
+def cpu_figure(child: ServerProcess, seconds: float) -> float:
     from speko_sync import BufferAudio, Conversation
     from speko_sync.testing import tone
 
-    child.ask("agent", "duplex")
+    child.add_agent("duplex")
     audio = BufferAudio(tone(300, seconds + 10, 0.3))
-    conv = Conversation(child.ask("token", "duplexer", "duplex"), child.url, audio=audio)
-    child.ask("speak", "duplex", seconds + 5)
+    conv = Conversation(child.token("duplexer", "duplex"), child.url, audio=audio)
+    child.say_tone("duplex", seconds + 5)
     time.sleep(2.0)
     cpu0, wall0 = time.process_time(), time.monotonic()
     time.sleep(seconds)
@@ -144,18 +91,14 @@ def cpu_figure(child: Child, seconds: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--serve-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--only", choices=["playback"], help="run one figure only")
     args = parser.parse_args()
-    if args.serve_child:
-        serve_child()
-        return 0
-    from speko_sync.testing import reexec_isolated
+    from speko_sync.testing import ServerProcess, reexec_isolated
 
     reexec_isolated()
-    child = Child()
+    child = ServerProcess()
     try:
         if args.only is None:
             ours, raw = connect_figures(child, args.runs)

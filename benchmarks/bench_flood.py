@@ -21,12 +21,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bench_conversation import Child, serve_child
+if TYPE_CHECKING:
+    from speko_sync.testing import ServerProcess
 
 PAYLOADS = {
     "ignored": b'{"type":"flood"}',
@@ -34,21 +34,42 @@ PAYLOADS = {
 }
 
 
-def flood(agents: dict[str, Any], words: list[str]) -> str:
-    """Server child command ``flood ROOM COUNT KIND``: replies how long sending took."""
-    started = time.monotonic()
-    agents[words[1]].flood(int(words[2]), PAYLOADS[words[3]])
-    return f"{time.monotonic() - started:.3f}"
+def print_timeline(arrivals: list[float], started: float, underrun_at: list[float]) -> None:
+    """Per second of the session: the longest gap between agent frames reaching the
+    ring, and their delay jitter (each frame's arrival against the 10 ms cadence,
+    relative to the earliest frame of the second before and this one)."""
+    delays = [t - k * 0.01 for k, t in enumerate(arrivals)]
+    second = int(arrivals[0] - started) if arrivals else 0
+    previous_min = float("inf")
+    rows = []
+    while True:
+        lo, hi = started + second, started + second + 1
+        idx = [k for k, t in enumerate(arrivals) if lo <= t < hi]
+        if not idx:
+            if lo > arrivals[-1]:
+                break
+            second += 1
+            continue
+        this_min = min(delays[k] for k in idx)
+        base = min(previous_min, this_min)
+        jitter = max(delays[k] - base for k in idx)
+        gap = max((arrivals[k] - arrivals[k - 1] for k in idx if k), default=0.0)
+        n = sum(lo <= u < hi for u in underrun_at)
+        rows.append(f"{second:>3}s gap {gap * 1000:4.0f} jitter {jitter * 1000:4.0f}" + (f" U{n}" if n else ""))
+        previous_min = this_min
+        second += 1
+    for i in range(0, len(rows), 4):
+        print("   " + " | ".join(rows[i:i + 4]), flush=True)
 
 
-def session(child: Child, room: str, seconds: float, packets: int, kind: str,
-            microphone: bool = True, trace_ffi: bool = False) -> dict[str, Any]:
+def session(child: ServerProcess, room: str, seconds: float, packets: int, kind: str,
+            microphone: bool = True, trace_ffi: bool = False, timeline: bool = False) -> dict[str, Any]:
     from speko_sync import Conversation
 
-    child.ask("agent", room)
-    conv = Conversation(child.ask("token", "listener", room), child.url, microphone=microphone)
+    child.add_agent(room)
+    conv = Conversation(child.token("listener", room), child.url, microphone=microphone)
     try:
-        child.ask("speak", room, seconds + 4)
+        child.say_tone(room, seconds + 4)
         deadline = time.monotonic() + 5
         while conv.stats().frames_played < 100 and time.monotonic() < deadline:  # output stream started
             time.sleep(0.05)
@@ -88,20 +109,26 @@ def session(child: Child, room: str, seconds: float, packets: int, kind: str,
                 into.append(loop.time() - t - 0.005)
         beats = [runtime().loop.submit(heartbeat(lags["room"])), runtime().audio.submit(heartbeat(lags["audio"]))]
         started = time.monotonic()
-        sent_in = float(child.ask("flood", room, packets, kind)) if packets else 0.0
+        sent_in = child.flood(room, packets, PAYLOADS[kind]) if packets else 0.0
         deadline = started + seconds
         underrun_at: list[float] = []
-        while time.monotonic() < deadline and conv.stats().packets_received - base.packets_received < packets:
+        depths: list[float] = []  # ms queued for the speaker, every 50 ms
+        cushion: list[float] = []  # ms of it built on purpose for the flood
+        io = conv._session.io
+        assert io is not None
+
+        def watch() -> None:
             time.sleep(0.05)
+            depths.append(io.playback_depth_ms())
+            cushion.append(1000 * io.cushion / io.rate)
             now = conv.stats().underruns - base.underruns
             if now > len(underrun_at):
                 underrun_at.extend([time.monotonic() - started] * (now - len(underrun_at)))
+        while time.monotonic() < deadline and conv.stats().packets_received - base.packets_received < packets:
+            watch()
         arrived_in = time.monotonic() - started
         while time.monotonic() < deadline:
-            time.sleep(0.05)
-            now = conv.stats().underruns - base.underruns
-            if now > len(underrun_at):
-                underrun_at.extend([time.monotonic() - started] * (now - len(underrun_at)))
+            watch()
         stats = conv.stats()
         wall = time.monotonic() - started
         for beat in beats:
@@ -112,6 +139,8 @@ def session(child: Child, room: str, seconds: float, packets: int, kind: str,
                                  reverse=True)[:3]
             print("  longest gaps between audio events handed over by LiveKit's FFI thread: "
                   + ", ".join(f"{g * 1000:.0f} ms at {t:.1f} s" for g, t in handed_gaps), flush=True)
+        if timeline:
+            print_timeline(arrivals, started, underrun_at)
         gaps = [(b - a, b - started) for a, b in itertools.pairwise(arrivals) if b > started]
         worst = sorted(gaps, reverse=True)[:3]
         print("  longest gaps between agent frames reaching the ring: "
@@ -131,12 +160,14 @@ def session(child: Child, room: str, seconds: float, packets: int, kind: str,
         "server_sent_s": sent_in,
         "arrived_s": arrived_in,
         "underrun_at": underrun_at,
+        "depth_ms": sum(depths) / max(1, len(depths)),
+        "cushion_ms": max(cushion, default=0.0),
+        "cushion_end_ms": cushion[-1] if cushion else 0.0,
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--serve-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--packets", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--kind", choices=sorted(PAYLOADS), default="ignored")
@@ -145,20 +176,18 @@ def main() -> int:
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="sys.setswitchinterval for the client process (seconds; default: Python's 0.005)")
     parser.add_argument("--no-microphone", action="store_true", help="text-only sessions (nothing captured)")
+    parser.add_argument("--timeline", action="store_true",
+                        help="per second: longest gap between agent frames and their delay jitter (ms)")
     parser.add_argument("--trace-ffi", action="store_true",
                         help="also time the audio events as LiveKit's FFI thread hands them over")
     parser.add_argument("--gc", choices=["default", "freeze", "off"], default="default",
                         help="the cyclic garbage collector during the sessions (freeze: gc.freeze() first)")
     args = parser.parse_args()
-    if args.serve_child:
-        os.nice(int(os.environ.get("SPEKO_BENCH_SERVER_NICE", "0")))  # --server-nice, from the parent
-        serve_child({"flood": flood})
-        return 0
-    from speko_sync.testing import reexec_isolated
+    from speko_sync.testing import ServerProcess, reexec_isolated
     from speko_sync.testing._pulse import VirtualSoundDevices
 
     reexec_isolated()
-    child = Child(__file__, dict(os.environ, SPEKO_BENCH_SERVER_NICE=str(args.server_nice)))
+    child = ServerProcess(nice=args.server_nice)
     import gc
 
     if args.switch_interval is not None:
@@ -171,9 +200,11 @@ def main() -> int:
         with VirtualSoundDevices():
             for name, packets in (("quiet", 0), ("flood", args.packets), ("quiet", 0)):
                 r = session(child, f"{name}-{time.monotonic_ns()}", args.seconds, packets, args.kind,
-                            microphone=not args.no_microphone, trace_ffi=args.trace_ffi)
+                            microphone=not args.no_microphone, trace_ffi=args.trace_ffi, timeline=args.timeline)
                 print(f"{name:5}: {r['underruns']:.0f} underruns, {r['trims']:.0f} trims, "
                       f"{r['played_s']:.1f} s played in {r['wall_s']:.1f} s; "
+                      f"depth mean {r['depth_ms']:.1f} ms (flood cushion up to {r['cushion_ms']:.0f} ms, "
+                      f"{r['cushion_end_ms']:.0f} ms at the end); "
                       f"{r['received']:.0f} packets received"
                       + (f" ({args.kind}; server sent them in {r['server_sent_s']:.1f} s, all arrived "
                          f"{r['arrived_s']:.1f} s after the flood began)" if packets else "")

@@ -34,6 +34,7 @@ from livekit import rtc
 from livekit.rtc.participant import PublishDataError
 
 from . import _protocol
+from ._flood import FloodCushion
 from ._protocol import (
     ATTR_AGENT_STATE,
     ATTR_FINAL,
@@ -162,6 +163,7 @@ class Session:
         self._mix_queues: dict[str, collections.deque[np.ndarray]] = {}
         self._mixer_task: asyncio.Task[None] | None = None
         self._out_reframe = _Reframer(SAMPLE_RATE, SAMPLE_RATE)
+        self._cushion: FloodCushion | None = None
         self._echo: rtc.AudioProcessingModule | None = None
         self._frames_in = 0  # agent frames played so far
         self._tick_waiter: asyncio.Future[None] | None = None  # the capture pump, waiting for one
@@ -273,6 +275,8 @@ class Session:
         # Agent tracks subscribed while joining start playing only now, so no
         # stale audio queues up before the speaker is open.
         self._out_reframe = _Reframer(SAMPLE_RATE, io.rate)
+        # a device clock does not wait for the agent's frames: build depth before a flood's gaps
+        self._cushion = None if audio.clocked_by_loop else FloodCushion()
         self._echo = self._apm if self._constraints.echo_cancellation else None
         self._playing = True
         tracks = [publication.track for participant in self.room.remote_participants.values()
@@ -456,6 +460,10 @@ class Session:
             volume = io.volume
             played = samples if volume == 1.0 else (samples * volume).astype(np.int16)
             self._echo.process_reverse_stream(rtc.AudioFrame(played.tobytes(), SAMPLE_RATE, 1, FRAME))
+        cushion = self._cushion
+        if cushion is not None:
+            samples = cushion.process(samples, self.packets_received)
+            io.cushion = cushion.extra * io.rate // SAMPLE_RATE
         for chunk in self._out_reframe.push(samples):
             if io.playback.write(chunk) < len(chunk):
                 io.counters[PLAYBACK_OVERRUNS] += 1

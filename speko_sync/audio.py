@@ -72,7 +72,9 @@ class AudioIO:
     ``playback_max_slack_ms``; thirty seconds without one narrow it again by
     10 ms, down to ``playback_slack_ms``: a jittery source buys itself a deeper
     buffer instead of repeated gaps. More than ``playback_max_ms`` queued is
-    dropped at once.
+    dropped at once. ``cushion`` (samples, written by the conversation's audio
+    loop) is depth the conversation built on purpose by playing slower (see
+    ``speko_sync._flood``): it adds to the slack, so it is not trimmed.
     """
 
     def __init__(self, rate: int, *, playback_slack_ms: int = 10, playback_max_slack_ms: int = 60,
@@ -88,6 +90,7 @@ class AudioIO:
         self.min_slack = rate * playback_slack_ms // 1000
         self.max_slack = max(self.min_slack, rate * playback_max_slack_ms // 1000)
         self.slack = self.min_slack
+        self.cushion = 0
         self._window = rate  # one second of rendered audio
         self._window_left = self._window
         self._window_min = self.playback.capacity
@@ -105,12 +108,14 @@ class AudioIO:
         ring = self.playback
         need = len(out)
         headroom = ring.available() - need
+        cushion = self.cushion
         if headroom > self.playback_max:  # a burst (the loop was stalled): drop at once
-            ring.skip(headroom - self.slack)
+            ring.skip(headroom - self.slack - cushion)
             self.counters[PLAYBACK_DROPPED] += 1
-            headroom = self.slack
-        if headroom < self._window_min:
-            self._window_min = headroom
+            headroom = self.slack + cushion
+        spare = headroom - cushion  # the cushion may change within the window: it is not spare at any time
+        if spare < self._window_min:
+            self._window_min = spare
         self._window_left -= need
         if self._window_left <= 0:  # one second without underrun
             if self._started and self._window_min > self.slack:

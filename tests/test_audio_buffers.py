@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -75,6 +76,57 @@ def test_render_trims_standing_latency_to_one_frame_within_a_second() -> None:
     assert depths[0] == 3840  # 80 ms of headroom at first
     assert (depths[len(depths) // 2:] == 480).all()  # then one 10 ms frame
     assert io.counters[PLAYBACK_DROPPED] == 1 and io.counters[UNDERRUNS] == 0
+
+
+def test_render_keeps_the_flood_cushion_and_trims_what_stands_beyond_it() -> None:
+    io = AudioIO(48000)
+    io.cushion = 48000 * 40 // 1000
+    depths = steady(io, 3.0, lead=48000 * 80 // 1000)
+    assert (depths[len(depths) // 2:] == 480 + 1920).all()  # the slack's frame plus the 40 ms cushion
+    assert io.counters[PLAYBACK_DROPPED] == 1 and io.counters[UNDERRUNS] == 0
+
+
+def sine_frames(count: int, start: float = 0.0) -> tuple[list[np.ndarray], float]:
+    """``count`` 10 ms frames of a 440 Hz sine (amplitude 10000), beginning
+    ``start`` samples into it; returns the frames and where the next begins."""
+    n = start + np.arange(count * 480)
+    wave = np.rint(10000 * np.sin(2 * np.pi * 440 * n / 48000)).astype(np.int16)
+    return [wave[i * 480:(i + 1) * 480] for i in range(count)], start + count * 480
+
+
+def test_flood_cushion_builds_depth_while_packets_pour_in_and_gives_it_back() -> None:
+    from speko_sync._flood import FloodCushion
+
+    cushion = FloodCushion()
+    frames, _ = sine_frames(700)
+    packets, position, played, extras = 0, -1.0, [], []
+    for i, frame in enumerate(frames):
+        if i < 300:
+            packets += 50  # 5000 packets a second for three seconds, then none
+        out = cushion.process(frame, packets)
+        step = 480 / len(out)  # each output sample advances this far through the input
+        played.append((out, position + step * np.arange(1, len(out) + 1)))
+        position += 480
+        extras.append(cushion.extra)
+    assert max(extras) == 1920 and extras[150] == 1920  # 40 ms built within the first second, then held
+    assert extras[-1] == 0 and not cushion.flooding  # given back once two calm seconds passed
+    assert all(abs(b - a) <= FloodCushion.STEP for a, b in itertools.pairwise(extras))
+    out = np.concatenate([o for o, _ in played])
+    at = np.concatenate([p for _, p in played])
+    assert len(out) == 700 * 480  # everything that came in went out: nothing dropped, nothing added
+    ideal = 10000 * np.sin(2 * np.pi * 440 * at / 48000)
+    # linear interpolation of this sine is good to about 4 (of 10000); a phase that restarts each frame is 30 off
+    assert np.abs(out - ideal).max() < 10  # the same waveform, slower then faster, continuous across frames
+
+
+def test_flood_cushion_leaves_a_normal_sessions_frames_alone() -> None:
+    from speko_sync._flood import FloodCushion
+
+    cushion = FloodCushion()
+    frames, _ = sine_frames(500)
+    for i, frame in enumerate(frames):
+        assert cushion.process(frame, i // 5) is frame  # 20 packets a second: a chatty agent, no flood
+    assert cushion.extra == 0
 
 
 def test_an_underrun_widens_the_slack_and_calm_narrows_it() -> None:

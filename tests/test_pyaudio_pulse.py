@@ -13,7 +13,7 @@ from conv import open_conversation
 from lk import RATE, dominant_frequency, rms
 
 from speko_sync import AudioConstraints, Conversation, ErrorCode, SpekoClientError, list_audio_devices
-from speko_sync.testing import LocalServer, PulseUnavailable, ScriptedAgent, VirtualSoundDevices, tone
+from speko_sync.testing import LocalServer, PulseUnavailable, ScriptedAgent, ServerProcess, VirtualSoundDevices, tone
 
 pytestmark = pytest.mark.webrtc
 RAW = AudioConstraints(echo_cancellation=False, noise_suppression=False, auto_gain_control=False)
@@ -220,3 +220,37 @@ def test_a_microphone_lost_mid_call_is_an_error_and_the_call_goes_on(pulse: Virt
         assert len(rec.of("error")) == 1  # reported once
     finally:
         conv.end_session(timeout=15)
+
+
+def test_a_packet_flood_gets_a_playback_cushion_that_is_given_back_without_dropping_audio(
+        pulse: VirtualSoundDevices) -> None:
+    """LiveKit hands the agent's frames over irregularly while packets pour in:
+    the playback builds 40 ms of depth by playing slower as the flood begins, and
+    plays it back out faster after it; the agent's audio is neither dropped nor
+    held up meanwhile. The server runs in a process of its own, as a real one
+    does (in this one it would take the interpreter from the client's audio)."""
+    from test_runtime import wait_until
+
+    with ServerProcess() as server:
+        server.add_agent("flood")
+        with Conversation(server.token("user", "flood"), server.url, audio_constraints=RAW) as conv:
+            server.say_tone("flood", 25.0)
+            # PortAudio's streams through the pulse plugin take up to ~2 s to start
+            wait_until(lambda: conv.stats().frames_played > 100, timeout=10, what="the speaker playing")
+            io = conv._session.io
+            assert io is not None and io.cushion == 0
+            before = conv.stats()
+            started = time.monotonic()
+            server.flood("flood", 20_000)
+            wait_until(lambda: io.cushion == io.rate * 40 // 1000, timeout=5, what="a 40 ms cushion")
+            built_in = time.monotonic() - started
+            wait_until(lambda: conv.stats().packets_received - before.packets_received == 20_000, timeout=20,
+                       what="the flood")
+            assert io.cushion > 0  # held while the flood lasted
+            wait_until(lambda: io.cushion == 0, timeout=5, what="the cushion given back")
+            after = conv.stats()
+            elapsed = time.monotonic() - started
+    played = (after.frames_played - before.frames_played) / 100
+    assert built_in < 2.0  # 100 ms to notice the flood, 0.8 s to build at 5 %
+    assert played > elapsed - 0.3, (played, elapsed)  # the speaker kept playing the whole time
+    assert after.playback_dropped == before.playback_dropped  # given back by playing faster, not by skipping

@@ -40,6 +40,7 @@ _EXPORTS = {
     "ReceivedPacket": "_agent",
     "Recording": "_pulse",
     "ScriptedAgent": "_agent",
+    "ServerProcess": "_process",
     "TokenError": "_auth",
     "VETH_ADDRESS": "_netns",
     "VirtualSoundDevices": "_pulse",
@@ -73,6 +74,7 @@ __all__ = [
     "ReceivedPacket",
     "Recording",
     "ScriptedAgent",
+    "ServerProcess",
     "TokenError",
     "VirtualSoundDevices",
     "agent_python",
@@ -106,6 +108,7 @@ if TYPE_CHECKING:
         reexec_isolated,
         run_isolated,
     )
+    from ._process import ServerProcess
     from ._pulse import PulseUnavailable, Recording, VirtualSoundDevices
     from ._server import DEFAULT_API_KEY, DEFAULT_API_SECRET, LocalServer, disconnect_reason
     from ._worker_process import (

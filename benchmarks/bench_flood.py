@@ -196,9 +196,19 @@ def main() -> int:
         gc.freeze()
     elif args.gc == "off":
         gc.disable()
+    pauses: list[tuple[float, int, int]] = []  # each collection: seconds, generation, objects tracked
+    gc_started = [0.0]
+
+    def gc_timer(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            pauses.append((time.perf_counter() - gc_started[0], info["generation"], 0))
+    gc.callbacks.append(gc_timer)
     try:
         with VirtualSoundDevices():
             for name, packets in (("quiet", 0), ("flood", args.packets), ("quiet", 0)):
+                pauses.clear()
                 r = session(child, f"{name}-{time.monotonic_ns()}", args.seconds, packets, args.kind,
                             microphone=not args.no_microphone, trace_ffi=args.trace_ffi, timeline=args.timeline)
                 print(f"{name:5}: {r['underruns']:.0f} underruns, {r['trims']:.0f} trims, "
@@ -210,6 +220,10 @@ def main() -> int:
                          f"{r['arrived_s']:.1f} s after the flood began)" if packets else "")
                       + (f"; underruns at {', '.join(f'{t:.1f}' for t in r['underrun_at'])} s"
                          if r["underrun_at"] else ""), flush=True)
+                longest = sorted(pauses, reverse=True)[:3]
+                print(f"  garbage collector: {len(pauses)} collections, {sum(p[0] for p in pauses) * 1000:.0f} ms; "
+                      "longest " + ", ".join(f"{p[0] * 1000:.0f} ms (generation {p[1]})" for p in longest)
+                      + f"; {len(gc.get_objects())} objects tracked after", flush=True)
         return 0
     finally:
         child.close()

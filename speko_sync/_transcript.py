@@ -31,9 +31,10 @@ predecessor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import chain, pairwise
+from typing import Final
 
 from .events import Message, MessageSource
 
@@ -42,22 +43,37 @@ __all__ = ["Transcript", "reconcile"]
 _NO_SPACE_BEFORE = tuple(",.!?;:)]}%'\"")
 
 
-@dataclass(frozen=True)
-class _Segment:
-    id: str | None
-    text: str
-    is_final: bool
+#: A segment: (id, text, is_final). A plain tuple of atoms, which the garbage
+#: collector stops tracking, as it does the turn's tuple of them: a long
+#: transcript adds little to every full collection's walk.
+_Segment = tuple[str | None, str, bool]
+_ID: Final = 0
+_TEXT: Final = 1
+_FINAL: Final = 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Turn:
     source: MessageSource
     segments: tuple[_Segment, ...]
     started_at: float | None
+    #: the turn as one message (worked out once: turns never change)
+    message: Message = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        text = ""
+        for segment in self.segments:
+            piece = segment[_TEXT].strip()
+            if not piece:
+                continue
+            text = piece if not text else text + (piece if piece.startswith(_NO_SPACE_BEFORE) else " " + piece)
+        object.__setattr__(self, "message", Message(
+            source=self.source, text=text, is_final=self.is_final, segment_id=self.segments[0][_ID],
+            started_at=self.started_at))
 
     @property
     def is_final(self) -> bool:
-        return self.segments[-1].is_final
+        return self.segments[-1][_FINAL]
 
     def with_segment(self, index: int, segment: _Segment) -> _Turn:
         segments = list(self.segments)
@@ -65,19 +81,7 @@ class _Turn:
             segments.append(segment)
         else:
             segments[index] = segment
-        return replace(self, segments=tuple(segments))
-
-    @cached_property
-    def message(self) -> Message:
-        """The turn as one message (worked out once: turns never change)."""
-        text = ""
-        for segment in self.segments:
-            piece = segment.text.strip()
-            if not piece:
-                continue
-            text = piece if not text else text + (piece if piece.startswith(_NO_SPACE_BEFORE) else " " + piece)
-        return Message(source=self.source, text=text, is_final=self.is_final,
-                       segment_id=self.segments[0].id, started_at=self.started_at)
+        return _Turn(self.source, tuple(segments), self.started_at)
 
 
 #: Reconciling touches the newest turns only: past ``_TAIL`` of them, the oldest
@@ -131,7 +135,14 @@ class Transcript:
 
 def reconcile(transcript: Transcript, incoming: Message) -> Transcript:
     """Return ``transcript`` with ``incoming`` folded in (see the module rules)."""
-    head = transcript.head
+    head, tail = transcript.head, transcript.tail
+    if incoming.segment_id is None:  # the common case of JSON packets: a new last turn, nothing to search
+        last = tail[-1] if tail else head.chunks[-1][-1] if head.chunks else None
+        if last is None or last.source != incoming.source or last.is_final:
+            if incoming.started_at is None or incoming.started_at >= next(
+                    (turn.started_at for turn in reversed(tail) if turn.started_at is not None), head.key):
+                segment = (None, incoming.text, incoming.is_final)
+                return _chunked(head, (*tail, _Turn(incoming.source, (segment,), incoming.started_at)))
     if head.chunks:
         turns = _apply(list(transcript.tail), incoming, head.key, complete=False)
         if turns is not None:
@@ -146,7 +157,7 @@ def _apply(turns: list[_Turn], incoming: Message, start_key: float, *,
     """The rules on ``turns`` (the whole transcript when ``complete``, else its
     newest turns, after turns whose ordering key ends at ``start_key``); the
     new turns in order, or ``None`` when an answer needs older turns."""
-    segment = _Segment(incoming.segment_id, incoming.text, incoming.is_final)
+    segment = (incoming.segment_id, incoming.text, incoming.is_final)
     if incoming.segment_id is None:
         if turns and turns[-1].source == incoming.source and not turns[-1].is_final:
             turns[-1] = _Turn(incoming.source, (segment,), turns[-1].started_at or incoming.started_at)
@@ -159,7 +170,7 @@ def _apply(turns: list[_Turn], incoming: Message, start_key: float, *,
         if turn.source != incoming.source:
             break
         for j, known in enumerate(turn.segments):
-            if known.id == incoming.segment_id:
+            if known[_ID] == incoming.segment_id:
                 turns[i] = turn.with_segment(j, segment)
                 return _ordered(turns, start_key, complete)
     else:

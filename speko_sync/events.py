@@ -87,7 +87,7 @@ class MessageSource(str, enum.Enum):
     AGENT = "agent"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Message:
     """A transcript or chat line. ``is_final`` is false for partial transcripts
     that a later message of the same segment will replace.

@@ -10,10 +10,13 @@ server runs in a child process; the conversation runs here.
 
 ``ignored``: packets of a type speko_sync does not know (counted, dropped);
 ``message``: ``agent_message`` packets, each delivered as a message and
-reconciled into the transcript. Diagnostics: ``--trace-ffi`` (when LiveKit's
-FFI thread hands each audio event over), ``--no-microphone``, ``--gc freeze|off``,
-``--switch-interval S`` (the interpreter's), ``--server-nice N`` (the server
-child's priority). Prints each loop's lag and when the underruns came.
+reconciled into the transcript. Diagnostics: ``--timeline`` (per second, the
+longest gap between agent frames and their delay jitter), ``--trace-ffi`` (when
+LiveKit's FFI thread hands each audio event over), ``--no-microphone``,
+``--gc freeze|off``, ``--switch-interval S`` (the interpreter's),
+``--server-nice N`` (the server child's priority). Prints each loop's lag, when
+the underruns came, the playback depth and flood cushion, and the garbage
+collector's pauses.
 """
 
 from __future__ import annotations

@@ -52,6 +52,18 @@ _TEXT: Final = 1
 _FINAL: Final = 2
 
 
+def _message(source: MessageSource, segments: tuple[_Segment, ...], started_at: float | None) -> Message:
+    """A turn as one message."""
+    text = ""
+    for segment in segments:
+        piece = segment[_TEXT].strip()
+        if not piece:
+            continue
+        text = piece if not text else text + (piece if piece.startswith(_NO_SPACE_BEFORE) else " " + piece)
+    return Message(source=source, text=text, is_final=segments[-1][_FINAL], segment_id=segments[0][_ID],
+                   started_at=started_at)
+
+
 @dataclass(frozen=True, slots=True)
 class _Turn:
     source: MessageSource
@@ -61,15 +73,7 @@ class _Turn:
     message: Message = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        text = ""
-        for segment in self.segments:
-            piece = segment[_TEXT].strip()
-            if not piece:
-                continue
-            text = piece if not text else text + (piece if piece.startswith(_NO_SPACE_BEFORE) else " " + piece)
-        object.__setattr__(self, "message", Message(
-            source=self.source, text=text, is_final=self.is_final, segment_id=self.segments[0][_ID],
-            started_at=self.started_at))
+        object.__setattr__(self, "message", _message(self.source, self.segments, self.started_at))
 
     @property
     def is_final(self) -> bool:
@@ -91,22 +95,35 @@ _TAIL = 128
 _CHUNK = 64
 
 
+#: A frozen turn: (source value, segments, started_at), atoms and tuples of
+#: atoms only, which the garbage collector stops tracking: however long a
+#: transcript grows, its frozen turns add nothing to a full collection's walk.
+_Frozen = tuple[str, tuple[_Segment, ...], float | None]
+_SOURCES = {source.value: source for source in MessageSource}
+
+
+def _freeze(turn: _Turn) -> _Frozen:
+    return (turn.source.value, turn.segments, turn.started_at)
+
+
 class _Head:
     """Frozen old turns, shared by every transcript made from one another
-    until the next chunk is frozen. Their messages are the previous head's
-    plus the new chunks', so freezing a chunk costs a copy, not a rebuild."""
+    until the next chunk is frozen. Turns and messages are made from them when
+    asked for, and not kept: kept, they would be objects the collector walks."""
 
-    __slots__ = ("__dict__", "chunks", "key", "messages")
+    __slots__ = ("chunks", "key")
 
-    def __init__(self, chunks: tuple[tuple[_Turn, ...], ...] = (), key: float = float("-inf"),
-                 messages: tuple[Message, ...] = ()) -> None:
+    def __init__(self, chunks: tuple[tuple[_Frozen, ...], ...] = (), key: float = float("-inf")) -> None:
         self.chunks = chunks
         self.key = key  # the ordering key after the last of these turns
-        self.messages = messages
 
-    @cached_property
     def turns(self) -> tuple[_Turn, ...]:
-        return tuple(chain.from_iterable(self.chunks))
+        return tuple(_Turn(_SOURCES[source], segments, started_at)
+                     for source, segments, started_at in chain.from_iterable(self.chunks))
+
+    def messages(self) -> tuple[Message, ...]:
+        return tuple(_message(_SOURCES[source], segments, started_at)
+                     for source, segments, started_at in chain.from_iterable(self.chunks))
 
 
 _NO_HEAD = _Head()
@@ -118,27 +135,27 @@ class Transcript:
 
     Held as frozen old turns (``head``), shared with the transcripts it was
     made from, and the newest turns (``tail``), which is all an update usually
-    needs; :attr:`turns` and :attr:`messages` are worked out when asked for,
-    the head's once for all the transcripts that share it."""
+    needs; :attr:`turns` and :attr:`messages` are worked out when asked for."""
 
     head: _Head = _NO_HEAD
     tail: tuple[_Turn, ...] = ()
 
     @cached_property
     def turns(self) -> tuple[_Turn, ...]:
-        return self.head.turns + self.tail
+        return self.head.turns() + self.tail
 
     @cached_property
     def messages(self) -> tuple[Message, ...]:
-        return self.head.messages + tuple(turn.message for turn in self.tail)
+        return self.head.messages() + tuple(turn.message for turn in self.tail)
 
 
 def reconcile(transcript: Transcript, incoming: Message) -> Transcript:
     """Return ``transcript`` with ``incoming`` folded in (see the module rules)."""
     head, tail = transcript.head, transcript.tail
     if incoming.segment_id is None:  # the common case of JSON packets: a new last turn, nothing to search
-        last = tail[-1] if tail else head.chunks[-1][-1] if head.chunks else None
-        if last is None or last.source != incoming.source or last.is_final:
+        last = tail[-1] if tail else None  # (a transcript with frozen turns always has newer ones)
+        if (last is None and not head.chunks) or (
+                last is not None and (last.source != incoming.source or last.is_final)):
             if incoming.started_at is None or incoming.started_at >= next(
                     (turn.started_at for turn in reversed(tail) if turn.started_at is not None), head.key):
                 segment = (None, incoming.text, incoming.is_final)
@@ -214,14 +231,13 @@ def _chunked(head: _Head, turns: tuple[_Turn, ...]) -> Transcript:
     """A transcript of ``head`` then ``turns``, freezing the oldest of ``turns``
     into chunks while more than ``_TAIL`` are left."""
     if len(turns) > _TAIL:
-        chunks, key, messages = head.chunks, head.key, head.messages
+        chunks, key = head.chunks, head.key
         while len(turns) > _TAIL:
             chunk, turns = turns[:_CHUNK], turns[_CHUNK:]
             for turn in chunk:
                 key = turn.started_at if turn.started_at is not None else key
-            chunks = (*chunks, chunk)
-            messages += tuple(turn.message for turn in chunk)
-        head = _Head(chunks, key, messages)
+            chunks = (*chunks, tuple(_freeze(turn) for turn in chunk))
+        head = _Head(chunks, key)
     return Transcript(head, turns)
 
 

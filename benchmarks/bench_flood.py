@@ -65,6 +65,117 @@ def print_timeline(arrivals: list[float], started: float, underrun_at: list[floa
         print("   " + " | ".join(rows[i:i + 4]), flush=True)
 
 
+def raw_session(child: ServerProcess, room: str, seconds: float, packets: int, kind: str,
+                prebuffer_ms: int = 20) -> dict[str, Any]:
+    """The same session with the raw ``livekit.rtc`` client, written as its
+    examples do: the room, its events and the agent's ``AudioStream`` on one
+    asyncio loop; each packet's JSON decoded; a PyAudio output stream in
+    callback mode (20 ms buffers) taking 10 ms frames from a queue once
+    ``prebuffer_ms`` beyond a buffer are queued. No microphone."""
+    import asyncio
+    import collections
+    import threading
+
+    import numpy as np
+    import pyaudio
+    from livekit import rtc
+
+    child.add_agent(room)
+    token = child.token("raw", room)
+    lock = threading.Lock()
+    frames: collections.deque[np.ndarray] = collections.deque()
+    state = {"queued": 0, "underruns": 0, "played": 0, "started": False, "received": 0}
+    depths: list[float] = []
+    buffer, prebuffer = 960, 48 * prebuffer_ms
+
+    def callback(_in: bytes | None, count: int, _time: Any, _status: int) -> tuple[bytes, int]:
+        out = np.zeros(count, dtype=np.int16)
+        with lock:
+            if not state["started"]:
+                while frames and state["queued"] - len(frames[0]) >= count + prebuffer:  # stale: before we play
+                    state["queued"] -= len(frames.popleft())
+                state["started"] = state["queued"] >= count + prebuffer
+            if state["started"]:
+                filled = 0
+                while filled < count and frames:
+                    frame = frames[0]
+                    n = min(len(frame), count - filled)
+                    out[filled:filled + n] = frame[:n]
+                    filled += n
+                    if n == len(frame):
+                        frames.popleft()
+                    else:
+                        frames[0] = frame[n:]
+                state["queued"] -= filled
+                state["played"] += filled
+                if filled < count:
+                    state["underruns"] += 1
+        return out.tobytes(), pyaudio.paContinue
+
+    async def run() -> dict[str, Any]:
+        room_ = rtc.Room()
+        subscribed: asyncio.Queue[rtc.Track] = asyncio.Queue()
+
+        def on_data(packet: rtc.DataPacket) -> None:
+            state["received"] += 1
+            json.loads(packet.data)
+
+        room_.on("data_received", on_data)
+        room_.on("track_subscribed", lambda track, *_: subscribed.put_nowait(track)
+                 if track.kind == rtc.TrackKind.KIND_AUDIO else None)
+        await room_.connect(child.url, token)
+        stream = rtc.AudioStream(await subscribed.get(), sample_rate=48000, num_channels=1)
+
+        async def pump() -> None:
+            async for event in stream:
+                samples = np.frombuffer(event.frame.data, dtype=np.int16)
+                with lock:
+                    frames.append(samples)
+                    state["queued"] += len(samples)
+        pumping = asyncio.get_running_loop().create_task(pump())
+        try:
+            await asyncio.to_thread(child.say_tone, room, seconds + 4)
+            deadline = time.monotonic() + 5
+            while state["played"] < 48000 and time.monotonic() < deadline:  # output stream started
+                await asyncio.sleep(0.05)
+            base = dict(state)
+            started = time.monotonic()
+            sent_in = await asyncio.to_thread(child.flood, room, packets, PAYLOADS[kind]) if packets else 0.0
+            arrived_in = float("nan")
+            while time.monotonic() < started + seconds:
+                await asyncio.sleep(0.05)
+                depths.append(1000 * state["queued"] / 48000)
+                if arrived_in != arrived_in and packets and state["received"] - base["received"] >= packets:
+                    arrived_in = time.monotonic() - started
+            return {
+                "underruns": state["underruns"] - base["underruns"],
+                "trims": 0,
+                "played_s": (state["played"] - base["played"]) / 48000,
+                "wall_s": time.monotonic() - started,
+                "received": state["received"] - base["received"],
+                "server_sent_s": sent_in,
+                "arrived_s": arrived_in,
+                "underrun_at": [],
+                "depth_ms": sum(depths) / max(1, len(depths)),
+                "cushion_ms": 0.0,
+                "cushion_end_ms": 0.0,
+            }
+        finally:
+            pumping.cancel()
+            await stream.aclose()
+            await room_.disconnect()
+
+    pa = pyaudio.PyAudio()  # opened first: it takes up to 2 s, which would stall the loop
+    out = pa.open(format=pyaudio.paInt16, channels=1, rate=48000, output=True, frames_per_buffer=buffer,
+                  stream_callback=callback)
+    try:
+        return asyncio.run(run())
+    finally:
+        out.stop_stream()
+        out.close()
+        pa.terminate()
+
+
 def session(child: ServerProcess, room: str, seconds: float, packets: int, kind: str,
             microphone: bool = True, trace_ffi: bool = False, timeline: bool = False) -> dict[str, Any]:
     from speko_sync import Conversation
@@ -179,6 +290,8 @@ def main() -> int:
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="sys.setswitchinterval for the client process (seconds; default: Python's 0.005)")
     parser.add_argument("--no-microphone", action="store_true", help="text-only sessions (nothing captured)")
+    parser.add_argument("--raw", action="store_true",
+                        help="the raw livekit.rtc client instead (playback only, as its examples do it)")
     parser.add_argument("--timeline", action="store_true",
                         help="per second: longest gap between agent frames and their delay jitter (ms)")
     parser.add_argument("--trace-ffi", action="store_true",
@@ -212,8 +325,12 @@ def main() -> int:
         with VirtualSoundDevices():
             for name, packets in (("quiet", 0), ("flood", args.packets), ("quiet", 0)):
                 pauses.clear()
-                r = session(child, f"{name}-{time.monotonic_ns()}", args.seconds, packets, args.kind,
-                            microphone=not args.no_microphone, trace_ffi=args.trace_ffi, timeline=args.timeline)
+                if args.raw:
+                    r = raw_session(child, f"raw-{name}-{time.monotonic_ns()}", args.seconds, packets, args.kind)
+                else:
+                    r = session(child, f"{name}-{time.monotonic_ns()}", args.seconds, packets, args.kind,
+                                microphone=not args.no_microphone, trace_ffi=args.trace_ffi,
+                                timeline=args.timeline)
                 print(f"{name:5}: {r['underruns']:.0f} underruns, {r['trims']:.0f} trims, "
                       f"{r['played_s']:.1f} s played in {r['wall_s']:.1f} s; "
                       f"depth mean {r['depth_ms']:.1f} ms (flood cushion up to {r['cushion_ms']:.0f} ms, "

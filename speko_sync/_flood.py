@@ -29,7 +29,9 @@ class FloodCushion:
     speaker is than what arrived: the depth built so far, which the playback
     policy must not trim. Time-scaling is linear interpolation with a phase
     carried across frames, so the waveform stays continuous; its pitch moves by
-    5 % while depth is built or given back (under a second each way).
+    5 % while depth is built or given back (under a second each way). The echo
+    canceller's reference stays the unscaled audio: the delay it sees drifts by
+    the 40 ms over 0.8 s, within what its delay estimator follows.
     """
 
     TARGET_MS = 40

@@ -69,11 +69,17 @@ class _Turn:
     source: MessageSource
     segments: tuple[_Segment, ...]
     started_at: float | None
-    #: the turn as one message (worked out once: turns never change)
-    message: Message = field(init=False, repr=False, compare=False)
+    _cached: Message | None = field(default=None, init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "message", _message(self.source, self.segments, self.started_at))
+    @property
+    def message(self) -> Message:
+        """The turn as one message (worked out once, when first asked for:
+        turns never change)."""
+        message = self._cached
+        if message is None:
+            message = _message(self.source, self.segments, self.started_at)
+            object.__setattr__(self, "_cached", message)
+        return message
 
     @property
     def is_final(self) -> bool:

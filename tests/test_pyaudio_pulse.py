@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conv import open_conversation
 from lk import RATE, dominant_frequency, rms
+from test_runtime import wait_until
 
 from speko_sync import AudioConstraints, Conversation, ErrorCode, SpekoClientError, list_audio_devices
 from speko_sync.testing import LocalServer, PulseUnavailable, ScriptedAgent, ServerProcess, VirtualSoundDevices, tone
@@ -229,8 +230,6 @@ def test_a_packet_flood_gets_a_playback_cushion_that_is_given_back_without_dropp
     plays it back out faster after it; the agent's audio is neither dropped nor
     held up meanwhile. The server runs in a process of its own, as a real one
     does (in this one it would take the interpreter from the client's audio)."""
-    from test_runtime import wait_until
-
     with ServerProcess() as server:
         server.add_agent("flood")
         with Conversation(server.token("user", "flood"), server.url, audio_constraints=RAW) as conv:

@@ -35,6 +35,7 @@ setup(
     package_data={"speko_sync": ["py.typed"]},
     install_requires=[
         "livekit==1.2.*",
+        "livekit-protocol>=1.1.29,<2",  # LiveKit Agents' session stream (agent_pb)
         "numpy>=1.24",
         "blinker>=1.7",
         "pyaudio>=0.2.14",

@@ -19,6 +19,17 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0.dev0"
 
 _EXPORTS = {
+    "AgentToolCall": "events",
+    "AgentToolsExecuted": "events",
+    "Interruption": "events",
+    "ModelUsage": "events",
+    "Reply": "events",
+    "ToolCall": "events",
+    "ToolCallStatus": "events",
+    "Turn": "events",
+    "TurnMetrics": "events",
+    "UserState": "events",
+    "ToolError": "errors",
     "AgentOverrides": "overrides",
     "AgentState": "events",
     "ControlEvent": "events",
@@ -53,6 +64,8 @@ _EXPORTS = {
 __all__ = [
     "AgentOverrides",
     "AgentState",
+    "AgentToolCall",
+    "AgentToolsExecuted",
     "AudioBackend",
     "AudioConstraints",
     "AudioDevice",
@@ -66,17 +79,26 @@ __all__ = [
     "ErrorCode",
     "Event",
     "EventBatch",
+    "Interruption",
     "Message",
     "MessageSource",
     "Mode",
+    "ModelUsage",
     "NullAudio",
     "Overrides",
     "PyAudioBackend",
     "Reconnection",
+    "Reply",
     "SessionCredentials",
     "SpekoClientError",
     "Status",
+    "ToolCall",
+    "ToolCallStatus",
+    "ToolError",
     "TtsOverrides",
+    "Turn",
+    "TurnMetrics",
+    "UserState",
     "__version__",
     "create_session",
     "list_audio_devices",
@@ -96,9 +118,11 @@ if TYPE_CHECKING:
         list_audio_devices,
     )
     from .conversation import Conversation
-    from .errors import ErrorCode, SpekoClientError
+    from .errors import ErrorCode, SpekoClientError, ToolError
     from .events import (
         AgentState,
+        AgentToolCall,
+        AgentToolsExecuted,
         ControlEvent,
         ControlEventType,
         ConversationStats,
@@ -106,11 +130,19 @@ if TYPE_CHECKING:
         DisconnectReason,
         Event,
         EventBatch,
+        Interruption,
         Message,
         MessageSource,
         Mode,
+        ModelUsage,
         Reconnection,
+        Reply,
         Status,
+        ToolCall,
+        ToolCallStatus,
+        Turn,
+        TurnMetrics,
+        UserState,
     )
     from .overrides import AgentOverrides, Overrides, TtsOverrides
     from .sessions import SessionCredentials, create_session, session_credentials

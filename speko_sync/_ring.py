@@ -59,3 +59,12 @@ class Ring:
         n = max(0, min(n, self.available()))
         self._r += n
         return n
+
+    def mark(self) -> int:
+        """Producer: a mark of everything written so far (for :meth:`skip_to`)."""
+        return self._w
+
+    def skip_to(self, mark: int) -> int:
+        """Consumer: drop whatever of what was written before ``mark`` is still
+        unread; return how many samples."""
+        return self.skip(mark - self._r)

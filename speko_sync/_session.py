@@ -15,18 +15,23 @@ Data flow:
   (``_transcript.SegmentUpdates`` lets each update through once)
   messages -> ``_transcript.reconcile`` -> the transcript; both -> dispatcher
   ``lk.agent.state`` attribute of the agent -> agent state (and mode)
+  ``lk.agent.session`` byte streams -> ``_agent_session`` -> user state,
+  turns, the agent's tools, interruptions (barge-in), usage, agent errors
+  RPC invocations of client tools -> ``_tools.ToolHost`` -> the tool pool
+  all of it -> ``_turns.TurnTracker`` -> replies (``ask``) and latencies
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -34,6 +39,7 @@ from livekit import rtc
 from livekit.rtc.participant import PublishDataError
 
 from . import _protocol
+from ._agent_session import SessionStream
 from ._flood import FloodCushion
 from ._protocol import (
     ATTR_AGENT_STATE,
@@ -44,7 +50,9 @@ from ._protocol import (
     TOPIC_CONTROL,
     TOPIC_TRANSCRIPTION,
 )
+from ._tools import Tool, ToolHost
 from ._transcript import SegmentUpdates, Transcript, reconcile
+from ._turns import TurnTracker, VoiceEdges, is_barge_in
 from .audio import (
     CAPTURE_DROPPED,
     CAPTURED,
@@ -68,7 +76,10 @@ from .events import (
     Message,
     MessageSource,
     Mode,
+    ModelUsage,
     Reconnection,
+    Reply,
+    UserState,
 )
 
 log = logging.getLogger("speko_sync")
@@ -141,7 +152,8 @@ class Session:
                  on_remote_end: Callable[[DisconnectionDetails], None], *, microphone: bool = True,
                  on_link: Callable[[Reconnection | None], None] = lambda _: None,
                  audio_loop: asyncio.AbstractEventLoop | None = None,
-                 emit_latest: Callable[[str, Callable[[], Any]], None] | None = None) -> None:
+                 emit_latest: Callable[[str, Callable[[], Any]], None] | None = None,
+                 client_tools: Mapping[str, Tool] | None = None) -> None:
         self._emit = emit
         # snapshots (the transcript) built when delivered, the newest only
         self._emit_latest = emit_latest or (lambda kind, make: emit(kind, make()))
@@ -187,6 +199,21 @@ class Session:
         self.packets_received = 0
         self.malformed = 0
         self.ignored = 0
+        # what the agent does through us and says about itself
+        self.tools = ToolHost(client_tools or {}, emit)
+        self.turns = TurnTracker()
+        self.tools.on_call.append(self.turns.on_tool_call)
+        self.agent_session = SessionStream(self._on_session_event)
+        self.user_state: UserState | None = None
+        self.usage: tuple[ModelUsage, ...] = ()
+        self._state_attribute = False  # the agent publishes lk.agent.state (then it is the state's source)
+        self._room_loop: asyncio.AbstractEventLoop | None = None
+        self._mic_edges = VoiceEdges()  # audio loop: the user's speech at the microphone
+        self._agent_edges = VoiceEdges()  # audio loop: the agent's audio going to the speaker
+        self._silence = np.zeros(FRAME, dtype=np.int16)
+        self._quiet_until = 0.0  # audio loop: agent audio still in flight after a barge-in plays as silence
+        self._barged = False  # this speaking turn of the agent was cut off already
+        self.barge_ins = 0
 
     # -- connect ------------------------------------------------------------------
     async def connect(self, url: str, token: str, overrides: bytes | None, timeout: float) -> str:
@@ -225,7 +252,7 @@ class Session:
         self._audio_open = True
 
     async def _join(self, url: str, token: str, overrides: bytes | None, timeout: float, deadline: float) -> str:
-        loop = asyncio.get_running_loop()
+        loop = self._room_loop = asyncio.get_running_loop()
         room = self.room = rtc.Room(loop)
         for event, handler in (
                 ("disconnected", self._on_disconnected), ("reconnecting", self._on_reconnecting),
@@ -238,6 +265,7 @@ class Session:
                 ("transcription_received", self._on_legacy_transcription)):
             room.on(event, _listener(handler))  # type: ignore[arg-type]  # names as LiveKit spells them
         room.register_text_stream_handler(TOPIC_TRANSCRIPTION, self._on_transcription_stream)
+        self.agent_session.attach(room)
         connecting = loop.create_task(room.connect(url, token, rtc.RoomOptions(
             auto_subscribe=True, connect_timeout=max(0.5, timeout))))
         try:
@@ -251,6 +279,7 @@ class Session:
             raise
         except Exception as exc:
             raise SpekoClientError(ErrorCode.CONNECTION_FAILED, f"could not connect to {url}: {exc}", exc) from exc
+        self.tools.attach(room)  # before anything else: the agent may call a tool from its first turn
         for participant in room.remote_participants.values():
             self._on_participant(participant)
         try:
@@ -291,6 +320,14 @@ class Session:
                 self._tasks.append(asyncio.get_running_loop().create_task(
                     self._supervised("microphone", self._capture_pump)))
         await self._on_audio_loop(start)
+
+    def _to_room_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        """Audio loop: have ``fn(*args)`` called on the room loop."""
+        loop = self._room_loop
+        if loop is None or loop is asyncio.get_running_loop():
+            fn(*args)
+        else:
+            loop.call_soon_threadsafe(fn, *args)
 
     def _other_audio_loop(self) -> asyncio.AbstractEventLoop | None:
         """The audio loop when it is not the one running now, else ``None``."""
@@ -426,6 +463,10 @@ class Session:
                     frame = rtc.AudioFrame(samples.tobytes(), SAMPLE_RATE, 1, FRAME)
                     if self._apm is not None:
                         self._apm.process_stream(frame)
+                    # the user's speech as sent (echo cancelled): where it ends, a reply is timed from
+                    heard_at = now - io.capture.available() / io.rate
+                    if self._mic_edges.push(np.frombuffer(frame.data, dtype=np.int16), heard_at) == "end":
+                        self._to_room_loop(self.turns.on_user_speech_end, self._mic_edges.last_voiced)
                     await source.capture_frame(frame)
 
     #: How many times a pump that raised is started again before giving up.
@@ -456,6 +497,13 @@ class Session:
         reference first, then the playback ring at the device rate."""
         io = self.io
         assert io is not None
+        now = time.monotonic()
+        if now < self._quiet_until:
+            samples = self._silence  # sent before the agent was interrupted: never played
+        elif self._agent_edges.push(samples, now) == "start":
+            # when this frame leaves the speaker: behind what is queued, and the device's latency
+            played_at = now + io.playback.available() / io.rate + self._audio.latency_s
+            self._to_room_loop(self.turns.on_agent_audio, played_at)
         if self._echo is not None:
             volume = io.volume
             played = samples if volume == 1.0 else (samples * volume).astype(np.int16)
@@ -588,15 +636,75 @@ class Session:
         except ValueError:
             log.debug("ignoring unknown agent state %r from %s", value, participant.identity)
             return
-        if state != self.agent_state:
-            self.agent_state = state
-            self._emit("agent_state_changed", state)
-            self._update_mode()
+        self._state_attribute = True
+        self._set_agent_state(state)
+
+    def _set_agent_state(self, state: AgentState) -> None:
+        """One agent state, from ``lk.agent.state`` or, for an agent that
+        publishes none, its session stream; events only on change."""
+        old = self.agent_state
+        if state == old:
+            return
+        self.agent_state = state
+        self._emit("agent_state_changed", state)
+        self._update_mode()
+        self.turns.on_agent_state(state)
+        if state == AgentState.SPEAKING:
+            self._barged = False
+        elif is_barge_in(old, state, user_speaking=self._user_speaking()):
+            self._barge_in()
+
+    def _user_speaking(self) -> bool:
+        return self.user_state == UserState.SPEAKING or self._mic_edges.talking
+
+    # -- the agent's session stream (lk.agent.session) ----------------------------------
+    def _on_session_event(self, kind: str, value: Any) -> None:
+        """Room loop: one decoded event of the agent's session stream."""
+        if kind == "agent_state":
+            if not self._state_attribute:  # lk.agent.state, when published, says the same first
+                self._set_agent_state(value)
+        elif kind == "user_state":
+            if value != self.user_state:
+                self.user_state = value
+                self._emit("user_state_changed", value)
+        elif kind == "turn":
+            self._emit("turn", self.turns.on_turn(value))
+        elif kind == "interruption":
+            self._emit("interruption", value)
+            if value.is_interruption:
+                self._barge_in()
+        elif kind == "usage":
+            self.usage = value
+            self._emit("usage", value)
+        elif kind == "agent_tools":
+            self._emit("agent_tools", value)
+        elif kind == "error":
+            self._emit("error", SpekoClientError(ErrorCode.AGENT_ERROR, f"the agent reported: {value}"))
+
+    #: Agent audio arriving this long after a barge-in was sent before the
+    #: agent stopped (in flight, in LiveKit's jitter buffer): it plays as silence.
+    BARGE_IN_QUIET_S = 0.25
+
+    def _barge_in(self) -> None:
+        """Room loop: the user interrupted the agent: drop its queued audio."""
+        if self._barged:
+            return
+        self._barged = True
+        self.barge_ins += 1
+        self._call_on_audio_loop(self._drop_playback)
+
+    def _drop_playback(self) -> None:
+        """Audio loop: silence the speaker within one device buffer."""
+        io = self.io
+        if io is not None:
+            self._quiet_until = time.monotonic() + self.BARGE_IN_QUIET_S
+            io.flush_playback()
 
     # -- transcripts --------------------------------------------------------------------
     def _deliver(self, message: Message) -> None:
         self.transcript = reconcile(self.transcript, message)
         self._emit("message", message)
+        self.turns.on_message(message)
         transcript = self.transcript
         self._emit_latest("transcript", lambda: transcript.messages)
 
@@ -763,6 +871,20 @@ class Session:
         # transcript here, as the user's
         self._deliver(Message(source=MessageSource.USER, text=text, is_final=True, started_at=started))
 
+    async def ask(self, text: str) -> concurrent.futures.Future[Reply]:
+        """Send a typed turn; a future of the agent's reply to it."""
+        future = self.turns.expect(typed=True)  # before the send: nothing of the answer is missed
+        try:
+            await self.send_chat(text)
+        except BaseException:
+            future.cancel()
+            raise
+        return future
+
+    async def expect_reply(self) -> concurrent.futures.Future[Reply]:
+        """A future of the agent's next complete turn."""
+        return self.turns.expect(typed=False)
+
     async def set_muted(self, muted: bool) -> None:
         self.muted = muted
         if self._track is not None:
@@ -789,6 +911,13 @@ class Session:
             packets_received=self.packets_received,
             malformed_packets=self.malformed,
             ignored_packets=self.ignored,
+            tool_calls=self.tools.calls,
+            tool_calls_refused=self.tools.refused,
+            session_messages=self.agent_session.messages,
+            session_ignored=self.agent_session.ignored,
+            response_latency_s=self.turns.response_latency_s,
+            agent_e2e_latency_s=self.turns.agent_e2e_latency_s,
+            barge_ins=self.barge_ins,
         )
 
     async def close(self) -> None:
@@ -802,6 +931,8 @@ class Session:
 
     async def _release(self) -> None:
         self._playing = False
+        self.turns.close()
+        await self.agent_session.close()
         for task in self._readers:
             task.cancel()
         with contextlib.suppress(Exception):  # the audio loop is gone only at interpreter exit

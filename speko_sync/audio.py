@@ -91,11 +91,18 @@ class AudioIO:
         self.max_slack = max(self.min_slack, rate * playback_max_slack_ms // 1000)
         self.slack = self.min_slack
         self.cushion = 0
+        self._flush_mark = 0  # written by the loop (flush), read by render
         self._window = rate  # one second of rendered audio
         self._window_left = self._window
         self._window_min = self.playback.capacity
         self._clean = 0
         self._started = False
+
+    def flush_playback(self) -> None:
+        """Loop side: drop all agent audio queued so far (a barge-in). The
+        speaker's side drops it at its next buffer, so the speaker goes quiet
+        within one device buffer; the ring keeps one writer and one reader."""
+        self._flush_mark = self.playback.mark()
 
     def playback_depth_ms(self) -> float:
         return 1000.0 * self.playback.available() / self.rate
@@ -106,6 +113,8 @@ class AudioIO:
         keeps latency bounded by the jitter policy in the class docstring.
         Allocation-free: safe in an audio callback (one thread at a time)."""
         ring = self.playback
+        if ring.skip_to(self._flush_mark):  # flushed: the silence until new audio is no underrun
+            self._started = False
         need = len(out)
         headroom = ring.available() - need
         cushion = self.cushion

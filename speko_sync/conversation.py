@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
@@ -12,19 +13,27 @@ from . import _protocol, signals
 from ._loop import LoopStopped
 from ._runtime import check_not_forked_after_use, runtime
 from ._session import Session
+from ._tools import Tool, check_tool, check_tools
 from .audio import AudioBackend, AudioConstraints, PyAudioBackend
 from .errors import ErrorCode, SpekoClientError
 from .events import (
     AgentState,
+    AgentToolsExecuted,
     ControlEvent,
     ConversationStats,
     DisconnectionDetails,
     DisconnectReason,
     EventBatch,
+    Interruption,
     Message,
     Mode,
+    ModelUsage,
     Reconnection,
+    Reply,
     Status,
+    ToolCall,
+    Turn,
+    UserState,
 )
 from .overrides import OverridesLike, overrides_to_wire
 
@@ -39,6 +48,12 @@ _CALLBACKS = {
     "on_status_change": "status_changed",
     "on_mode_change": "mode_changed",
     "on_agent_state_change": "agent_state_changed",
+    "on_user_state_change": "user_state_changed",
+    "on_turn": "turn",
+    "on_tool_call": "tool_call",
+    "on_agent_tools": "agent_tools",
+    "on_interruption": "interruption",
+    "on_usage": "usage",
     "on_control": "control",
     "on_error": "error",
 }
@@ -76,9 +91,14 @@ class Conversation:
         on_connect(conversation_id), on_disconnect(details),
         on_reconnect(reconnection), on_message(message),
         on_transcript(transcript), on_status_change(status), on_mode_change(mode),
-        on_agent_state_change(state), on_control(event), on_error(error):
+        on_agent_state_change(state), on_control(event), on_error(error),
+        on_user_state_change(state), on_turn(turn), on_tool_call(call),
+        on_agent_tools(executed), on_interruption(interruption), on_usage(usage):
             callbacks with the payload alone, run on the dispatcher thread
             (see :mod:`speko_sync.signals`).
+        client_tools: ``{name: function}``: plain blocking functions the agent
+            may call (LiveKit RPC methods of those names, registered before
+            the constructor returns). See :meth:`register_tool` for the rules.
         connect_timeout: seconds the constructor may take.
         reconnect_timeout: seconds the conversation may stay ``reconnecting``
             after LiveKit loses the link (default 15, LiveKit's ping timeout).
@@ -122,6 +142,13 @@ class Conversation:
                  on_agent_state_change: Callable[[AgentState], Any] | None = None,
                  on_control: Callable[[ControlEvent], Any] | None = None,
                  on_error: Callable[[SpekoClientError], Any] | None = None,
+                 on_user_state_change: Callable[[UserState], Any] | None = None,
+                 on_turn: Callable[[Turn], Any] | None = None,
+                 on_tool_call: Callable[[ToolCall], Any] | None = None,
+                 on_agent_tools: Callable[[AgentToolsExecuted], Any] | None = None,
+                 on_interruption: Callable[[Interruption], Any] | None = None,
+                 on_usage: Callable[[tuple[ModelUsage, ...]], Any] | None = None,
+                 client_tools: Mapping[str, Tool] | None = None,
                  connect_timeout: float = 15.0, reconnect_timeout: float = 15.0) -> None:
         # Validate everything before any thread or device is taken.
         if not isinstance(token, str) or not token.strip():
@@ -151,10 +178,13 @@ class Conversation:
             ("on_message", on_message),
             ("on_transcript", on_transcript), ("on_status_change", on_status_change),
             ("on_mode_change", on_mode_change), ("on_agent_state_change", on_agent_state_change),
-            ("on_control", on_control), ("on_error", on_error)) if fn is not None}
+            ("on_control", on_control), ("on_error", on_error), ("on_user_state_change", on_user_state_change),
+            ("on_turn", on_turn), ("on_tool_call", on_tool_call), ("on_agent_tools", on_agent_tools),
+            ("on_interruption", on_interruption), ("on_usage", on_usage)) if fn is not None}
         for name, fn in callbacks.items():
             if not callable(fn):
                 raise TypeError(f"{name} must be callable")
+        tools = check_tools(client_tools)
         check_not_forked_after_use()
 
         self._lock = threading.RLock()
@@ -179,7 +209,8 @@ class Conversation:
         shared.open.add(self)  # ended at interpreter exit if still open
         self._session = Session(self._emit, self._audio, audio_constraints or AudioConstraints(),
                                 self._on_remote_end, microphone=microphone, on_link=self._on_link,
-                                audio_loop=shared.audio.loop, emit_latest=self._dispatcher.post_latest)
+                                audio_loop=shared.audio.loop, emit_latest=self._dispatcher.post_latest,
+                                client_tools=tools)
         self._emit("status_changed", Status.CONNECTING)
         try:
             self._conversation_id = self._runner.call(
@@ -318,6 +349,17 @@ class Conversation:
         agent publishes a state."""
         return self._session.agent_state
 
+    @property
+    def user_state(self) -> UserState | None:
+        """What the agent says the user is doing (speaking, listening, away),
+        from its session stream; ``None`` for an agent that sends none."""
+        return self._session.user_state
+
+    @property
+    def usage(self) -> tuple[ModelUsage, ...]:
+        """The agent's model usage as last reported (empty until it reports)."""
+        return self._session.usage
+
     def transcript(self) -> tuple[Message, ...]:
         """The reconciled transcript so far: one message per speaker turn,
         ordered by when each turn began (see :mod:`speko_sync._transcript`);
@@ -430,6 +472,104 @@ class Conversation:
         self._require_connected()
         self._call(self._session.send(payload))
 
+    # -- client tools ---------------------------------------------------------------------
+    def register_tool(self, name: str, fn: Tool) -> None:
+        """Let the agent call ``fn`` as the client tool ``name`` (a LiveKit RPC
+        method), from now on; replaces a tool of that name. Any thread, any
+        status before the end.
+
+        The agent's payload, if a JSON object, is passed as keyword arguments
+        (``fn(on=True)``), an empty one as none, any other as one string. A
+        ``str`` result is sent as it is, anything else JSON-encoded. An
+        exception sends ``str(exc)`` as the RPC error's message (raise
+        :class:`~speko_sync.errors.ToolError` to choose it exactly); never a
+        traceback. Only agent participants may call; others are refused (the
+        function never runs) and counted. ``fn`` runs on a thread of the
+        library's tool pool (``speko-tool-N``), never on the loop, audio or
+        dispatcher thread, so a slow tool holds up neither audio nor events;
+        at most 4 calls of one conversation run at once. One that outlives the
+        agent's deadline (its ``response_timeout`` minus LiveKit's round-trip
+        allowance) is answered with a timeout error. Every call is reported
+        through ``on_tool_call`` / :data:`speko_sync.signals.tool_call`.
+
+        Raises:
+            TypeError: ``name`` is not a str, ``fn`` not callable, or a
+                coroutine function (tools are plain blocking functions).
+            ValueError: ``name`` is empty, over 128 characters, or padded.
+            SpekoClientError: NOT_CONNECTED after the end.
+        """
+        check_tool(name, fn)
+        self._require_connected(Status.CONNECTING, Status.RECONNECTING)
+        self._session.tools.add(name, fn)
+
+    def unregister_tool(self, name: str) -> bool:
+        """Stop offering the client tool ``name``; later calls are refused.
+        Returns False if there was none. Any thread, any status; raises nothing."""
+        return self._session.tools.remove(name)
+
+    @property
+    def tools(self) -> list[str]:
+        """The names of the client tools offered now, sorted."""
+        return self._session.tools.names()
+
+    # -- turns --------------------------------------------------------------------------
+    def ask(self, text: str, timeout: float = 30.0) -> Reply:
+        """Send ``text`` as a typed turn (as :meth:`send_chat_message`) and block
+        until the agent's answer to it is final; return it as a :class:`Reply`
+        (text, the agent's metrics, tools it called, client-measured latency).
+        Any thread but the dispatcher's (a receiver waiting for a reply would
+        hold up the events that complete it).
+
+        The answer is the agent's next complete turn after this one: with
+        LiveKit Agents' session stream, its conversation item (after the
+        user's item for ``text``); without, its final transcript once it is
+        no longer speaking.
+
+        Raises:
+            TypeError, ValueError: as :meth:`send_chat_message`, or a
+                ``timeout`` that is not a positive number.
+            SpekoClientError: NOT_CONNECTED as :meth:`send_chat_message`, or
+                when the session ends before the answer.
+            TimeoutError: no answer within ``timeout`` seconds (the turn was sent).
+            RuntimeError: called on the dispatcher thread.
+        """
+        _protocol.check_chat_text(text)
+        self._check_wait(timeout)
+        self._require_connected()
+        return self._wait_reply(self._call(self._session.ask(text)), timeout)
+
+    def wait_for_reply(self, timeout: float = 30.0) -> Reply:
+        """Block until the agent's next complete turn (a spoken question's
+        answer, say) and return it as a :class:`Reply`; its latencies are
+        timed from the end of the user's speech at the microphone when the
+        user spoke meanwhile, else from this call.
+
+        Raises:
+            ValueError: ``timeout`` is not a positive number.
+            SpekoClientError: NOT_CONNECTED when not connected or when the
+                session ends first.
+            TimeoutError: no complete turn within ``timeout`` seconds.
+            RuntimeError: called on the dispatcher thread.
+        """
+        self._check_wait(timeout)
+        self._require_connected(Status.RECONNECTING)
+        return self._wait_reply(self._call(self._session.expect_reply()), timeout)
+
+    def _check_wait(self, timeout: float) -> None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if threading.current_thread() is self._runtime.dispatcher.thread:
+            raise RuntimeError("ask() and wait_for_reply() cannot run in a receiver: the reply is delivered by "
+                               "the thread that would be waiting; call them from your own thread")
+
+    @staticmethod
+    def _wait_reply(future: concurrent.futures.Future[Reply], timeout: float) -> Reply:
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"the agent did not complete a turn within {timeout:g} s") from None
+
     def poll_events(self) -> EventBatch:
         """Return and clear the events since the last call, without blocking;
         any thread, any status. Keeps the newest 1000; ``EventBatch.dropped``
@@ -437,7 +577,7 @@ class Conversation:
         return self._dispatcher.poll()
 
     def stats(self) -> ConversationStats:
-        """A snapshot of the audio and packet counters (see
+        """A snapshot of the audio, packet, tool and latency counters (see
         :class:`ConversationStats`); any thread, any status. Raises nothing."""
         return self._session.stats()
 

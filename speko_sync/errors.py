@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["ErrorCode", "SpekoClientError"]
+__all__ = ["ErrorCode", "SpekoClientError", "ToolError"]
 
 
 class ErrorCode(str, enum.Enum):
@@ -23,6 +23,10 @@ class ErrorCode(str, enum.Enum):
     #: A send was attempted before the session connected, while it was
     #: reconnecting (nothing was sent) or after it ended.
     NOT_CONNECTED = "NOT_CONNECTED"
+    #: The agent reported an error of its own (LiveKit Agents' session stream
+    #: ``error`` event: its LLM, TTS or STT failed...). Delivered through
+    #: ``on_error``; the session goes on.
+    AGENT_ERROR = "AGENT_ERROR"
     #: Minting a session (``create_session``) failed; ``status`` has the HTTP status.
     SESSION_REQUEST_FAILED = "SESSION_REQUEST_FAILED"
 
@@ -55,3 +59,13 @@ class SpekoClientError(Exception):
 
     def __hash__(self) -> int:
         return hash((self.code, self.message))
+
+
+class ToolError(Exception):
+    """Raise it from a client tool to send the agent exactly ``message`` as the
+    RPC error's message (any other exception sends ``str(exc)``; never a
+    traceback)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

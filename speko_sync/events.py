@@ -12,6 +12,8 @@ from .errors import SpekoClientError
 
 __all__ = [
     "AgentState",
+    "AgentToolCall",
+    "AgentToolsExecuted",
     "ControlEvent",
     "ControlEventType",
     "ConversationStats",
@@ -19,11 +21,19 @@ __all__ = [
     "DisconnectionDetails",
     "Event",
     "EventBatch",
+    "Interruption",
     "Message",
     "MessageSource",
     "Mode",
+    "ModelUsage",
     "Reconnection",
+    "Reply",
     "Status",
+    "ToolCall",
+    "ToolCallStatus",
+    "Turn",
+    "TurnMetrics",
+    "UserState",
 ]
 
 
@@ -63,6 +73,16 @@ class AgentState(str, enum.Enum):
     LISTENING = "listening"
     THINKING = "thinking"
     SPEAKING = "speaking"
+
+
+class UserState(str, enum.Enum):
+    """What the agent says the user is doing (LiveKit Agents' session stream,
+    ``user_state_changed``): ``speaking``, ``listening`` (silent), or ``away``
+    (silent for the agent's away timeout)."""
+
+    SPEAKING = "speaking"
+    LISTENING = "listening"
+    AWAY = "away"
 
 
 class ControlEventType(str, enum.Enum):
@@ -145,19 +165,180 @@ class DisconnectionDetails:
 
 
 @dataclass(frozen=True)
+class TurnMetrics:
+    """The agent's own measures of one turn (LiveKit Agents' ``MetricsReport``),
+    as it reports them; ``None`` where it reported nothing.
+
+    Durations are in seconds: ``llm_node_ttft`` (LLM time to first token),
+    ``llm_node_ttfs`` (to first sentence), ``tts_node_ttfb`` (TTS time to first
+    byte), ``llm_node_tps`` (tokens per second, not seconds); for spoken turns
+    ``e2e_latency`` (end of the user's speech, as the agent heard it, to the
+    agent's first audio out), ``transcription_delay``, ``end_of_turn_delay``,
+    ``on_user_turn_completed_delay``. ``started_speaking_at`` /
+    ``stopped_speaking_at`` are seconds since the epoch on the agent's clock.
+    """
+
+    started_speaking_at: float | None = None
+    stopped_speaking_at: float | None = None
+    transcription_delay: float | None = None
+    end_of_turn_delay: float | None = None
+    on_user_turn_completed_delay: float | None = None
+    llm_node_ttft: float | None = None
+    llm_node_ttfs: float | None = None
+    llm_node_tps: float | None = None
+    tts_node_ttfb: float | None = None
+    e2e_latency: float | None = None
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One completed conversation item, as the agent's session stream reports it
+    (``conversation_item_added``): who spoke (``source``), the whole ``text``,
+    whether the agent was ``interrupted``, the agent's ``metrics`` (``None``
+    when it sent none), its ``id``.
+
+    ``response_latency_s``, for an agent turn that answered speech: seconds from
+    the end of the user's speech at the microphone (the library's own measure)
+    to the first agent audio played on the speaker (its device latency
+    included): the latency the user hears. ``None`` otherwise. Beside it,
+    ``metrics.e2e_latency`` is the agent's own part of it.
+
+    Turns are events, not transcript lines: the transcript is built from the
+    live transcriptions, so each turn's text appears there once.
+    """
+
+    source: MessageSource
+    text: str
+    interrupted: bool = False
+    metrics: TurnMetrics | None = None
+    id: str = ""
+    response_latency_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The agent's answer to a turn (:meth:`Conversation.ask`,
+    :meth:`Conversation.wait_for_reply`).
+
+    ``text``: the agent's whole answer; ``interrupted``: the user cut it short;
+    ``metrics``: the agent's :class:`TurnMetrics` (``None`` without its session
+    stream); ``tool_calls``: the client tools the agent called meanwhile.
+    Client-measured seconds from when the turn was sent (:meth:`ask`) or the
+    user's speech ended (a spoken turn): ``first_audio_s`` to the agent's first
+    audio played on the speaker (``None`` if it played none), ``final_s`` to
+    the final text. ``turn``: the agent's :class:`Turn`, if it sent one.
+    """
+
+    text: str
+    interrupted: bool = False
+    metrics: TurnMetrics | None = None
+    first_audio_s: float | None = None
+    final_s: float | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    turn: Turn | None = None
+
+
+class ToolCallStatus(str, enum.Enum):
+    """How a client tool call ended."""
+
+    OK = "ok"  # the tool returned; its result was sent
+    ERROR = "error"  # it raised (or its arguments or result were unusable); the message was sent
+    TIMEOUT = "timeout"  # it outlived the agent's deadline; LiveKit answered RESPONSE_TIMEOUT
+    REFUSED = "refused"  # never run: the caller is not an agent, the tool is unknown, or too many run
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One call of a client tool by the agent (``on_tool_call``), reported
+    after it was answered.
+
+    ``name``: the tool (the RPC method); ``arguments``: the keyword arguments
+    it got (a JSON-object payload) or the raw payload string; ``result``: what
+    was sent back, or ``None``; ``error``: the message sent back as the RPC
+    error's, or ``None``; ``duration_s``: seconds from the request to the
+    answer; ``caller``: the calling participant's identity; ``request_id``:
+    LiveKit's id of the request.
+    """
+
+    name: str
+    arguments: Mapping[str, Any] | str
+    status: ToolCallStatus
+    result: str | None = None
+    error: str | None = None
+    duration_s: float = 0.0
+    caller: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class AgentToolCall:
+    """A tool the agent ran itself or through a client (``function_tools_executed``):
+    its ``name``, ``arguments`` (the JSON string the LLM produced), ``output``
+    and whether that output is an error (``is_error``)."""
+
+    name: str
+    arguments: str
+    output: str
+    is_error: bool = False
+    call_id: str = ""
+
+
+@dataclass(frozen=True)
+class AgentToolsExecuted:
+    """The agent's report that it executed tools for one LLM step."""
+
+    calls: tuple[AgentToolCall, ...]
+
+
+@dataclass(frozen=True)
+class Interruption:
+    """The user talked over the agent, as the agent judged it.
+
+    ``is_interruption``: true when the agent took it as an interruption and
+    stopped (``overlapping_speech``), false for overlap it let pass (a
+    backchannel). ``false_alarm``: the agent decided an earlier interruption
+    was not one (``agent_false_interruption``); ``resumed``: it then resumed
+    speaking. ``detection_delay_s``: seconds the agent took to decide, if it
+    said.
+    """
+
+    is_interruption: bool
+    false_alarm: bool = False
+    resumed: bool = False
+    detection_delay_s: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelUsage:
+    """What one model of the agent used so far (``session_usage_updated``):
+    ``kind`` (``llm``, ``tts``, ``stt``, ``interruption``, ``eot``),
+    ``provider``, ``model``, and its counters as reported (token counts,
+    ``characters_count``, ``audio_duration`` and ``session_duration`` in
+    seconds...)."""
+
+    kind: str
+    provider: str
+    model: str
+    values: Mapping[str, float]
+
+
+@dataclass(frozen=True)
 class Event:
     """One event, as returned by :meth:`Conversation.poll_events`.
 
     ``kind`` is the signal's name (``"connected"``, ``"disconnected"``,
     ``"reconnected"``, ``"message"``, ``"transcript"``, ``"status_changed"``, ``"mode_changed"``,
-    ``"agent_state_changed"``, ``"control"``, ``"error"``) and ``value`` its
+    ``"agent_state_changed"``, ``"user_state_changed"``, ``"turn"``,
+    ``"tool_call"``, ``"agent_tools"``, ``"interruption"``, ``"usage"``,
+    ``"control"``, ``"error"``) and ``value`` its
     payload (the conversation id for ``connected``, a tuple of turn messages
     for ``transcript``).
     """
 
     kind: str
-    value: (str | Message | tuple[Message, ...] | Status | Mode | AgentState | ControlEvent
-            | DisconnectionDetails | Reconnection | SpekoClientError)
+    value: (str | Message | tuple[Message, ...] | Status | Mode | AgentState | UserState | ControlEvent
+            | DisconnectionDetails | Reconnection | SpekoClientError | Turn | ToolCall | AgentToolsExecuted
+            | Interruption | tuple[ModelUsage, ...])
 
 
 @dataclass(frozen=True)
@@ -191,6 +372,16 @@ class ConversationStats:
     (no topic, not a Speko JSON packet) and ``ignored_packets`` (other topics,
     unknown control events, malformed ones included): other publishers' data is
     ignored, never an error.
+
+    Client tools: ``tool_calls`` answered (any status), of which
+    ``tool_calls_refused`` were never run (a caller that is not an agent, an
+    unknown tool, too many at once). Agent session stream: ``session_messages``
+    decoded, ``session_ignored`` (unknown kinds, requests and responses, and
+    malformed or oversized streams, counted and skipped).
+    ``response_latency_s``: the last spoken turn's latency as heard (see
+    :class:`Turn`), ``agent_e2e_latency_s``: the agent's own ``e2e_latency``
+    for its last spoken turn; ``None`` until measured. ``barge_ins``: times
+    queued agent audio was dropped because the user interrupted the agent.
     """
 
     frames_captured: int = 0
@@ -206,3 +397,10 @@ class ConversationStats:
     packets_received: int = 0
     malformed_packets: int = 0
     ignored_packets: int = 0
+    tool_calls: int = 0
+    tool_calls_refused: int = 0
+    session_messages: int = 0
+    session_ignored: int = 0
+    response_latency_s: float | None = None
+    agent_e2e_latency_s: float | None = None
+    barge_ins: int = 0

@@ -25,6 +25,12 @@ signal                keyword argument            type
 ``status_changed``    ``status``                  :class:`Status`
 ``mode_changed``      ``mode``                    :class:`Mode`
 ``agent_state_changed`` ``state``                 :class:`AgentState`
+``user_state_changed`` ``state``                  :class:`UserState`
+``turn``              ``turn``                    :class:`Turn`
+``tool_call``         ``call``                    :class:`ToolCall`
+``agent_tools``       ``executed``                :class:`AgentToolsExecuted`
+``interruption``      ``interruption``            :class:`Interruption`
+``usage``             ``usage``                   ``tuple[ModelUsage, ...]``
 ``control``           ``event``                   :class:`ControlEvent`
 ``error``             ``error``                   :class:`SpekoClientError`
 ====================  ==========================  =================================
@@ -34,8 +40,9 @@ from __future__ import annotations
 
 from blinker import Namespace
 
-__all__ = ["agent_state_changed", "connected", "control", "disconnected", "error", "message", "mode_changed",
-           "namespace", "reconnected", "status_changed", "transcript"]
+__all__ = ["agent_state_changed", "agent_tools", "connected", "control", "disconnected", "error", "interruption",
+           "message", "mode_changed", "namespace", "reconnected", "status_changed", "tool_call", "transcript", "turn",
+           "usage", "user_state_changed"]
 
 namespace = Namespace()
 
@@ -46,6 +53,13 @@ message = namespace.signal("message", doc="A transcript update, agent message or
 transcript = namespace.signal("transcript", doc="The whole reconciled transcript after a message; when messages "
                               "come faster than receivers run, only the newest is delivered.")
 agent_state_changed = namespace.signal("agent_state_changed", doc="The agent's own state changed.")
+user_state_changed = namespace.signal("user_state_changed", doc="The agent's view of the user changed (speaking, "
+                                      "listening, away; from its session stream).")
+turn = namespace.signal("turn", doc="The agent reported a completed conversation item, with its metrics.")
+tool_call = namespace.signal("tool_call", doc="The agent called a client tool; sent once it was answered.")
+agent_tools = namespace.signal("agent_tools", doc="The agent reported tools it executed.")
+interruption = namespace.signal("interruption", doc="The user talked over the agent (as the agent judged it).")
+usage = namespace.signal("usage", doc="The agent's model usage so far.")
 control = namespace.signal("control", doc="A control event from the Speko server.")
 status_changed = namespace.signal("status_changed", doc="The status changed.")
 mode_changed = namespace.signal("mode_changed", doc="The agent started or stopped speaking.")
@@ -59,6 +73,12 @@ PAYLOAD_NAMES = {
     "message": "message",
     "transcript": "transcript",
     "agent_state_changed": "state",
+    "user_state_changed": "state",
+    "turn": "turn",
+    "tool_call": "call",
+    "agent_tools": "executed",
+    "interruption": "interruption",
+    "usage": "usage",
     "control": "event",
     "status_changed": "status",
     "mode_changed": "mode",

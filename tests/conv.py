@@ -23,7 +23,9 @@ class Recorder:
             ("connect", "connected"), ("disconnect", "disconnected"), ("reconnect", "reconnected"),
             ("message", "message"),
             ("transcript", "transcript"), ("status_change", "status_changed"), ("mode_change", "mode_changed"),
-            ("agent_state_change", "agent_state_changed"), ("control", "control"), ("error", "error"))}
+            ("agent_state_change", "agent_state_changed"), ("control", "control"), ("error", "error"),
+            ("user_state_change", "user_state_changed"), ("turn", "turn"), ("tool_call", "tool_call"),
+            ("agent_tools", "agent_tools"), ("interruption", "interruption"), ("usage", "usage"))}
 
     def _make(self, kind: str) -> Callable[[Any], None]:
         def record(value: Any) -> None:

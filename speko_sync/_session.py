@@ -52,8 +52,9 @@ from ._protocol import (
 )
 from ._tools import Tool, ToolHost
 from ._transcript import SegmentUpdates, Transcript, reconcile
-from ._turns import TurnTracker, VoiceEdges, is_barge_in
+from ._turns import VOICED_PEAK, TurnTracker, VoiceEdges, is_barge_in
 from .audio import (
+    BARGE_IN_DROPPED,
     CAPTURE_DROPPED,
     CAPTURED,
     INPUT_OVERFLOWS,
@@ -73,6 +74,7 @@ from .events import (
     AgentState,
     ConversationStats,
     DisconnectionDetails,
+    Interruption,
     Message,
     MessageSource,
     Mode,
@@ -498,8 +500,10 @@ class Session:
         io = self.io
         assert io is not None
         now = time.monotonic()
-        if now < self._quiet_until:
-            samples = self._silence  # sent before the agent was interrupted: never played
+        if now < self._quiet_until:  # sent before the agent was interrupted: never played
+            if int(samples.max()) > VOICED_PEAK or -int(samples.min()) > VOICED_PEAK:
+                io.counters[BARGE_IN_DROPPED] += len(samples) * io.rate // SAMPLE_RATE
+            samples = self._silence
         elif self._agent_edges.push(samples, now) == "start":
             # when this frame leaves the speaker: behind what is queued, and the device's latency
             played_at = now + io.playback.available() / io.rate + self._audio.latency_s
@@ -652,7 +656,7 @@ class Session:
         if state == AgentState.SPEAKING:
             self._barged = False
         elif is_barge_in(old, state, user_speaking=self._user_speaking()):
-            self._barge_in()
+            self._barge_in(Interruption(is_interruption=True))
 
     def _user_speaking(self) -> bool:
         return self.user_state == UserState.SPEAKING or self._mic_edges.talking
@@ -670,12 +674,14 @@ class Session:
         elif kind == "turn":
             self._emit("turn", self.turns.on_turn(value))
         elif kind == "interruption":
-            self._emit("interruption", value)
             if value.is_interruption:
-                self._barge_in()
+                self._barge_in(value)
+            else:
+                self._emit("interruption", value)
         elif kind == "usage":
-            self.usage = value
-            self._emit("usage", value)
+            if value != self.usage:  # the worker repeats it about once a second
+                self.usage = value
+                self._emit("usage", value)
         elif kind == "agent_tools":
             self._emit("agent_tools", value)
         elif kind == "error":
@@ -685,13 +691,16 @@ class Session:
     #: agent stopped (in flight, in LiveKit's jitter buffer): it plays as silence.
     BARGE_IN_QUIET_S = 0.25
 
-    def _barge_in(self) -> None:
-        """Room loop: the user interrupted the agent: drop its queued audio."""
+    def _barge_in(self, interruption: Interruption) -> None:
+        """Room loop: the user interrupted the agent: drop its queued audio and
+        report it, once per agent turn (its state and its session stream may
+        both say so)."""
         if self._barged:
             return
         self._barged = True
         self.barge_ins += 1
         self._call_on_audio_loop(self._drop_playback)
+        self._emit("interruption", interruption)
 
     def _drop_playback(self) -> None:
         """Audio loop: silence the speaker within one device buffer."""
@@ -918,6 +927,7 @@ class Session:
             response_latency_s=self.turns.response_latency_s,
             agent_e2e_latency_s=self.turns.agent_e2e_latency_s,
             barge_ins=self.barge_ins,
+            barge_in_dropped_ms=1000.0 * int(counters[BARGE_IN_DROPPED]) / (io.rate if io is not None else SAMPLE_RATE),
         )
 
     async def close(self) -> None:

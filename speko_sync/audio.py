@@ -36,7 +36,7 @@ FRAME_MS = 10
 
 # indices of AudioIO.counters; each is written by one thread only
 (CAPTURED, PLAYED, UNDERRUNS, OVERRUNS, INPUT_OVERFLOWS, OUTPUT_UNDERFLOWS, PLAYBACK_DROPPED,
- PLAYBACK_OVERRUNS, CAPTURE_DROPPED) = range(9)
+ PLAYBACK_OVERRUNS, CAPTURE_DROPPED, BARGE_IN_DROPPED) = range(10)
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,9 @@ class AudioIO:
         keeps latency bounded by the jitter policy in the class docstring.
         Allocation-free: safe in an audio callback (one thread at a time)."""
         ring = self.playback
-        if ring.skip_to(self._flush_mark):  # flushed: the silence until new audio is no underrun
+        flushed = ring.skip_to(self._flush_mark)
+        if flushed:  # a barge-in: the silence until new audio is no underrun
+            self.counters[BARGE_IN_DROPPED] += flushed
             self._started = False
         need = len(out)
         headroom = ring.available() - need

@@ -292,11 +292,12 @@ class AgentToolsExecuted:
 
 @dataclass(frozen=True)
 class Interruption:
-    """The user talked over the agent, as the agent judged it.
+    """The user talked over the agent (the ``interruption`` signal).
 
-    ``is_interruption``: true when the agent took it as an interruption and
-    stopped (``overlapping_speech``), false for overlap it let pass (a
-    backchannel). ``false_alarm``: the agent decided an earlier interruption
+    ``is_interruption``: true when the agent was cut off: it stopped speaking
+    while the user spoke, or said so (``overlapping_speech``); the library then
+    dropped the agent audio queued for the speaker (a barge-in, reported once
+    per agent turn). False for overlap the agent let pass (a backchannel). ``false_alarm``: the agent decided an earlier interruption
     was not one (``agent_false_interruption``); ``resumed``: it then resumed
     speaking. ``detection_delay_s``: seconds the agent took to decide, if it
     said.
@@ -381,7 +382,10 @@ class ConversationStats:
     ``response_latency_s``: the last spoken turn's latency as heard (see
     :class:`Turn`), ``agent_e2e_latency_s``: the agent's own ``e2e_latency``
     for its last spoken turn; ``None`` until measured. ``barge_ins``: times
-    queued agent audio was dropped because the user interrupted the agent.
+    queued agent audio was dropped because the user interrupted the agent;
+    ``barge_in_dropped_ms``: how much agent audio those drops kept from the
+    speaker (what was queued, and speech still in flight from before the
+    agent stopped).
     """
 
     frames_captured: int = 0
@@ -404,3 +408,4 @@ class ConversationStats:
     response_latency_s: float | None = None
     agent_e2e_latency_s: float | None = None
     barge_ins: int = 0
+    barge_in_dropped_ms: float = 0.0

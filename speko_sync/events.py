@@ -297,10 +297,10 @@ class Interruption:
     ``is_interruption``: true when the agent was cut off: it stopped speaking
     while the user spoke, or said so (``overlapping_speech``); the library then
     dropped the agent audio queued for the speaker (a barge-in, reported once
-    per agent turn). False for overlap the agent let pass (a backchannel). ``false_alarm``: the agent decided an earlier interruption
-    was not one (``agent_false_interruption``); ``resumed``: it then resumed
-    speaking. ``detection_delay_s``: seconds the agent took to decide, if it
-    said.
+    per agent turn). False for overlap the agent let pass (a backchannel),
+    and for ``false_alarm``: the agent decided an earlier interruption was not
+    one (``agent_false_interruption``); ``resumed``: it then resumed speaking.
+    ``detection_delay_s``: seconds the agent took to decide, if it said.
     """
 
     is_interruption: bool

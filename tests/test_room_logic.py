@@ -321,3 +321,25 @@ def test_no_data_from_a_participant_without_the_permission() -> None:
     ear = Probe(room, "ear")
     joined(room, mute, ear)
     assert room.route_data(mute, user_packet(b"x")) == 0 and ear.data == []
+
+
+def test_rpc_packets_go_to_their_destination_only_stamped_with_the_sender() -> None:
+    room = Room("r")
+    caller, callee, bystander = Probe(room, "caller"), Probe(room, "callee"), Probe(room, "bystander")
+    joined(room, caller, callee, bystander)
+    request = models.DataPacket(participant_identity="forged", destination_identities=["callee"],
+                                rpc_request=models.RpcRequest(id="q1", method="m", payload="{}", version=1))
+    assert room.route_data(caller, request) == 1
+    assert callee.data[-1].rpc_request.id == "q1" and callee.data[-1].participant_identity == "caller"
+    ack = models.DataPacket(destination_identities=["caller"], rpc_ack=models.RpcAck(request_id="q1"))
+    response = models.DataPacket(destination_identities=["caller"],
+                                 rpc_response=models.RpcResponse(request_id="q1", payload="ok"))
+    assert room.route_data(callee, ack) == 1 and room.route_data(callee, response) == 1
+    assert [p.WhichOneof("value") for p in caller.data] == ["rpc_ack", "rpc_response"]
+    assert {p.participant_identity for p in caller.data} == {"callee"}
+    # never broadcast: without a destination, or to someone not in the room, nobody gets it
+    for packet in (models.DataPacket(rpc_request=models.RpcRequest(id="q2", method="m", version=1)),
+                   models.DataPacket(destination_identities=["ghost"], rpc_request=models.RpcRequest(id="q3")),
+                   models.DataPacket(rpc_ack=models.RpcAck(request_id="q1"))):
+        assert room.route_data(caller, packet) == 0
+    assert bystander.data == [] and len(callee.data) == 1

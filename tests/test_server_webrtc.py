@@ -7,9 +7,11 @@ import time
 
 import pytest
 from livekit import rtc
+from livekit.protocol import models
 from lk import RATE, Ear, Mic, connect, dominant_frequency, run
 
 from speko_sync.testing import LocalServer
+from speko_sync.testing._client import RemoteClient
 
 pytestmark = pytest.mark.webrtc
 
@@ -59,6 +61,64 @@ def test_data_to_everyone_and_to_one_destination(speko_server: LocalServer) -> N
         lossy = next(p for (p,) in b_ev.of("data_received") if p.data == b'{"n": 3}')
         assert lossy.topic == "lossy" and lossy.kind == rtc.DataPacketKind.KIND_LOSSY
         for room in (a, b, c):
+            await room.disconnect()
+    run(scenario())
+
+
+def test_rpc_goes_to_its_destination_only_and_an_unknown_one_times_out(
+        speko_server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """perform_rpc / register_rpc_method between real clients, as through
+    livekit-server: the request (a text stream on lk.rpc_request between these
+    clients, which advertise client protocol 2), the ack and the response
+    reach only the two ends; nobody answers for an identity not in the room."""
+    delivered: list[tuple[str, str, str]] = []  # (receiver, packet kind, stream topic)
+    forward = RemoteClient.on_data
+
+    def spy(self: RemoteClient, packet: models.DataPacket) -> None:
+        which = packet.WhichOneof("value") or ""
+        topic = packet.stream_header.topic if which == "stream_header" else ""
+        delivered.append((self.identity, which, topic))
+        forward(self, packet)
+    monkeypatch.setattr(RemoteClient, "on_data", spy)
+
+    async def scenario() -> None:
+        alice, alice_ev = await connect(speko_server, "alice", "rpc")
+        bob, _ = await connect(speko_server, "bob", "rpc")
+        carol, _ = await connect(speko_server, "carol", "rpc")
+        await alice_ev.wait_for("participant_connected", lambda p: p.identity == "carol")
+        calls: list[tuple[str, str, str]] = []
+
+        def handler_of(who: str):  # type: ignore[no-untyped-def]
+            async def handler(data: rtc.RpcInvocationData) -> str:
+                calls.append((who, data.caller_identity, data.payload))
+                if data.payload == "fail":
+                    raise rtc.RpcError(1500, "light is broken", "bulb")
+                return f"{who} got {data.payload}"
+            return handler
+        bob.local_participant.register_rpc_method("set_light", handler_of("bob"))
+        carol.local_participant.register_rpc_method("set_light", handler_of("carol"))
+        answer = await alice.local_participant.perform_rpc(destination_identity="bob", method="set_light",
+                                                           payload='{"on": true}')
+        assert answer == 'bob got {"on": true}'
+        with pytest.raises(rtc.RpcError) as failed:
+            await alice.local_participant.perform_rpc(destination_identity="bob", method="set_light",
+                                                      payload="fail")
+        assert (failed.value.code, failed.value.message, failed.value.data) == (1500, "light is broken", "bulb")
+        with pytest.raises(rtc.RpcError) as unknown:
+            await alice.local_participant.perform_rpc(destination_identity="bob", method="nope", payload="")
+        assert unknown.value.code == rtc.RpcError.ErrorCode.UNSUPPORTED_METHOD
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(rtc.RpcError) as nobody:
+            await alice.local_participant.perform_rpc(destination_identity="dave", method="set_light",
+                                                      payload="", max_round_trip_latency=1.0)
+        assert nobody.value.code == rtc.RpcError.ErrorCode.CONNECTION_TIMEOUT  # no ack came
+        assert 0.9 < asyncio.get_running_loop().time() - started < 5
+        assert calls == [("bob", "alice", '{"on": true}'), ("bob", "alice", "fail")]
+        rpc = [d for d in delivered if d[1].startswith("rpc_") or d[2].startswith("lk.rpc_")]
+        assert {who for who, _, _ in rpc} == {"alice", "bob"}  # carol never saw any of it
+        assert ("bob", "stream_header", "lk.rpc_request") in rpc and ("alice", "rpc_ack", "") in rpc
+        assert ("alice", "stream_header", "lk.rpc_response") in rpc and ("alice", "rpc_response", "") in rpc
+        for room in (alice, bob, carol):
             await room.disconnect()
     run(scenario())
 

@@ -32,6 +32,9 @@ _HANGOVER_TICKS = 4
 MAX_NAME_BYTES = 256
 MAX_METADATA_BYTES = 512 * 1024
 MAX_ATTRIBUTES_BYTES = 64 * 1024
+#: DataPacket kinds of LiveKit RPC (v1 packets; v2 requests and successful
+#: responses are text streams on ``lk.rpc_request`` / ``lk.rpc_response``).
+RPC_PACKETS = frozenset({"rpc_request", "rpc_ack", "rpc_response"})
 
 
 def new_sid(prefix: str) -> str:
@@ -287,13 +290,23 @@ class Room:
         the ``canPublishData`` permission; ``Transcription`` packets only from
         agents; an agent may publish a text-stream header (or a chat message) on
         behalf of another participant, which keeps that identity and is marked
-        ``generated``; every other packet carries the sender's own identity."""
+        ``generated``; every other packet carries the sender's own identity.
+
+        RPC packets (``rpc_request``, ``rpc_ack``, ``rpc_response``; LiveKit
+        clients always address them) go to their destination only; one without
+        a destination is dropped (livekit-server would broadcast it; no client
+        sends one). One for an identity not in the room is dropped, as
+        livekit-server does: no answer, so the caller's SDK gives up after its
+        ``max_round_trip_latency`` with CONNECTION_TIMEOUT (1501)."""
         if not sender.permission.can_publish_data:
             return 0
         which = packet.WhichOneof("value")
         if which == "transcription" and not sender.is_agent:
             return 0
         destinations = set(packet.destination_identities)
+        if which in RPC_PACKETS and not destinations:
+            log.debug("%s sent an %s without a destination: dropped", sender.identity, which)
+            return 0
         if packet.HasField("user"):
             destinations.update(packet.user.destination_identities)
             packet.user.participant_identity = sender.identity

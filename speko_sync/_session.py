@@ -654,6 +654,8 @@ class Session:
         self._update_mode()
         self.turns.on_agent_state(state)
         if state == AgentState.SPEAKING:
+            if self._barged:
+                self._call_on_audio_loop(self._play_again)
             self._barged = False
         elif is_barge_in(old, state, user_speaking=self._user_speaking()):
             self._barge_in(Interruption(is_interruption=True))
@@ -687,9 +689,11 @@ class Session:
         elif kind == "error":
             self._emit("error", SpekoClientError(ErrorCode.AGENT_ERROR, f"the agent reported: {value}"))
 
-    #: Agent audio arriving this long after a barge-in was sent before the
-    #: agent stopped (in flight, in LiveKit's jitter buffer): it plays as silence.
-    BARGE_IN_QUIET_S = 0.25
+    #: After a barge-in, the agent's audio plays as silence until it speaks
+    #: again (its state goes back to speaking), for this long at most: what
+    #: arrives meanwhile was sent before it stopped (LiveKit Agents 1.8 keeps
+    #: 200 ms queued; 0.1-0.8 s of it reaches the client after the state change).
+    BARGE_IN_QUIET_S = 2.0
 
     def _barge_in(self, interruption: Interruption) -> None:
         """Room loop: the user interrupted the agent: drop its queued audio and
@@ -708,6 +712,11 @@ class Session:
         if io is not None:
             self._quiet_until = time.monotonic() + self.BARGE_IN_QUIET_S
             io.flush_playback()
+
+    def _play_again(self) -> None:
+        """Audio loop: the agent speaks again after a barge-in (an answer, or
+        the rest of a turn it judged not interrupted)."""
+        self._quiet_until = 0.0
 
     # -- transcripts --------------------------------------------------------------------
     def _deliver(self, message: Message) -> None:

@@ -227,3 +227,106 @@ def dominant_frequency(samples: np.ndarray, rate: int = RATE) -> float:
 
 
 rms = rms_level
+
+
+class SessionView:
+    """LiveKit Agents' session stream (``lk.agent.session``) as a client reads
+    it: each byte stream decoded into an ``AgentSessionMessage``, in the order
+    the streams opened (one reader, as LiveKit Agents' own transport reads)."""
+
+    def __init__(self, room: rtc.Room) -> None:
+        from livekit.protocol.agent_pb import agent_session
+
+        self._pb = agent_session
+        self.messages: list[Any] = []  # AgentSessionMessage
+        self.raw: list[tuple[str, bytes]] = []  # sender, bytes
+        self.senders: list[str] = []
+        self.changed = asyncio.Event()
+        self._queue: asyncio.Queue[tuple[rtc.ByteStreamReader, str]] = asyncio.Queue()
+        room.register_byte_stream_handler("lk.agent.session", lambda r, who: self._queue.put_nowait((r, who)))
+        self._task = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            reader, sender = await self._queue.get()
+            data = b"".join([chunk async for chunk in reader])
+            self.raw.append((sender, data))
+            message = self._pb.AgentSessionMessage()
+            try:
+                message.ParseFromString(data)
+            except Exception:  # a malformed stream: kept raw only
+                message = None
+            if message is not None:
+                self.messages.append(message)
+                self.senders.append(sender)
+            self.changed.set()
+
+    def events(self) -> list[Any]:
+        return [m.event for m in self.messages if m.HasField("event")]
+
+    def kinds(self, *, skip: tuple[str, ...] = ("session_usage_updated",)) -> list[str]:
+        """Each event as its kind and what it says: ``agent listening>speaking``,
+        ``item assistant``, ``user speaking>listening``..."""
+        pb = self._pb
+        out = []
+        for event in self.events():
+            kind = event.WhichOneof("event")
+            if kind in skip:
+                continue
+            if kind == "agent_state_changed":
+                change = event.agent_state_changed
+                out.append(f"agent {pb.AgentState.Name(change.old_state)[3:].lower()}>"
+                           f"{pb.AgentState.Name(change.new_state)[3:].lower()}")
+            elif kind == "user_state_changed":
+                change = event.user_state_changed
+                out.append(f"user {pb.UserState.Name(change.old_state)[3:].lower()}>"
+                           f"{pb.UserState.Name(change.new_state)[3:].lower()}")
+            elif kind == "conversation_item_added":
+                item = event.conversation_item_added.item
+                which = item.WhichOneof("item")
+                role = f" {pb.ChatRole.Name(item.message.role).lower()}" if which == "message" else ""
+                out.append(f"item {which}{role}")
+            else:
+                out.append(kind)
+        return out
+
+    def items(self, role: str | None = None) -> list[Any]:
+        """The chat messages added, of ``role`` (user, assistant) if given."""
+        pb = self._pb
+        found = [e.conversation_item_added.item.message for e in self.events()
+                 if e.WhichOneof("event") == "conversation_item_added"
+                 and e.conversation_item_added.item.WhichOneof("item") == "message"]
+        return [m for m in found if role is None or pb.ChatRole.Name(m.role).lower() == role]
+
+    async def wait(self, what: str, condition: Callable[[], bool], timeout: float = 20.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not condition():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"{what} not seen within {timeout} s; session events {self.kinds(skip=())}")
+            self.changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), remaining)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+def metric_names(message: Any) -> list[str]:
+    """The metrics a chat message carries (set fields of its MetricsReport)."""
+    return sorted(field.name for field, _ in message.metrics.ListFields())
+
+
+async def join_with_session(server: LocalServer, room_name: str,
+                            identity: str = "user") -> tuple[rtc.Room, AgentView, SessionView]:
+    """A raw client whose views of the agent (transcripts and states, and the
+    session stream) are attached before it joins, so it misses nothing."""
+    room = rtc.Room()
+    view = AgentView()
+    view.attach(room)
+    session = SessionView(room)
+    await room.connect(server.url, server.token(identity, room_name))
+    return room, view, session

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from livekit import rtc
-from lk import RATE, AgentView, Ear, Mic, Recorder, join_with_agent, rms, run
+from lk import RATE, AgentView, Ear, Mic, Recorder, join_with_agent, join_with_session, metric_names, rms, run
 
 from speko_sync.testing import AgentEnvUnavailable, LocalServer, agent_python
 from speko_sync.testing.pytest_plugin import require_webrtc
@@ -223,6 +223,35 @@ def test_scripted_agent_sends_what_the_real_worker_sends(worker_server: LocalSer
     assert worker_server.jobs("wire-scripted") == []
     assert real["agent stream attributes"] == ["lk.segment_id", "lk.transcribed_track_id", "lk.transcription_final"]
     assert {k: v for k, v in real.items() if v is not True} != {}  # the summary is not all booleans
+    assert scripted == real
+
+
+async def session_summary(server: LocalServer, room_name: str) -> dict[str, object]:
+    """A greeting and a typed turn, reduced to the session stream's shape: the
+    events in order (without the usage updates) and each chat message's role
+    and metric names."""
+    room, view, session = await join_with_session(server, room_name)
+    await session.wait("greeting item", lambda: len(session.items("assistant")) == 1, timeout=30)
+    await view.wait("listening", lambda: view.states[-1:] == ["listening"])
+    await room.local_participant.send_text("what is the weather", topic="lk.chat")
+    await session.wait("answer item", lambda: len(session.items("assistant")) == 2, timeout=30)
+    await session.wait("listening", lambda: session.kinds()[-1] == "agent speaking>listening")
+    summary = {"events": session.kinds(),
+               "messages": [(m.role, metric_names(m), m.HasField("metrics")) for m in session.items()]}
+    await session.close()
+    await room.disconnect()
+    return summary
+
+
+def test_scripted_agent_with_session_events_sends_the_real_workers_session_stream(
+        worker_server: LocalServer) -> None:
+    """The real worker's ``lk.agent.session`` stream for a greeting and a typed
+    turn, and the ScriptedAgent's with ``session_events=True``: the same events
+    in the same order, the same metrics."""
+    real = run(session_summary(worker_server, "session-real"), timeout=90)
+    worker_server.add_agent("session-scripted", session_events=True, greeting=GREETING)
+    scripted = run(session_summary(worker_server, "session-scripted"), timeout=90)
+    assert real["events"][:2] == ["item agent_handoff", "agent initializing>listening"]
     assert scripted == real
 
 

@@ -6,7 +6,7 @@ a microphone track and JSON data packets, exactly as from a real agent worker.
 
 Threads: the room side (``_AgentPeer``) runs on the server loop; the behaviour
 hooks (``on_*`` methods) run in order on the agent's own behaviour thread, so they
-may call the blocking methods (``send``, ``say``...) freely.
+may call the blocking methods (``send``, ``say``, ``call_tool``...) freely.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from livekit.protocol import models, rtc
@@ -33,6 +34,8 @@ from ._room import Participant, PublishedTrack, Room, new_sid
 
 if TYPE_CHECKING:
     from av import AudioFrame
+    from livekit.protocol.agent_pb.agent_session import AgentSessionEvent, AgentSessionMessage
+    from livekit.rtc import RpcError
 
     from ._server import LocalServer
 
@@ -41,6 +44,46 @@ log = logging.getLogger("speko_sync.testing")
 _FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
 #: Which protocols a ScriptedAgent speaks: LiveKit Agents' native one, the JSON packets, or both.
 PROTOCOLS = ("both", "livekit", "json")
+#: Seconds the scripted LLM and TTS report as their latencies in session metrics.
+_LLM_TTFT_S, _LLM_TTFS_S, _TTS_TTFB_S = 0.05, 0.06, 0.1
+
+
+def rpc_error(code: int, message: str | None = None, data: str = "") -> RpcError:
+    """A ``livekit.rtc.RpcError`` (``message`` defaults to the built-in one of
+    ``code``); imported when first needed, since ``livekit.rtc`` is slow to load."""
+    from livekit.rtc import RpcError
+
+    if message is None:
+        message = RpcError.ErrorMessage.get(RpcError.ErrorCode(code), "") if code in set(RpcError.ErrorCode) else ""
+    return RpcError(code, message, data)
+
+
+class ToolCall(NamedTuple):
+    """One :meth:`ScriptedAgent.call_tool`: the method, the payload sent and
+    what came back (the result string, or the ``livekit.rtc.RpcError``)."""
+
+    method: str
+    payload: str
+    outcome: str | RpcError
+
+
+@dataclass
+class _PendingCall:
+    """An RPC the agent made, waiting on the loop for its ack and response."""
+
+    ack: asyncio.Event
+    response: asyncio.Future[tuple[str, tuple[int, str, str] | None]]
+
+
+@dataclass
+class _SpokenItem:
+    """A line the agent is speaking, reported as a chat message once spoken."""
+
+    text: str
+    to: list[str]
+    seconds: float
+    created_at: float
+    metrics: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -99,6 +142,8 @@ class _Listener:
             self.loud_run = self.loud_run + 1 if loud else 0
             if self.loud_run >= 2:  # 40 ms of sound starts an utterance
                 self.speech_frames, self.quiet_frames = self.loud_run, 0
+                if agent.session_events:
+                    agent._post("_user_speech_started", self.identity, time.time() - self.loud_run * _FRAME_S)
             return
         self.speech_frames += 1
         self.quiet_frames = 0 if loud else self.quiet_frames + 1
@@ -126,19 +171,129 @@ class _AgentPeer(Participant):
         self.known: set[str] = set()
         self.track_sid = ""
         self.agent_state = ""  # lk.agent.state as published
-        self._chat = lk.StreamAssembler([lk.TOPIC_CHAT])
+        topics = [lk.TOPIC_RPC_REQUEST, lk.TOPIC_RPC_RESPONSE] + ([lk.TOPIC_CHAT] if agent.speaks_livekit else [])
+        self._streams = lk.StreamAssembler(topics)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._calls: dict[str, _PendingCall] = {}  # RPCs made, by request id
+        self._spoken: list[_SpokenItem] = []  # lines being spoken, for the session stream
+        self._busy_since = 0.0
 
     # -- LiveKit Agents' native protocol (loop side) --------------------------------
     def set_state(self, state: str) -> None:
-        """Publish ``lk.agent.state`` (only on change), as LiveKit Agents does."""
+        """Publish ``lk.agent.state`` (only on change), as LiveKit Agents does,
+        and with session events an ``agent_state_changed`` to everyone."""
         if state == self.agent_state or not self.agent.speaks_livekit:
             return
-        self.agent_state = state
+        old, self.agent_state = self.agent_state, state
         self.room.update_metadata(self, rtc.UpdateParticipantMetadata(attributes={lk.ATTR_AGENT_STATE: state}))
+        if self.agent.session_events:
+            self.send_session(lk.session_message(lk.agent_state_changed(old or "initializing", state)), None)
 
     def _on_speaking(self, busy: bool) -> None:
+        if busy:
+            self._busy_since = time.time()
+        elif self.agent.session_events:
+            self._report_spoken()
         self.set_state("speaking" if busy else "listening")
+
+    def _report_spoken(self) -> None:
+        """The audio ran out: each line spoken since it started becomes a
+        ``conversation_item_added``, before the state goes back to listening
+        (the order LiveKit Agents sends them in)."""
+        spoken, self._spoken = self._spoken, []
+        start, now = self._busy_since or time.time(), time.time()
+        for i, item in enumerate(spoken):
+            stop = now if i == len(spoken) - 1 else min(now, start + item.seconds)
+            metrics = lk.metrics_report(started_speaking_at=start, stopped_speaking_at=stop, **item.metrics)
+            event = lk.chat_message(item.text, role="assistant", created_at=item.created_at, metrics=metrics)
+            self.send_session(lk.session_message(event), item.to)
+            start = stop
+
+    # -- the agent session stream and RPC (loop side) ---------------------------------
+    def send_session(self, message: AgentSessionMessage, to: Sequence[str] | None) -> None:
+        """Send one session message as its own byte stream, now, in the format
+        LiveKit SDKs pick for its recipients (everyone when ``to`` is None)."""
+        self.send_packets(lk.session_stream(message, fmt=self.stream_format(to), destinations=to or ()))
+
+    def stream_format(self, to: Sequence[str] | None) -> lk.StreamFormat:
+        people = [self.room.participants.get(i) for i in to] if to else self.room.others(self)
+        return lk.stream_format((p.client_protocol, p.capabilities) if p is not None else (0, []) for p in people)
+
+    def send_packets(self, packets: list[models.DataPacket]) -> None:
+        for packet in packets:
+            self.room.route_data(self, packet)
+
+    async def perform_rpc(self, identity: str, method: str, payload: str, response_timeout: float,
+                          max_round_trip_latency: float, version: int | None) -> str:
+        """Call ``method`` on ``identity`` as the Rust SDK's ``perform_rpc`` does:
+        v2 (a stream) to a participant at client protocol 1 or above, else v1;
+        CONNECTION_TIMEOUT without an ack within ``max_round_trip_latency``,
+        RESPONSE_TIMEOUT without a response ``response_timeout`` after the ack.
+        Raises ``livekit.rtc.RpcError``."""
+        target = self.room.participants.get(identity)
+        if version is None:
+            protocol = target.client_protocol if target is not None else 0
+            version = 2 if protocol >= lk.CLIENT_PROTOCOL_DATA_STREAM_RPC else 1
+        if version == 1 and len(payload.encode()) > lk.MAX_RPC_V1_PAYLOAD_BYTES:
+            raise rpc_error(1402)
+        request_id = str(uuid.uuid4())
+        timeout_ms = lk.rpc_effective_timeout_ms(response_timeout, max_round_trip_latency)
+        call = _PendingCall(asyncio.Event(), asyncio.get_running_loop().create_future())
+        self._calls[request_id] = call
+        try:
+            if version == 1:
+                self.send_packets([lk.rpc_request(request_id, method, payload, timeout_ms, destination=identity)])
+            else:
+                self.send_packets(lk.rpc_request_stream(request_id, method, payload, timeout_ms, destination=identity,
+                                                        fmt=self.stream_format([identity]), version=version))
+            try:
+                await asyncio.wait_for(call.ack.wait(), max_round_trip_latency)
+            except asyncio.TimeoutError:
+                raise rpc_error(1501) from None
+            try:
+                result, error = await asyncio.wait_for(asyncio.shield(call.response), response_timeout)
+            except asyncio.TimeoutError:
+                raise rpc_error(1502) from None
+        finally:
+            self._calls.pop(request_id, None)
+        if error is not None:
+            raise rpc_error(*error)
+        return result
+
+    def _on_rpc_packet(self, packet: models.DataPacket) -> None:
+        which = packet.WhichOneof("value")
+        if which == "rpc_ack":
+            call = self._calls.get(packet.rpc_ack.request_id)
+            if call is not None:
+                call.ack.set()
+        elif which == "rpc_response":
+            response = packet.rpc_response
+            error = response.error if response.HasField("error") else None
+            self._resolve(response.request_id, response.payload,
+                          (error.code, error.message, error.data) if error is not None else None)
+        elif which == "rpc_request":  # nobody registers methods on a scripted agent
+            request = packet.rpc_request
+            self._refuse_rpc(request.id, packet.participant_identity, request.version, 1)
+
+    def _refuse_rpc(self, request_id: str, caller: str, version: int, expected: int) -> None:
+        """Ack a request and answer it as the SDK does for a method nobody
+        registered (or a version it does not speak)."""
+        code = 1400 if version == expected else 1404
+        message = "Method not supported at destination" if code == 1400 else "Unsupported RPC version"
+        self.send_packets([lk.rpc_ack(request_id, destination=caller),
+                           lk.rpc_response(request_id, destination=caller, error=(code, message, ""))])
+
+    def _resolve(self, request_id: str, payload: str, error: tuple[int, str, str] | None) -> None:
+        call = self._calls.get(request_id)
+        if call is not None and not call.response.done():
+            call.response.set_result((payload, error))
+
+    def _fail_calls(self) -> None:
+        """The agent is gone: its calls end as the SDK's do when the room closes."""
+        for call in self._calls.values():
+            if not call.response.done():
+                call.response.set_result(("", (1503, "Recipient disconnected", "")))
+            call.ack.set()
 
     def track_of(self, identity: str) -> str:
         """The sid of the track of ``identity`` the agent listens to ("" if none)."""
@@ -196,11 +351,23 @@ class _AgentPeer(Participant):
             track.fanout.remove_sink(entry[1])
 
     def on_data(self, packet: models.DataPacket) -> None:
+        which = packet.WhichOneof("value")
+        if which in ("rpc_ack", "rpc_response", "rpc_request"):
+            self._on_rpc_packet(packet)
+            return
         if not packet.HasField("user"):
-            if self.agent.speaks_livekit:
-                chat = self._chat.feed(packet)
-                if chat is not None:
-                    self.agent._chat_received(chat.text(), chat.sender or packet.participant_identity)
+            done = self._streams.feed(packet)
+            if done is None:
+                return
+            sender = done.sender or packet.participant_identity
+            if done.topic == lk.TOPIC_CHAT:
+                self.agent._chat_received(done.text(), sender)
+            elif done.topic == lk.TOPIC_RPC_RESPONSE:
+                self._resolve(done.attributes.get(lk.ATTR_RPC_REQUEST_ID, ""), done.text(), None)
+            elif done.topic == lk.TOPIC_RPC_REQUEST:
+                version = done.attributes.get(lk.ATTR_RPC_VERSION, "")
+                self._refuse_rpc(done.attributes.get(lk.ATTR_RPC_REQUEST_ID, ""), sender,
+                                 int(version) if version.isdigit() else 0, 2)
             return
         raw = bytes(packet.user.payload)
         try:
@@ -217,6 +384,7 @@ class _AgentPeer(Participant):
         self.listeners.clear()
         for task in list(self._tasks):
             task.cancel()
+        self._fail_calls()
 
     async def enter(self) -> None:
         if self.agent.speaks_livekit:
@@ -257,6 +425,19 @@ class ScriptedAgent:
       then final describing its duration (``[speech, 1.20 s]``), then a reply;
     - overrides and ``contextual_update`` packets are recorded.
 
+    It can call the client's tools (:meth:`call_tool`, LiveKit RPC as the SDK
+    makes it) and send LiveKit Agents' session stream by hand
+    (:meth:`send_session_event`, :meth:`send_session_message`,
+    :meth:`send_raw_stream`). With ``session_events`` it sends that stream on
+    its own as the real worker does: for each client that joins, the
+    ``agent_handoff`` item and its state; ``agent_state_changed`` with every
+    ``lk.agent.state`` change (to everyone); for the user's turns
+    ``user_state_changed`` (speaking, then listening), for spoken ones
+    ``user_input_transcribed``, and the user's ``conversation_item_added``;
+    for each line it speaks, once spoken, an assistant
+    ``conversation_item_added`` with its metrics (speaking times, the scripted
+    LLM's and TTS's latencies, and ``e2e_latency`` after a spoken turn).
+
     Args (besides those :meth:`LocalServer.add_agent` fills in):
         protocol: ``"livekit"`` (default: what a real Speko worker speaks),
             ``"json"`` (the v0.0.3 packets only) or ``"both"`` (a client that
@@ -267,6 +448,8 @@ class ScriptedAgent:
         end_silence_s: quiet seconds that end an utterance.
         keep_audio_s: how much of each client's audio :meth:`received_audio`
             keeps (the oldest is dropped beyond it).
+        session_events: send LiveKit Agents' ``lk.agent.session`` stream as
+            above (default false: none, as before). Needs the native protocol.
     """
 
     def __init__(self, server: LocalServer, room: str, identity: str = "agent", *,
@@ -275,10 +458,13 @@ class ScriptedAgent:
                  greet_wait: float = 1.0, greeting_tone_hz: float = 440.0,
                  greeting_tone_s: float = 0.6, speech_threshold: float = 0.02,
                  end_silence_s: float = 0.4, keep_audio_s: float = 600.0,
-                 protocol: str = "livekit") -> None:
+                 protocol: str = "livekit", session_events: bool = False) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
+        if session_events and protocol == "json":
+            raise ValueError("session_events needs LiveKit Agents' native protocol (protocol 'livekit' or 'both')")
         self.protocol = protocol
+        self.session_events = session_events
         self.server = server
         self.room = room
         self.identity = identity
@@ -294,6 +480,7 @@ class ScriptedAgent:
         self.utterances: list[float] = []
         self.greeted: list[str] = []
         self.chats: list[tuple[str, str]] = []  # (sender, text) of lk.chat turns
+        self.tool_calls: list[ToolCall] = []  # every call_tool, once it returned or failed
         self._lock = threading.RLock()  # wait_for conditions may call the getters
         self._changed = threading.Condition(self._lock)
         self._packets: list[ReceivedPacket] = []
@@ -320,7 +507,10 @@ class ScriptedAgent:
         """Leave the room (clients see the participant go) and stop."""
         peer = self._peer
         if peer is not None:
-            self.server._call(peer.room.leave(peer, models.DisconnectReason.CLIENT_INITIATED))
+            async def go() -> None:
+                await peer.room.leave(peer, models.DisconnectReason.CLIENT_INITIATED)
+                peer._fail_calls()
+            self.server._call(go())
         self._shutdown()
 
     def _shutdown(self) -> None:
@@ -531,13 +721,18 @@ class ScriptedAgent:
         peer = self._peer_or_raise()
         self.server._require()[0].call_soon(peer.set_state, state)
 
-    def speak(self, text: str, to: Sequence[str], *, tone_hz: float | None = None) -> None:
+    def speak(self, text: str, to: Sequence[str], *, tone_hz: float | None = None,
+              metrics: dict[str, float] | None = None) -> None:
         """Say ``text``: a tone (0.3 s plus 0.12 s a word, of ``tone_hz``, default
         the greeting's) with its transcript paced over it word by word, as
         LiveKit Agents' synchronised transcript, and legacy transcriptions for
-        older clients. Native protocol only (nothing when ``protocol="json"``)."""
+        older clients. Native protocol only (nothing when ``protocol="json"``).
+        With session events, once spoken it is reported as an assistant chat
+        message whose metrics are its speaking times plus ``metrics`` (default
+        a TTS time to first byte)."""
         words = text.split() or [text]
         seconds = 0.3 + 0.12 * len(words)
+        created_at = time.time()
         self.say_tone(tone_hz or self.greeting_tone_hz, seconds)
         if not self.speaks_livekit:
             return
@@ -545,8 +740,12 @@ class ScriptedAgent:
         segment = lk.new_id("SG")
         legacy_segment = lk.legacy_id(segment)
         targets = list(to)
+        item = _SpokenItem(text, targets, seconds, created_at,
+                           dict(metrics) if metrics is not None else {"tts_node_ttfb": _TTS_TTFB_S})
 
         async def schedule() -> None:
+            if self.session_events:
+                peer._spoken.append(item)
             packets = lk.agent_transcript(words, segment_id=segment, track_sid=peer.track_sid)
             step = seconds / (len(words) + 1)
             timed = [(0.0, packets[0])] + [(step * (i + 1), p) for i, p in enumerate(packets[1:-1])]
@@ -582,6 +781,87 @@ class ScriptedAgent:
             peer.send_paced([(0.0, p) for p in packets], [identity])
         self.server._call(send())
 
+    # -- client tools (LiveKit RPC) and the agent session stream ------------------------
+    def call_tool(self, identity: str, method: str, payload: str, response_timeout: float = 10.0, *,
+                  max_round_trip_latency: float = lk.RPC_MAX_ROUND_TRIP_S, version: int | None = None) -> str:
+        """Call the client tool ``method`` of ``identity`` (a LiveKit RPC method
+        it registered) with ``payload``, as a LiveKit Agents function tool does
+        with ``perform_rpc``, and block until it answers. Returns its result.
+
+        On the wire as the Rust SDK makes it: to a client at client protocol 1
+        or above (every current SDK) a text stream on ``lk.rpc_request``, else
+        an ``RpcRequest`` packet (``version`` 1 or 2 forces one); the callee is
+        told ``response_timeout - max_round_trip_latency`` (1 s at least) as its
+        deadline. Recorded in :attr:`tool_calls`. Any thread but the server's.
+
+        Raises ``livekit.rtc.RpcError``: the tool's own error (code, message,
+        data), UNSUPPORTED_METHOD (1400) when the client has no such method,
+        CONNECTION_TIMEOUT (1501) when no ack came within
+        ``max_round_trip_latency`` seconds (nobody of that identity in the
+        room), RESPONSE_TIMEOUT (1502) when no response came ``response_timeout``
+        seconds after the ack, RECIPIENT_DISCONNECTED (1503) when the agent
+        left meanwhile, REQUEST_PAYLOAD_TOO_LARGE (1402) for a v1 payload over
+        15 KiB."""
+        peer = self._peer_or_raise()
+        try:
+            result: str = self.server._call(
+                peer.perform_rpc(identity, method, payload, response_timeout, max_round_trip_latency, version),
+                timeout=max_round_trip_latency + response_timeout + 5)
+        except Exception as exc:
+            from livekit.rtc import RpcError
+
+            if isinstance(exc, RpcError):
+                self._record_tool_call(ToolCall(method, payload, exc))
+            raise
+        self._record_tool_call(ToolCall(method, payload, result))
+        return result
+
+    def _record_tool_call(self, call: ToolCall) -> None:
+        with self._changed:
+            self.tool_calls.append(call)
+            self._changed.notify_all()
+
+    def send_session_event(self, event: AgentSessionEvent, to: Sequence[str] | None = None) -> None:
+        """Send ``event`` on LiveKit Agents' session stream (``lk.agent.session``)
+        to ``to`` (default everyone), stamped with the time now unless it has
+        one, as the worker's ``SessionHost`` does. Builders of events are in
+        ``speko_sync.testing._lk_protocol`` (``agent_state_changed``,
+        ``chat_message``...)."""
+        self.send_session_message(lk.session_message(event), to)
+
+    def send_session_message(self, message: AgentSessionMessage, to: Sequence[str] | None = None) -> None:
+        """Send one ``AgentSessionMessage`` as its own byte stream on
+        ``lk.agent.session``, as ``RoomSessionTransport.send_message`` does
+        (inline in the header for clients at client protocol 2, else header,
+        chunks and trailer). Messages sent one after another arrive in order."""
+        peer = self._peer_or_raise()
+
+        async def send() -> None:
+            peer.send_session(message, list(to) if to is not None else None)
+        self.server._call(send())
+
+    def send_raw_stream(self, topic: str, data: bytes, *, to: Sequence[str] | None = None,
+                        inline: bool | None = None, compress: bool = False, name: str = "raw") -> None:
+        """Send ``data`` as a byte stream on ``topic`` whatever it holds (for
+        malformed-stream tests): inline in the header or chunked (default: as
+        the SDK would for the recipients), deflated if ``compress``."""
+        peer = self._peer_or_raise()
+
+        async def send() -> None:
+            targets = list(to) if to is not None else None
+            fmt = lk.StreamFormat(inline=peer.stream_format(targets).inline if inline is None else inline,
+                                  compress=compress)
+            peer.send_packets(lk.byte_stream(data, topic=topic, name=name, fmt=fmt, destinations=targets or ()))
+        self.server._call(send())
+
+    def _session(self, event: AgentSessionEvent, to: Sequence[str] | None, created_at: float | None = None) -> None:
+        """With session events on: send ``event`` (on the loop, in order)."""
+        if not self.session_events:
+            return
+        peer = self._peer_or_raise()
+        message = lk.session_message(event, created_at)
+        self.server._require()[0].call_soon(peer.send_session, message, list(to) if to is not None else None)
+
     def _chat_received(self, text: str, sender: str) -> None:
         """On the loop: a typed turn arrived on ``lk.chat``."""
         with self._changed:
@@ -591,7 +871,12 @@ class ScriptedAgent:
 
     # -- behaviour (override in subclasses) ---------------------------------------
     def on_client_joined(self, identity: str) -> None:
-        if self.greeting is None or not self._client_ready(identity, 15.0):
+        ready = self._client_ready(identity, 15.0)
+        if ready and self.session_events:  # the session starting, as the joining client sees it
+            self._session(lk.agent_handoff(), [identity])
+            peer = self._peer_or_raise()
+            self._session(lk.agent_state_changed("initializing", peer.agent_state or "listening"), [identity])
+        if self.greeting is None or not ready:
             return
         try:  # a Speko client sends its overrides, then publishes its microphone
             self.wait_for(lambda: self.is_muted(identity) is not None, self.greet_wait)
@@ -628,8 +913,39 @@ class ScriptedAgent:
 
     def on_chat(self, text: str, sender: str) -> None:
         """A typed turn (``lk.chat``), answered as LiveKit Agents answers one."""
+        self._report_user_turn(text, sender)
         self.set_state("thinking")
-        self.speak(f"You said: {text}.", [sender])
+        self.speak(f"You said: {text}.", [sender], metrics=self._reply_metrics())
+
+    def _report_user_turn(self, text: str, sender: str, *, spoken: tuple[float, float] | None = None) -> None:
+        """With session events: the user's turn on the session stream as LiveKit
+        Agents reports one. ``spoken`` is (started, stopped) in epoch seconds for
+        a spoken turn; a typed one passes through speaking at once."""
+        if spoken is None:
+            self._session(lk.user_state_changed("listening", "speaking"), [sender])
+            self._session(lk.user_state_changed("speaking", "listening"), [sender])
+            self._session(lk.chat_message(text, role="user"), [sender])
+            return
+        started, stopped = spoken
+        now = time.time()
+        self._session(lk.user_state_changed("speaking", "listening"), [sender], created_at=stopped)
+        self._session(lk.user_input_transcribed(text, final=True), [sender])
+        metrics = lk.metrics_report(started_speaking_at=started, stopped_speaking_at=stopped,
+                                    transcription_delay=now - stopped, end_of_turn_delay=now - stopped,
+                                    on_user_turn_completed_delay=0.0)
+        self._session(lk.chat_message(text, role="user", metrics=metrics, transcript_confidence=0.0), [sender])
+
+    def _reply_metrics(self, user_stopped_at: float | None = None) -> dict[str, float]:
+        """The metrics of an answer: the scripted LLM's and TTS's latencies and,
+        after a spoken turn, the time from the end of the user's speech to the
+        answer's audio (``e2e_latency``, as measured here)."""
+        metrics = {"llm_node_ttft": _LLM_TTFT_S, "llm_node_ttfs": _LLM_TTFS_S, "tts_node_ttfb": _TTS_TTFB_S}
+        if user_stopped_at is not None:
+            metrics["e2e_latency"] = time.time() - user_stopped_at
+        return metrics
+
+    def _user_speech_started(self, identity: str, at: float) -> None:
+        self._session(lk.user_state_changed("listening", "speaking"), [identity], created_at=at)
 
     def on_user_message(self, text: str, sender: str) -> None:
         self.send({"type": "user_message_echo", "text": text}, to=[sender])
@@ -646,14 +962,16 @@ class ScriptedAgent:
             self._changed.notify_all()
         description = f"[speech, {seconds:.2f} s]"
         reply = f"I heard {seconds:.1f} seconds of speech."
+        stopped = time.time() - self.end_silence_s
         if self.speaks_livekit:
             segment = lk.new_id("SG")
             self.transcribe_user(sender, description, final=False, segment_id=segment)
             self.transcribe_user(sender, description, final=True, segment_id=segment)
+            self._report_user_turn(description, sender, spoken=(stopped - seconds, stopped))
         if self.speaks_json:
             self.send({"type": "transcript", "source": "user", "text": description, "isFinal": False}, to=[sender])
             self.send({"type": "transcript", "source": "user", "text": description, "isFinal": True}, to=[sender])
             self.send({"type": "agent_message", "text": reply}, to=[sender])
         if self.speaks_livekit:
             self.set_state("thinking")
-            self.speak(reply, [sender])
+            self.speak(reply, [sender], metrics=self._reply_metrics(stopped))

@@ -4,32 +4,26 @@ the agent's spoken answer.
     python examples/batch_job.py question.wav answer.wav
 
 With no arguments it synthesises a question and talks to the offline agent.
+``wait_for_reply()`` blocks until the agent's answer to the spoken question is
+complete; no callbacks, no events to wire.
 """
 
 import sys
-import threading
 
 import numpy as np
 
-from speko_sync import BufferAudio, Conversation, Message, MessageSource
+from speko_sync import BufferAudio, Conversation
 
 
 def ask(url: str, token: str, question, answer_path: str) -> list[str]:  # type: ignore[no-untyped-def]
     audio = BufferAudio(question)
-    transcript: list[str] = []
-    answered = threading.Event()
-
-    def on_message(message: Message) -> None:
-        if message.is_final:
-            transcript.append(f"{message.source.value}: {message.text}")
-            if message.source == MessageSource.AGENT and transcript[:-1]:
-                answered.set()
-
-    with Conversation(token, url, audio=audio, on_message=on_message):
-        audio.wait_until_fed(timeout=120)
-        answered.wait(timeout=30)
+    with Conversation(token, url, audio=audio) as conv:
+        reply = conv.wait_for_reply(timeout=120)  # the agent's next complete turn: its answer
     audio.save_wav(answer_path)
-    return transcript
+    lines = [f"{m.source.value}: {m.text}" for m in conv.transcript()]
+    if reply.first_audio_s is not None:
+        lines.append(f"(answered {reply.first_audio_s:.2f} s after the question ended)")
+    return lines
 
 
 def main() -> None:

@@ -653,7 +653,9 @@ class Session:
         self._emit("agent_state_changed", state)
         self._update_mode()
         self.turns.on_agent_state(state)
-        if state == AgentState.SPEAKING:
+        if state == AgentState.THINKING:  # its answer's first audio is a start, however soon it comes
+            self._call_on_audio_loop(self._agent_edges.reset)
+        elif state == AgentState.SPEAKING:
             if self._barged:
                 self._call_on_audio_loop(self._play_again)
             self._barged = False

@@ -47,11 +47,17 @@ class VoiceEdges:
         self._began = 0.0
         self._voiced_s = 0.0
 
+    def reset(self) -> None:
+        """Whatever voiced frame comes next starts speech."""
+        self.talking = False
+        self.last_voiced = -1e9
+
     def push(self, frame: np.ndarray, now: float, frame_s: float = 0.01) -> str | None:
         voiced = len(frame) > 0 and (int(frame.max()) > self.peak or -int(frame.min()) > self.peak)
         if voiced:
             edge = None
-            if not self.talking and now - self.last_voiced >= self.gap_s - 1e-6:
+            # after a gap (quiet frames, or none at all: an agent track sends nothing between turns)
+            if now - self.last_voiced >= self.gap_s - 1e-6:
                 edge = "start"
                 self._voiced_s = 0.0
             self.talking = True

@@ -40,6 +40,9 @@ def test_voice_edges_ignore_clicks_short_pauses_and_negative_peaks_count() -> No
     words = [-LOUD] * 20 + [QUIET] * 10 + [LOUD] * 20 + [QUIET] * 30  # a 100 ms pause inside speech
     assert feed(edges, words) == [(0.0, "start"), (0.7, "end")]
     assert feed(VoiceEdges(), [np.full(480, 200, dtype=np.int16)] * 50) == []  # below the gate
+    edges = VoiceEdges()
+    assert feed(edges, [LOUD] * 5) == [(0.0, "start")]
+    assert feed(edges, [LOUD] * 5, start=1.0) == [(1.0, "start")]  # no frames at all in between is a gap too
 
 
 def test_barge_in_is_the_agent_stopping_while_the_user_speaks() -> None:

@@ -7,6 +7,7 @@ agent's, none of which ends the session."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 from conv import Recorder, open_conversation
@@ -35,7 +36,7 @@ def test_the_scripted_agents_session_stream_gives_turns_with_metrics_and_ask_ans
             (MessageSource.AGENT, "You said: hello there.")]
         assert UserState.SPEAKING in rec.of("user_state_changed")
         states = rec.of("agent_state_changed")
-        assert all(a != b for a, b in zip(states, states[1:], strict=False))  # both sources, one state
+        assert all(a != b for a, b in itertools.pairwise(states))  # both sources, one state
         assert [m.text for m in conv.transcript()] == [greeting.text, "hello there", "You said: hello there."]
         assert conv.stats().session_messages >= 6
 
@@ -48,7 +49,7 @@ def test_without_a_session_stream_ask_completes_on_the_final_text(speko_server: 
         reply = conv.ask("what now", timeout=20)
         assert (reply.text, reply.metrics, reply.turn) == ("You said: what now.", None, None)
         assert conv.user_state is None and rec.of("turn") == [] and conv.stats().session_messages == 0
-        with pytest.raises(TimeoutError, match="did not complete a turn within 0.5 s"):
+        with pytest.raises(TimeoutError, match=r"did not complete a turn within 0\.5 s"):
             conv.wait_for_reply(timeout=0.5)  # nobody speaks
         with pytest.raises(ValueError, match="positive number"):
             conv.ask("x", timeout=0)

@@ -44,6 +44,7 @@ def test_a_user_message_without_metrics_is_a_users_turn_and_system_items_are_not
     user = pb.ChatContext.ChatItem(message=pb.ChatMessage(role=pb.USER, content=[
         pb.ChatMessage.ChatContent(text="what is the weather")]))
     kind, turn = decode(event_bytes(conversation_item_added=pb.AgentSessionEvent.ConversationItemAdded(item=user)))
+    assert kind == "turn"
     assert (turn.source, turn.text, turn.metrics) == (MessageSource.USER, "what is the weather", None)
     system = pb.ChatContext.ChatItem(message=pb.ChatMessage(role=pb.SYSTEM))
     call = pb.ChatContext.ChatItem(function_call=pb.FunctionCall(name="set_light"))

@@ -508,10 +508,14 @@ class LocalServer:
         ``speko_sync/testing/offline_worker.py``) as its own process; it is
         dispatched to every room with a client and no agent. With ``wait``,
         return once it has registered. Options: ``greeting`` (``""`` for none),
-        ``rules`` (``(regex, reply)`` pairs), ``tts`` (``auto``/``espeak``/
-        ``tone``), ``stt`` (``auto``/``pocketsphinx``/``describe``), ``program``
-        (another worker's argv after the Python), ``python``, ``env``,
-        ``log_level``. The server stops it when it stops.
+        ``rules`` (``(regex, reply)`` pairs), ``client_tools`` (``(regex,
+        method, args_json, reply)``: a matching user turn calls the client's
+        LiveKit RPC method ``method`` and the agent says ``reply`` with
+        ``{result}`` replaced; default: the worker's ``set_light`` tools,
+        ``[]`` for none), ``tool_timeout`` (seconds, default 15), ``tts``
+        (``auto``/``espeak``/``tone``), ``stt`` (``auto``/``pocketsphinx``/
+        ``describe``), ``program`` (another worker's argv after the Python),
+        ``python``, ``env``, ``log_level``. The server stops it when it stops.
 
         Raises :class:`AgentEnvUnavailable` when there is no agent environment
         (``make agent-env``), ``TimeoutError`` or ``RuntimeError`` when the

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -80,22 +81,34 @@ class AgentWorker:
     every room that has a client and no agent (as LiveKit Cloud does with
     automatic dispatch). Its output is kept (:meth:`output`) for diagnostics.
     Thread-safe; :meth:`stop` is idempotent.
+
+    The offline Speko agent's options: ``greeting``, reply ``rules``
+    (``(regex, reply)``), ``client_tools`` (``(regex, method, args_json,
+    reply)``: a matching user turn calls the client's RPC method; ``None``
+    keeps the worker's default ``set_light`` tools, ``[]`` has none),
+    ``tool_timeout`` (seconds an RPC may take; the client is told 7 s less),
+    ``tts``, ``stt`` (see ``offline_worker.py``).
     """
 
     def __init__(self, server: LocalServer, *, program: Sequence[str] | None = None,
                  python: str | None = None, greeting: str | None = None,
-                 rules: Sequence[tuple[str, str]] = (), tts: str = "auto", stt: str = "auto",
+                 rules: Sequence[tuple[str, str]] = (),
+                 client_tools: Sequence[tuple[str, str, str, str]] | None = None, tool_timeout: float = 15.0,
+                 tts: str = "auto", stt: str = "auto",
                  env: dict[str, str] | None = None, log_level: str = "WARNING") -> None:
         self.server = server
         cmd = [python or agent_python(), *(program or [str(OFFLINE_WORKER)]), "--log-level", log_level]
+        tool_env: dict[str, str] = {}
         if program is None:
-            cmd += ["--tts", tts, "--stt", stt]
+            cmd += ["--tts", tts, "--stt", stt, "--tool-timeout", str(tool_timeout)]
             if greeting is not None:
                 cmd += ["--greeting", greeting]
             for pattern, reply in rules:
                 cmd += ["--rule", pattern, reply]
+            if client_tools is not None:  # exactly these (none for []), not the worker's defaults
+                tool_env["SPEKO_AGENT_CLIENT_TOOLS"] = json.dumps([list(rule) for rule in client_tools])
         child_env = dict(os.environ, LIVEKIT_URL=server.url, LIVEKIT_API_KEY=server.api_key,
-                         LIVEKIT_API_SECRET=server.api_secret, PYTHONUNBUFFERED="1", **(env or {}))
+                         LIVEKIT_API_SECRET=server.api_secret, PYTHONUNBUFFERED="1", **tool_env, **(env or {}))
         self.command = cmd
         self._lines: collections.deque[str] = collections.deque(maxlen=2000)
         self._changed = threading.Condition()  # the reader has read a line, or the end

@@ -9,8 +9,31 @@ network and no account:
   run on each utterance the VAD finds; without it, a description of the
   utterance such as ``[speech, 1.20 s]``;
 - LLM: scripted. It greets, answers each user turn (typed or spoken) with
-  ``You said: <text>.``, or with the first rule whose pattern matches;
+  ``You said: <text>.``, or with the first rule whose pattern matches, or
+  calls a function tool (below);
 - TTS: ``espeak-ng`` speaking real words when installed, else tones.
+
+Function tools, as a Speko agent's LLM calls them (a real
+``llm.FunctionToolCall`` the framework executes and reports: the session
+stream's ``tool_execution_updated`` and ``function_tools_executed``):
+
+- client tools: for a user turn matching REGEX, the LLM calls tool METHOD with
+  ARGS_JSON (a JSON object); the tool calls the caller's LiveKit RPC method
+  METHOD (``perform_rpc`` to the linked user, payload the arguments as JSON,
+  ``response_timeout`` the tool timeout, 15 s by default, which leaves the
+  client 8 s). Its answer is spoken as REPLY with ``{result}`` replaced by what
+  the method returned; an ``RpcError`` becomes a ``ToolError`` and the agent
+  says ``The tool failed: <message>.``. Rules: ``--client-tool REGEX METHOD
+  ARGS_JSON REPLY`` (repeatable) or ``SPEKO_AGENT_CLIENT_TOOLS`` (a JSON list of
+  4-lists). Without either, the defaults: ``turn on the light`` (or
+  ``lights on``) calls ``set_light`` with ``{"on": true}``, ``turn off the
+  light`` (or ``lights off``) with ``{"on": false}``, both answered
+  ``Done: {result}``;
+- one agent-side tool: ``what time is it`` calls ``current_time``, run in the
+  agent itself, which returns ``12:00``: ``It is 12:00.``.
+
+Tool rules are tried before the reply rules; a turn that matches none is
+answered as before.
 
 It runs from its own environment (LiveKit Agents pins its own ``livekit``),
 registers with a LiveKit(-compatible) server as a worker and joins every room
@@ -21,7 +44,8 @@ it is dispatched to::
 
 Options also come from the environment (``LIVEKIT_URL``, ``LIVEKIT_API_KEY``,
 ``LIVEKIT_API_SECRET``, ``SPEKO_AGENT_GREETING``, ``SPEKO_AGENT_RULES`` as a
-JSON list of ``[regex, reply]`` pairs, ``SPEKO_AGENT_TTS`` = ``espeak`` |
+JSON list of ``[regex, reply]`` pairs, ``SPEKO_AGENT_CLIENT_TOOLS``,
+``SPEKO_AGENT_TOOL_TIMEOUT`` in seconds, ``SPEKO_AGENT_TTS`` = ``espeak`` |
 ``tone``). It prints ``worker registered`` once the server has accepted it.
 
 This file imports ``livekit.agents``, so it runs only in that environment;
@@ -55,6 +79,9 @@ from livekit.agents import (
     JobContext,
     JobProcess,
     NotGivenOr,
+    RunContext,
+    function_tool,
+    get_job_context,
     llm,
     stt,
     tts,
@@ -66,6 +93,16 @@ log = logging.getLogger("speko_sync.offline_worker")
 
 DEFAULT_GREETING = "Hello! I'm the offline Speko agent."
 TTS_RATE = 22050  # espeak-ng's native rate; tones use it too
+#: (regex, method, arguments as JSON, reply with {result}) used when none are given.
+DEFAULT_CLIENT_TOOLS = [
+    (r"\bturn on the lights?\b|\blights? on\b", "set_light", '{"on": true}', "Done: {result}"),
+    (r"\bturn off the lights?\b|\blights? off\b", "set_light", '{"on": false}', "Done: {result}"),
+]
+#: The agent-side tool: (regex, tool, arguments, reply) and what it returns.
+AGENT_TOOL = (r"\bwhat time is it\b", "current_time", "{}", "It is {result}.")
+AGENT_TIME = "12:00"
+#: Seconds a client tool's RPC may take (the client is told this less 7 s).
+DEFAULT_TOOL_TIMEOUT = 15.0
 
 
 # -- speech to text -----------------------------------------------------------------
@@ -138,13 +175,32 @@ def _last_user_text(chat_ctx: llm.ChatContext) -> str:
     return ""
 
 
-class ScriptedLLM(llm.LLM):
-    """Answers the last user turn: the first matching ``(regex, reply)`` rule,
-    else ``You said: <text>.`` (``\\1``-style groups work in replies)."""
+class ToolRule:
+    """A user turn matching ``pattern`` makes the LLM call ``tool`` with
+    ``arguments`` (a JSON object) and answer its output with ``reply``."""
 
-    def __init__(self, rules: list[tuple[str, str]] | None = None) -> None:
+    def __init__(self, pattern: str, tool: str, arguments: str, reply: str) -> None:
+        self.pattern = re.compile(pattern, re.IGNORECASE)
+        self.tool = tool
+        parsed = json.loads(arguments)
+        if not isinstance(parsed, dict):
+            raise ValueError(f"the arguments of tool {tool!r} must be a JSON object, not {arguments!r}")
+        self.arguments = json.dumps(parsed)  # as the framework writes them back
+        self.reply = reply
+
+
+class ScriptedLLM(llm.LLM):
+    """Answers the last user turn: calls the tool of the first matching
+    :class:`ToolRule` (then answers the tool's output with the rule's reply),
+    else the first matching ``(regex, reply)`` rule, else ``You said: <text>.``
+    (``\\1``-style groups work in replies)."""
+
+    def __init__(self, rules: list[tuple[str, str]] | None = None,
+                 tool_rules: list[ToolRule] | None = None) -> None:
         super().__init__()
         self.rules = [(re.compile(pattern, re.IGNORECASE), reply) for pattern, reply in rules or []]
+        self.tool_rules = list(tool_rules or [])
+        self._calls: dict[str, ToolRule] = {}  # call id -> the rule that made the call
 
     def reply_to(self, text: str) -> str:
         for pattern, reply in self.rules:
@@ -153,27 +209,95 @@ class ScriptedLLM(llm.LLM):
                 return match.expand(reply)
         return f"You said: {text}." if text else "I did not catch that."
 
+    def respond(self, chat_ctx: llm.ChatContext) -> str | llm.FunctionToolCall:
+        """What to say, or the tool to call, for the conversation so far."""
+        last = chat_ctx.items[-1] if chat_ctx.items else None
+        if isinstance(last, llm.FunctionCallOutput):  # a tool answered: say what it gave
+            rule = self._calls.pop(last.call_id, None)
+            if last.is_error:
+                return f"The tool failed: {last.output.rstrip('.')}."
+            return rule.reply.replace("{result}", last.output) if rule is not None else last.output
+        text = _last_user_text(chat_ctx)
+        for rule in self.tool_rules:
+            if rule.pattern.search(text):
+                call = llm.FunctionToolCall(name=rule.tool, arguments=rule.arguments,
+                                            call_id=utils.shortuuid("call_"))
+                self._calls[call.call_id] = rule
+                return call
+        return self.reply_to(text)
+
     def chat(self, *, chat_ctx: llm.ChatContext, tools: list[llm.Tool] | None = None,
              conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
              parallel_tool_calls: NotGivenOr[bool] = NOT_GIVEN,
              tool_choice: NotGivenOr[llm.ToolChoice] = NOT_GIVEN,
              extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN) -> llm.LLMStream:
         return _ScriptedStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options,
-                               reply=self.reply_to(_last_user_text(chat_ctx)))
+                               reply=self.respond(chat_ctx))
 
 
 class _ScriptedStream(llm.LLMStream):
-    def __init__(self, model: ScriptedLLM, *, reply: str, **kwargs: Any) -> None:
+    def __init__(self, model: ScriptedLLM, *, reply: str | llm.FunctionToolCall, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self._reply = reply
 
     async def _run(self) -> None:
         request_id = utils.shortuuid("scripted-")
+        if isinstance(self._reply, llm.FunctionToolCall):
+            self._event_ch.send_nowait(llm.ChatChunk(id=request_id, delta=llm.ChoiceDelta(
+                role="assistant", tool_calls=[self._reply])))
+            return
         words = self._reply.split(" ")
         for i, word in enumerate(words):
             chunk = word if i == len(words) - 1 else word + " "
             self._event_ch.send_nowait(llm.ChatChunk(id=request_id,
                                                      delta=llm.ChoiceDelta(role="assistant", content=chunk)))
+
+
+# -- function tools -------------------------------------------------------------------
+def _raw_schema(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "description": description,
+            "parameters": {"type": "object", "properties": {}, "additionalProperties": True}}
+
+
+def client_tool(method: str, timeout: float) -> llm.RawFunctionTool:
+    """A function tool that calls the user's LiveKit RPC method ``method`` with
+    the call's arguments as JSON and returns its answer; an ``RpcError``
+    becomes a ``ToolError`` with its message."""
+    async def call(raw_arguments: dict[str, object], context: RunContext) -> str:
+        participant = context.session.room_io.linked_participant
+        if participant is None:
+            raise llm.ToolError("no user to run the tool for")
+        room = get_job_context().room
+        try:
+            return await room.local_participant.perform_rpc(
+                destination_identity=participant.identity, method=method, payload=json.dumps(raw_arguments),
+                response_timeout=timeout)
+        except rtc.RpcError as error:
+            raise llm.ToolError(error.message) from None
+    return function_tool(call, raw_schema=_raw_schema(method, f"The client's {method} tool (LiveKit RPC)."))
+
+
+async def _current_time(raw_arguments: dict[str, object]) -> str:
+    return AGENT_TIME
+
+
+def agent_tools(client_tools: list[ToolRule], timeout: float) -> list[llm.RawFunctionTool]:
+    """The Agent's function tools: one per client method, and ``current_time``."""
+    methods = list(dict.fromkeys(rule.tool for rule in client_tools if rule.tool != AGENT_TOOL[1]))
+    tools = [client_tool(method, timeout) for method in methods]
+    tools.append(function_tool(_current_time, raw_schema=_raw_schema(AGENT_TOOL[1], "The time now, in the agent.")))
+    return tools
+
+
+def client_tool_rules(configured: str | None) -> list[tuple[str, str, str, str]]:
+    """The client tool rules from ``SPEKO_AGENT_CLIENT_TOOLS`` (a JSON list of
+    4-lists), or the defaults when it is unset."""
+    if configured is None:
+        return list(DEFAULT_CLIENT_TOOLS)
+    rules = json.loads(configured)
+    if not isinstance(rules, list) or not all(isinstance(r, list) and len(r) == 4 for r in rules):
+        raise ValueError(f"SPEKO_AGENT_CLIENT_TOOLS must be a JSON list of [regex, method, args, reply]: {configured}")
+    return [tuple(r) for r in rules]  # type: ignore[misc]
 
 
 # -- text to speech -------------------------------------------------------------------
@@ -237,16 +361,19 @@ server.setup_fnc = _prewarm
 async def entrypoint(ctx: JobContext) -> None:
     """One room: an AgentSession with the offline parts, greeting first."""
     rules = [tuple(rule) for rule in json.loads(os.environ.get("SPEKO_AGENT_RULES") or "[]")]
+    client_tools = [ToolRule(*rule) for rule in client_tool_rules(os.environ.get("SPEKO_AGENT_CLIENT_TOOLS"))]
+    timeout = float(os.environ.get("SPEKO_AGENT_TOOL_TIMEOUT") or DEFAULT_TOOL_TIMEOUT)
     session: AgentSession[None] = AgentSession(
         stt=OfflineSTT(ctx.proc.userdata["sphinx"]),
-        llm=ScriptedLLM(rules),  # type: ignore[arg-type]
+        llm=ScriptedLLM(rules, [*client_tools, ToolRule(*AGENT_TOOL)]),  # type: ignore[arg-type]
         tts=OfflineTTS(voice=os.environ.get("SPEKO_AGENT_TTS", "auto")),
         vad=ctx.proc.userdata["vad"],
         turn_handling={"turn_detection": "vad", "interruption": {"mode": "vad"}},
     )
     # like a Speko agent, leave once the caller has gone (the session closes then)
     session.on("close", lambda _event: ctx.shutdown(reason="session closed"))
-    await session.start(agent=Agent(instructions="You are the offline Speko agent."), room=ctx.room)
+    agent = Agent(instructions="You are the offline Speko agent.", tools=agent_tools(client_tools, timeout))
+    await session.start(agent=agent, room=ctx.room)
     greeting = os.environ.get("SPEKO_AGENT_GREETING", DEFAULT_GREETING)
     if greeting:
         session.say(greeting)
@@ -261,6 +388,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="what the agent says first ('' for nothing)")
     parser.add_argument("--rule", nargs=2, action="append", metavar=("REGEX", "REPLY"), default=[],
                         help="answer user turns matching REGEX with REPLY (repeatable)")
+    parser.add_argument("--client-tool", nargs=4, action="append", default=[],
+                        metavar=("REGEX", "METHOD", "ARGS_JSON", "REPLY"),
+                        help="for user turns matching REGEX call the client's RPC method METHOD with ARGS_JSON "
+                             "and say REPLY, {result} replaced by its answer (repeatable; replaces the default "
+                             "set_light tools)")
+    parser.add_argument("--tool-timeout", type=float,
+                        default=float(os.environ.get("SPEKO_AGENT_TOOL_TIMEOUT") or DEFAULT_TOOL_TIMEOUT),
+                        help="seconds a client tool may take (the client is told this less 7 s)")
     parser.add_argument("--tts", choices=("auto", "espeak", "tone"), default=os.environ.get("SPEKO_AGENT_TTS", "auto"))
     parser.add_argument("--stt", choices=("auto", "pocketsphinx", "describe"),
                         default=os.environ.get("SPEKO_AGENT_STT", "auto"))
@@ -270,8 +405,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--api-secret (or LIVEKIT_API_SECRET) is required")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     rules = json.loads(os.environ.get("SPEKO_AGENT_RULES") or "[]") + [list(r) for r in args.rule]
+    configured = os.environ.get("SPEKO_AGENT_CLIENT_TOOLS")
+    tools = [list(r) for r in client_tool_rules(configured)] if configured is not None or not args.client_tool else []
+    tools += [list(r) for r in args.client_tool]
+    try:
+        for rule in tools:
+            ToolRule(*rule)
+    except (ValueError, re.error) as exc:
+        parser.error(f"bad client tool: {exc}")
     # the job processes read their settings from the environment they inherit
     os.environ.update({"SPEKO_AGENT_GREETING": args.greeting, "SPEKO_AGENT_RULES": json.dumps(rules),
+                       "SPEKO_AGENT_CLIENT_TOOLS": json.dumps(tools),
+                       "SPEKO_AGENT_TOOL_TIMEOUT": str(args.tool_timeout),
                        "SPEKO_AGENT_TTS": args.tts, "SPEKO_AGENT_STT": args.stt})
     server.update_options(ws_url=args.url, api_key=args.api_key, api_secret=args.api_secret)
 

@@ -185,6 +185,7 @@ class ToolHost:
         self._emit = emit
         self._room: rtc.Room | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._registered: set[str] = set()  # room loop: the RPC methods LiveKit has now
         self.in_flight = 0
         self.calls = 0
         self.refused = 0
@@ -206,18 +207,19 @@ class ToolHost:
 
     def _register(self, name: str) -> None:
         room = self._room
-        if room is None:
-            return
+        with self._lock:
+            wanted = name in self._tools
+        if room is None or not wanted or name in self._registered:
+            return  # attach() and add() may both get here first
         room.local_participant.register_rpc_method(name, self._handler(name))
+        self._registered.add(name)
 
     def add(self, name: str, fn: Tool) -> None:
         """Any thread: add or replace a tool; registered with LiveKit at once
         when the room is joined."""
         with self._lock:
-            known = name in self._tools
-            self._tools[name] = fn
-        if not known:
-            self._on_loop(self._register, name)
+            self._tools[name] = fn  # a call looks its function up by name: a replacement takes effect at once
+        self._on_loop(self._register, name)
 
     def remove(self, name: str) -> bool:
         """Any thread: remove a tool; False if there was none of that name."""
@@ -229,8 +231,11 @@ class ToolHost:
 
     def _unregister(self, name: str) -> None:
         room = self._room
-        if room is not None:
+        with self._lock:
+            wanted = name in self._tools
+        if room is not None and not wanted and name in self._registered:
             room.local_participant.unregister_rpc_method(name)
+            self._registered.discard(name)
 
     def _on_loop(self, fn: Callable[[str], None], name: str) -> None:
         loop = self._loop

@@ -166,3 +166,19 @@ def test_bad_tools_are_refused_before_anything_starts(speko_server: LocalServer,
     time.sleep(0)  # nothing to wait for: nothing was started
     assert speko_server.participants(speko_agent.room) == ["agent"]
     assert {t.name for t in threading.enumerate()} <= before | {"speko-loop", "speko-audio", "speko-dispatch"}
+
+
+@pytest.mark.speko_server(ping_interval=1, ping_timeout=2)
+@pytest.mark.speko_agent(greeting=None)
+def test_tools_answer_the_scripted_agent_and_still_do_after_a_full_rejoin(
+        speko_server: LocalServer, speko_agent: ScriptedAgent) -> None:
+    rec = Recorder()
+    with open_conversation(speko_server, speko_agent, rec, client_tools={"ping": lambda: "pong"}):
+        speko_agent.wait_for(lambda: "user" in speko_agent.ready_clients())
+        assert speko_agent.call_tool("user", "ping", "") == "pong"
+        assert speko_server.drop_connections(speko_agent.room) == 1
+        reconnection = rec.wait_for("reconnected", timeout=20)
+        assert reconnection.resumed is False  # a new participant, and LiveKit kept its RPC methods
+        speko_agent.wait_for(lambda: "user" in speko_agent.ready_clients())
+        assert speko_agent.call_tool("user", "ping", "") == "pong"
+        assert [c.status for c in rec.of("tool_call")] == [ToolCallStatus.OK, ToolCallStatus.OK]

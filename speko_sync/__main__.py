@@ -3,8 +3,10 @@
 ``demo`` holds a whole voice conversation offline: it starts the local
 LiveKit-compatible server with an agent (inside a private network namespace,
 which WebRTC needs), opens a :class:`Conversation` and prints status, mode and
-transcripts live. With sound devices it uses them; without, the microphone is
-a synthetic utterance and the agent's audio goes to a WAV file. The agent is
+transcripts live. With sound devices it uses them; without, the microphone
+asks a question (spoken by espeak-ng, or a tone) once the agent's greeting is
+over, and the agent's audio goes to a WAV file. It needs the ``testing``
+extra (it says so in one line without it). The agent is
 the offline Speko agent, a real LiveKit Agents worker (``--agent worker``, the
 default when its environment exists: it speaks real words and hears them), or
 the scripted agent (``--agent scripted``).
@@ -27,11 +29,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
-from . import AudioBackend, BufferAudio, Conversation, Message, MessageSource, SpekoClientError, Status
+from . import AgentState, AudioBackend, BufferAudio, Conversation, Message, MessageSource, SpekoClientError, Status
 
 _print_lock = threading.Lock()
 
@@ -51,21 +53,48 @@ def _printer(t0: float):  # type: ignore[no-untyped-def]
     return say
 
 
-def _callbacks(say, agent_answered: threading.Event):  # type: ignore[no-untyped-def]
-    user_spoke = threading.Event()
+class _Progress:
+    """How far the conversation got, for the command to wait on. The
+    receivers set it (on the dispatcher thread); any thread waits."""
 
+    def __init__(self) -> None:
+        self.greeting_over = threading.Event()  # the agent spoke, then listened again
+        self.asked = threading.Event()  # the microphone's question was queued
+        self.user_spoke = threading.Event()  # a final user message after the question
+        self.answered = threading.Event()  # a final agent message after that
+        self._agent_spoke = False
+
+    def agent_state(self, state: AgentState) -> None:
+        if state == AgentState.SPEAKING:
+            self._agent_spoke = True
+        elif state == AgentState.LISTENING and self._agent_spoke:
+            self.greeting_over.set()
+
+    def message(self, message: Message) -> None:
+        if not message.is_final or not self.asked.is_set():
+            return
+        if message.source == MessageSource.USER:
+            self.user_spoke.set()
+        elif self.user_spoke.is_set():
+            self.answered.set()  # the agent answered what the user said
+
+
+def _callbacks(say, progress: _Progress) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """The Conversation receivers the commands print with: a dict of
+    ``on_*`` keyword arguments (add an entry to print one more kind of event)."""
     def on_message(message: Message) -> None:
         partial = "" if message.is_final else " (partial)"
         say(f"{message.source.value}: {message.text}{partial}")
-        if message.is_final and message.source == MessageSource.USER:
-            user_spoke.set()
-        elif message.is_final and user_spoke.is_set():
-            agent_answered.set()  # the agent answered what the user said
+        progress.message(message)
+
+    def on_agent_state_change(state: AgentState) -> None:
+        say(f"agent is {state.value}")
+        progress.agent_state(state)
 
     return dict(
         on_status_change=lambda status: say(f"status: {status.value}"),
         on_mode_change=lambda mode: say(f"mode: {mode.value}"),
-        on_agent_state_change=lambda state: say(f"agent is {state.value}"),
+        on_agent_state_change=on_agent_state_change,
         on_message=on_message,
         on_error=lambda err: say(f"error: {err}"),
         on_disconnect=lambda details: say(f"disconnected: {details.reason.value} ({details.message})"),
@@ -85,31 +114,59 @@ def _spoken(text: str) -> np.ndarray | None:
     return load_pcm16(np.frombuffer(wav[44:], dtype=np.int16), 22050)
 
 
-def _audio_for_demo(say, words: bool = False) -> tuple[AudioBackend | None, BufferAudio | None]:  # type: ignore[no-untyped-def]
+def _audio_for_demo(say, words: bool = False) -> tuple[AudioBackend | None, BufferAudio | None, np.ndarray]:  # type: ignore[no-untyped-def]
+    """The sound devices if there are some; else a microphone that is silent
+    until the question (returned third) is fed to it, and a recording speaker."""
     from .audio import DeviceError, PyAudioBackend
 
+    quiet = np.zeros(48000, dtype=np.int16)
     backend = PyAudioBackend()
     try:
         mic, speaker, _ = backend.probe()
         say(f"using sound devices: microphone {mic.name!r}, speaker {speaker.name!r}")
-        return backend, None
+        return backend, None, quiet
     except (DeviceError, ImportError, OSError) as exc:
-        say(f"no sound devices ({str(exc).split(';')[0]}): the microphone is a synthetic utterance")
+        say(f"no sound devices ({str(exc).split(';')[0]}): the microphone asks a question "
+            "once the agent's greeting is over")
     finally:
         backend.close()
     from .testing import tone
 
-    quiet = np.zeros(48000, dtype=np.int16)
     utterance = (_spoken("What is the weather like today?") if words else None)
     if utterance is None:
         utterance = tone(300, 1.2, 0.4)
-    buffer = BufferAudio(np.concatenate([quiet, quiet, quiet, utterance, quiet]))
-    return buffer, buffer
+    buffer = BufferAudio()
+    return buffer, buffer, np.concatenate([quiet[:24000], utterance, quiet])
+
+
+#: Most seconds the demo waits for the agent's greeting to end before it asks anyway.
+GREETING_WAIT_S = 15.0
+TESTING_EXTRA_HINT = "pip install 'speko_sync[testing]'"
+
+
+def _missing_module(exc: ImportError) -> str:
+    """The name of the module whose absence ``exc`` (or what caused it) reports."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ImportError) and cause.name:
+            return cause.name
+        cause = cause.__cause__
+    return ""
 
 
 def demo(wav_path: Path, seconds: float, agent: str = "auto") -> int:
-    from .testing import AgentEnvUnavailable, IsolationUnavailable, LocalServer, agent_python, reexec_isolated
-
+    try:
+        from .testing import AgentEnvUnavailable, IsolationUnavailable, LocalServer, agent_python, reexec_isolated
+    except ImportError as exc:
+        missing = _missing_module(exc)
+        _line(f"speko_sync demo needs the testing extra{f' (no {missing})' if missing else ''}: "
+              f"{TESTING_EXTRA_HINT}", sys.stderr)
+        return 2
+    # first, so that what follows is said once: the namespace runs this command again
+    try:
+        reexec_isolated()
+    except IsolationUnavailable as exc:
+        _line(f"warning: no private network namespace ({exc}); trying the host network", sys.stderr)
     if agent in ("auto", "worker"):
         try:
             agent_python()
@@ -120,13 +177,9 @@ def demo(wav_path: Path, seconds: float, agent: str = "auto") -> int:
                 return 2
             _line(f"note: {exc}; using the scripted agent", sys.stderr)
             agent = "scripted"
-    try:
-        reexec_isolated()
-    except IsolationUnavailable as exc:
-        _line(f"warning: no private network namespace ({exc}); trying the host network", sys.stderr)
     say = _printer(time.monotonic())
-    audio, buffer = _audio_for_demo(say, words=agent == "worker")
-    answered = threading.Event()
+    audio, buffer, question = _audio_for_demo(say, words=agent == "worker")
+    progress = _Progress()
     with LocalServer(default_agent=agent == "scripted") as server:
         if agent == "worker":
             server.start_agent_worker(greeting="Hi! This is the offline Speko agent. Ask me anything.")
@@ -135,10 +188,15 @@ def demo(wav_path: Path, seconds: float, agent: str = "auto") -> int:
             say(f"local server at {server.url} with a scripted agent")
         with Conversation(server.token("demo-user", "speko_demo"), server.url, audio=audio,
                           overrides={"agent": {"firstMessage": "Hi! This is the offline Speko demo agent."}},
-                          **_callbacks(say, answered)) as conv:
+                          **_callbacks(say, progress)) as conv:
             say(f"conversation {conv.conversation_id!r} is {conv.status.value}")
             if buffer is not None:
-                answered.wait(seconds)  # the agent answered the spoken question
+                deadline = time.monotonic() + seconds
+                if not progress.greeting_over.wait(min(GREETING_WAIT_S, seconds)):
+                    say("the agent did not finish a greeting; asking anyway")
+                progress.asked.set()
+                buffer.feed(question)  # the question, now that the agent listens
+                progress.answered.wait(max(0.0, deadline - time.monotonic()))  # the agent answered it
             else:
                 say(f"speak into the microphone; ending in {seconds:.0f} s (Ctrl-C to end now)")
                 _wait_interruptibly(conv, seconds)
@@ -174,7 +232,7 @@ def talk(url: str | None, token: str | None, input_device: str | None, output_de
          session: str | None = None) -> int:
     say = _printer(time.monotonic())
     options = dict(input_device=_device(input_device), output_device=_device(output_device),
-                   **_callbacks(say, threading.Event()))
+                   **_callbacks(say, _Progress()))
     try:
         if session is not None:
             conv = Conversation.from_session(_read_session(session), **options)
@@ -236,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     demo_cmd = sub.add_parser("demo", help="a live conversation with the embedded local agent")
     demo_cmd.add_argument("--wav", type=Path, default=Path("speko_demo_agent.wav"),
                           help="where to save the agent's audio when there are no sound devices")
-    demo_cmd.add_argument("--seconds", type=float, default=20.0, help="how long the demo may last")
+    demo_cmd.add_argument("--seconds", type=float, default=30.0,
+                          help="how long the demo may last once connected (it ends when the agent has answered)")
     demo_cmd.add_argument("--agent", choices=("auto", "worker", "scripted"), default="auto",
                           help="the offline Speko agent, a real LiveKit Agents worker (needs `make agent-env`; "
                                "the default when it is there), or the scripted agent")

@@ -1,6 +1,9 @@
 """``python -m speko_sync.testing serve``: run the local server standalone, with
 the offline Speko agent (a LiveKit Agents worker) in every room;
-``python -m speko_sync.testing agent-env``: create that agent's environment."""
+``python -m speko_sync.testing agent-env``: create that agent's environment.
+
+``serve`` needs the ``testing`` extra (it says so in one line without it);
+``agent-env`` does not."""
 
 from __future__ import annotations
 
@@ -10,9 +13,12 @@ import signal
 import sys
 import threading
 
-from ._server import DEFAULT_API_KEY, DEFAULT_API_SECRET, LocalServer
 from ._worker_process import AgentEnvUnavailable, agent_python
 from ._worker_process import main as worker_env_main
+
+# the server's defaults, repeated so that --help and agent-env work without the testing extra
+DEFAULT_API_KEY = "devkey"
+DEFAULT_API_SECRET = "secret-for-local-testing-only-0123456789"
 
 _AGENT_NOTE = {
     "worker": "the offline Speko agent (LiveKit Agents) joins every room",
@@ -62,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "agent-env":
         return worker_env_main([args.path] if args.path else [])
+    try:
+        from ._server import LocalServer
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or ""
+        print(f"speko_sync.testing serve needs the testing extra{f' (no {missing})' if missing else ''}: "
+              "pip install 'speko_sync[testing]'", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     agent = _choose_agent("none" if args.no_agent else args.agent)

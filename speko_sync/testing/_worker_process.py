@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import venv
 from collections.abc import Sequence
@@ -61,16 +62,24 @@ def agent_python() -> str:
     return str(candidate)
 
 
-def create_agent_env(path: Path | None = None, *, quiet: bool = True) -> Path:
+def create_agent_env(path: Path | None = None, *, quiet: bool = True, log: Path | None = None) -> Path:
     """Create (or complete) the agent environment at ``path`` (default
     :func:`default_agent_env`) with :data:`AGENT_REQUIREMENTS`. Returns its
-    Python. Raises ``subprocess.CalledProcessError`` when pip fails."""
+    Python. pip's output goes to ``log`` when given (``quiet`` then does not
+    matter), else to this process's output (``-q`` when ``quiet``). Raises
+    ``subprocess.CalledProcessError`` when making the environment or pip fails."""
     path = path or default_agent_env()
     python = path / "bin" / "python"
     if not python.exists():
         venv.EnvBuilder(with_pip=True).create(path)
-    flags = ["-q"] if quiet else []
-    subprocess.run([str(python), "-m", "pip", "install", *flags, *AGENT_REQUIREMENTS], check=True)
+    flags = ["-q"] if quiet and log is None else []
+    command = [str(python), "-m", "pip", "install", "--disable-pip-version-check", *flags, *AGENT_REQUIREMENTS]
+    if log is None:
+        subprocess.run(command, check=True)
+        return python
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w", encoding="utf-8") as out:
+        subprocess.run(command, check=True, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     return python
 
 
@@ -185,10 +194,34 @@ class AgentWorker:
         self.stop()
 
 
+#: Lines of pip's output shown when it fails.
+_LOG_TAIL_LINES = 20
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m speko_sync.testing agent-env [PATH]``."""
+    """``python -m speko_sync.testing agent-env [PATH]``: one line while it
+    works; pip's output goes to a log file, shown (its end) only on failure."""
     args = list(argv if argv is not None else sys.argv[1:])
-    target = Path(args[0]) if args else None
-    python = create_agent_env(target, quiet=False)
+    target = Path(args[0]) if args else default_agent_env()
+    log = Path(tempfile.gettempdir()) / f"speko-agent-env-{os.getpid()}.log"
+    shown = os.path.relpath(target) if not os.path.relpath(target).startswith("..") else str(target)
+    print(f"building the LiveKit Agents environment in {shown} (a few minutes the first time)...", flush=True)
+    try:
+        python = create_agent_env(target, log=log)
+    except subprocess.CalledProcessError as exc:
+        if exc.output:  # venv's ensurepip captures its own output
+            log.write_text(exc.output if isinstance(exc.output, str) else exc.output.decode(errors="replace"))
+        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-_LOG_TAIL_LINES:] \
+            if log.exists() else []
+        print(f"error: building the agent environment failed (exit {exc.returncode}); "
+              f"the whole output is in {log}; its last lines:", file=sys.stderr)
+        for line in tail:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: cannot build the agent environment in {shown}: {exc}", file=sys.stderr)
+        return 1
+    with contextlib.suppress(OSError):
+        log.unlink()
     print(f"agent environment ready: {python}")
     return 0

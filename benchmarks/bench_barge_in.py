@@ -96,11 +96,11 @@ def trial(server: LocalServer, n: int, speech: np.ndarray) -> dict[str, float] |
     interrupted = threading.Event()
     with Conversation(server.token("user", room), server.url, audio=audio,
                       audio_constraints=AudioConstraints(echo_cancellation=False),
-                      on_interruption=lambda _: interrupted.set()) as conv:
+                      on_interruption=lambda i: interrupted.set() if i.is_interruption else None) as conv:
+        greeting = conv.wait_for_reply(timeout=30)  # the agent is linked to this conversation's user now
+        assert greeting.text, greeting
         listener = Listener(server, room)
         try:
-            greeting = conv.wait_for_reply(timeout=30)
-            assert greeting.text, greeting
             conv.send_chat_message("tell me a story")
             deadline = time.monotonic() + 30
             while not any(m.source == MessageSource.AGENT and m.text.startswith(STORY[:40])

@@ -69,3 +69,12 @@ def test_the_progress_line_names_a_relative_target_as_given(tmp_path: Path) -> N
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].startswith("building the LiveKit Agents environment in .venv-agent ")
+
+
+def test_an_environment_whose_python_cannot_run_is_one_error_line(tmp_path: Path) -> None:
+    python = fake_env(tmp_path / "venv-agent", exit_code=0)
+    python.write_text("not a program\n")  # no #! line: the kernel refuses to run it
+    proc = agent_env(tmp_path / "venv-agent")
+    assert proc.returncode == 1
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("error: cannot build the agent environment in ") and "Exec format error" in line

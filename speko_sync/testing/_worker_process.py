@@ -218,7 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in tail:
             print(f"  {line}", file=sys.stderr)
         return 1
-    except OSError as exc:
+    except OSError as exc:  # e.g. its Python cannot run: nothing worth keeping in the log
+        with contextlib.suppress(OSError):
+            log.unlink()
         print(f"error: cannot build the agent environment in {shown}: {exc}", file=sys.stderr)
         return 1
     with contextlib.suppress(OSError):

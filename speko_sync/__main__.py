@@ -28,12 +28,24 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
-from . import AgentState, AudioBackend, BufferAudio, Conversation, Message, MessageSource, SpekoClientError, Status
+from . import (
+    AgentState,
+    AudioBackend,
+    BufferAudio,
+    Conversation,
+    Message,
+    MessageSource,
+    SpekoClientError,
+    Status,
+    ToolCall,
+    Turn,
+)
 
 _print_lock = threading.Lock()
 
@@ -91,7 +103,18 @@ def _callbacks(say, progress: _Progress) -> dict[str, Any]:  # type: ignore[no-u
         say(f"agent is {state.value}")
         progress.agent_state(state)
 
+    def on_tool_call(call: ToolCall) -> None:
+        outcome = call.result if call.error is None else f"error: {call.error}"
+        say(f"tool call | {call.name}({json.dumps(call.arguments)}) -> {outcome} "
+            f"[{call.status.value}, {1000 * call.duration_s:.0f} ms, called by {call.caller}]")
+
+    def on_turn(turn: Turn) -> None:
+        if turn.source == MessageSource.AGENT:
+            say(f"turn | agent: {_latencies(turn)}")
+
     return dict(
+        on_tool_call=on_tool_call,
+        on_turn=on_turn,
         on_status_change=lambda status: say(f"status: {status.value}"),
         on_mode_change=lambda mode: say(f"mode: {mode.value}"),
         on_agent_state_change=on_agent_state_change,
@@ -99,6 +122,25 @@ def _callbacks(say, progress: _Progress) -> dict[str, Any]:  # type: ignore[no-u
         on_error=lambda err: say(f"error: {err}"),
         on_disconnect=lambda details: say(f"disconnected: {details.reason.value} ({details.message})"),
     )
+
+
+def _latencies(turn: Turn) -> str:
+    """A turn's latencies, as the agent measured them and as heard here."""
+    m = turn.metrics
+    parts = [f"{name} {value:.2f} s" for name, value in (
+        ("LLM first token", m.llm_node_ttft if m else None), ("TTS first byte", m.tts_node_ttfb if m else None),
+        ("agent end-to-end", m.e2e_latency if m else None), ("heard here", turn.response_latency_s))
+        if value is not None]
+    interrupted = " (interrupted)" if turn.interrupted else ""
+    return f"{turn.text!r}{interrupted}" + (f": {', '.join(parts)}" if parts else "")
+
+
+def _demo_tools(say: Callable[[str], None]) -> dict[str, Callable[..., str]]:
+    """The demo's client tool: the offline agent turns a pretend light on or off."""
+    def set_light(on: bool = True) -> str:
+        say(f"(the demo's light is now {'on' if on else 'off'})")
+        return f"the light is {'on' if on else 'off'}"
+    return {"set_light": set_light}
 
 
 def _spoken(text: str) -> np.ndarray | None:
@@ -188,7 +230,7 @@ def demo(wav_path: Path, seconds: float, agent: str = "auto") -> int:
             say(f"local server at {server.url} with a scripted agent")
         with Conversation(server.token("demo-user", "speko_demo"), server.url, audio=audio,
                           overrides={"agent": {"firstMessage": "Hi! This is the offline Speko demo agent."}},
-                          **_callbacks(say, progress)) as conv:
+                          client_tools=_demo_tools(say), **_callbacks(say, progress)) as conv:
             say(f"conversation {conv.conversation_id!r} is {conv.status.value}")
             if buffer is not None:
                 deadline = time.monotonic() + seconds
@@ -197,6 +239,7 @@ def demo(wav_path: Path, seconds: float, agent: str = "auto") -> int:
                 progress.asked.set()
                 buffer.feed(question)  # the question, now that the agent listens
                 progress.answered.wait(max(0.0, deadline - time.monotonic()))  # the agent answered it
+                _ask(conv, say, "Please turn on the light.", max(1.0, deadline - time.monotonic()))
             else:
                 say(f"speak into the microphone; ending in {seconds:.0f} s (Ctrl-C to end now)")
                 _wait_interruptibly(conv, seconds)
@@ -204,11 +247,29 @@ def demo(wav_path: Path, seconds: float, agent: str = "auto") -> int:
             for turn in conv.transcript():
                 say(f"transcript | {turn.source.value}: {turn.text}")
         say(f"stats: {stats.frames_captured} frames captured, {stats.frames_played} played, "
-            f"{stats.underruns} underruns, {stats.packets_received} packets received")
+            f"{stats.underruns} underruns, {stats.packets_received} packets received, "
+            f"{stats.tool_calls} tool calls")
+        if stats.response_latency_s is not None:
+            agent_part = (f" (the agent's own part: {stats.agent_e2e_latency_s:.2f} s)"
+                          if stats.agent_e2e_latency_s is not None else "")
+            say(f"latency heard for the spoken question: {stats.response_latency_s:.2f} s from the end of "
+                f"your speech to the agent's voice{agent_part}")
     if buffer is not None:
         buffer.save_wav(wav_path)
         say(f"saved {buffer.played_seconds():.1f} s of the agent's audio to {wav_path}")
     return 0
+
+
+def _ask(conv: Conversation, say, text: str, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    """A typed turn with the blocking turn API, and what it measured."""
+    say(f"ask: {text!r}")
+    try:
+        reply = conv.ask(text, timeout=timeout)
+    except (TimeoutError, SpekoClientError) as exc:
+        say(f"ask: no answer ({exc})")
+        return
+    first = f"first audio after {reply.first_audio_s:.2f} s, " if reply.first_audio_s is not None else ""
+    say(f"ask -> {reply.text!r} ({first}final after {reply.final_s:.2f} s, {len(reply.tool_calls)} tool call(s))")
 
 
 def _wait_interruptibly(conv: Conversation, seconds: float) -> None:

@@ -172,7 +172,11 @@ def test_demo_with_the_real_worker_hears_and_answers_by_voice(tmp_path: object) 
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     for expected in ("LiveKit Agents worker", "status: connected", "agent is speaking", "mode: speaking",
-                     "disconnected: user (CLIENT_INITIATED)", "saved"):
+                     "disconnected: user (CLIENT_INITIATED)", "saved",
+                     # a client tool called by the agent, the blocking turn API and the latencies
+                     "(the demo's light is now on)", 'tool call | set_light({"on": true}) -> the light is on [ok',
+                     "ask -> 'Done: the light is on'", "1 tool call(s))", "TTS first byte",
+                     "latency heard for the spoken question: "):
         assert expected in out, out
     lines = out.splitlines()
     # the worker heard the spoken question (PocketSphinx's words, whatever they are) and answered it

@@ -13,6 +13,7 @@ import pytest
 from conv import Recorder, open_conversation
 from livekit.protocol.agent_pb import agent_session as pb
 from lk import connect, run
+from test_runtime import wait_until
 
 from speko_sync import AgentState, Conversation, ErrorCode, Interruption, MessageSource, NullAudio, UserState
 from speko_sync.testing import LocalServer, ScriptedAgent
@@ -93,17 +94,19 @@ def test_only_agents_streams_count_and_an_agent_without_lk_agent_state_drives_th
     E = pb.AgentSessionEvent
     rec = Recorder()
 
-    async def send(identity: str, kind: str, event: pb.AgentSessionEvent) -> None:
+    async def send(conv: Conversation, identity: str, kind: str, event: pb.AgentSessionEvent) -> None:
         room, _ = await connect(speko_server, identity, "bare", token=speko_server.token(identity, "bare", kind=kind))
         await room.local_participant.send_bytes(pb.AgentSessionMessage(event=event).SerializeToString(),
                                                 topic="lk.agent.session", name="AS_1")
-        await asyncio.to_thread(rec.wait_for, "status_changed")  # let it arrive before leaving
+        read = conv.stats().session_messages + conv.stats().session_ignored
+        await asyncio.to_thread(wait_until, lambda: conv.stats().session_messages + conv.stats().session_ignored
+                                > read, 10, "the stream read")  # before its sender leaves
         await room.disconnect()
 
     with Conversation(speko_server.token("user", "bare"), speko_server.url, audio=NullAudio(),
                       **rec.callbacks()) as conv:
-        run(send("impostor", "", E(error=E.Error(message="fake"))))
-        run(send("bare-agent", "agent", E(agent_state_changed=E.AgentStateChanged(new_state=pb.AS_SPEAKING))))
+        run(send(conv, "impostor", "", E(error=E.Error(message="fake"))))
+        run(send(conv, "bare-agent", "agent", E(agent_state_changed=E.AgentStateChanged(new_state=pb.AS_SPEAKING))))
         rec.wait_for("agent_state_changed", timeout=10)
         assert conv.agent_state == AgentState.SPEAKING and rec.of("error") == []
         stats = conv.stats()

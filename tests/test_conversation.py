@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.webrtc, pytest.mark.speko_agent(protocol="json")]
 def speko_threads() -> set[str]:
     runtime()  # the process-wide loop and dispatcher threads stay; count everything else
     return {t.name for t in threading.enumerate() if t.name.startswith("speko-") and
-            t.name not in ("speko-local-server",) and not t.name.startswith("speko-agent")}
+            t.name not in ("speko-local-server",) and not t.name.startswith(("speko-agent", "speko-tool-"))}
 
 
 def test_connect_greeting_and_status_sequence(speko_server: LocalServer, speko_agent: ScriptedAgent) -> None:

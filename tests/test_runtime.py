@@ -25,8 +25,11 @@ pytestmark = [pytest.mark.webrtc, pytest.mark.speko_agent(greeting=None)]
 
 
 def library_threads() -> list[str]:
+    """The library's threads but the process-wide tool pool's (``speko-tool-N``,
+    started by the first client tool call, like the loop threads never per
+    conversation)."""
     return sorted(t.name for t in threading.enumerate() if t.name.startswith("speko-") and
-                  t.name != "speko-local-server" and not t.name.startswith("speko-agent"))
+                  t.name != "speko-local-server" and not t.name.startswith(("speko-agent", "speko-tool-")))
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
@@ -368,7 +371,8 @@ def test_connect_timeout_during_a_held_join_leaves_nothing_behind(speko_server: 
 
     def python_threads() -> list[str]:
         # Dummy-N: LiveKit's native (tokio) threads, seen by Python when they log through it
-        return sorted(t.name for t in threading.enumerate() if not isinstance(t, threading._DummyThread))
+        return sorted(t.name for t in threading.enumerate() if not isinstance(t, threading._DummyThread)
+                      and not t.name.startswith("speko-tool-"))
 
     open_conversation(speko_server, speko_agent).end_session()  # the process-wide threads now exist
     threads_before = python_threads()

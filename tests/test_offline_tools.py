@@ -60,6 +60,15 @@ def said(view_items: list[object]) -> list[str]:
     return [m.content[0].text for m in view_items]  # type: ignore[attr-defined]
 
 
+async def typed_turn(room: rtc.Room, session: object, text: str) -> str:
+    """Send ``text`` as a typed turn and return the agent's answer (its next assistant item)."""
+    count = len(session.items("assistant")) + 1  # type: ignore[attr-defined]
+    await room.local_participant.send_text(text, topic="lk.chat")
+    await session.wait(f"reply to {text!r}",  # type: ignore[attr-defined]
+                       lambda: len(session.items("assistant")) == count, timeout=30)  # type: ignore[attr-defined]
+    return said(session.items("assistant"))[-1]  # type: ignore[attr-defined]
+
+
 def tools_executed(session: object) -> list[tuple[str, str, str, bool]]:
     """(name, arguments, output, is_error) of each call the framework reported."""
     found = []
@@ -82,9 +91,7 @@ def test_a_typed_turn_that_matches_calls_the_clients_tool_and_the_reply_carries_
             return "the light is on" if json.loads(data.payload) == {"on": True} else "the light is off"
         room.local_participant.register_rpc_method("set_light", set_light)
         await session.wait("greeting", lambda: said(session.items("assistant")) == [GREETING], timeout=30)
-        await room.local_participant.send_text("please turn on the light", topic="lk.chat")
-        await session.wait("reply", lambda: len(session.items("assistant")) == 2, timeout=30)
-        assert said(session.items("assistant"))[-1] == "Done: the light is on"
+        assert await typed_turn(room, session, "please turn on the light") == "Done: the light is on"
         (call,) = calls
         agent = room.remote_participants[call.caller_identity]
         assert agent.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
@@ -95,9 +102,7 @@ def test_a_typed_turn_that_matches_calls_the_clients_tool_and_the_reply_carries_
         # client protocol 2: a v2 request stream, the ack and a v2 response stream, between the two only
         assert rpc_packets == [("user", "lk.rpc_request"), (agent.identity, "rpc_ack"),
                                (agent.identity, "lk.rpc_response")]
-        await room.local_participant.send_text("lights off", topic="lk.chat")
-        await session.wait("second reply", lambda: len(session.items("assistant")) == 3, timeout=30)
-        assert said(session.items("assistant"))[-1] == "Done: the light is off"
+        assert await typed_turn(room, session, "lights off") == "Done: the light is off"
         await session.close()
         await room.disconnect()
     run(scenario(), timeout=90)
@@ -111,16 +116,13 @@ def test_a_tool_that_raises_an_rpc_error_makes_the_agent_say_it_failed(worker_se
             raise rtc.RpcError(1500, "light is broken")
         room.local_participant.register_rpc_method("set_light", set_light)
         await session.wait("greeting", lambda: len(session.items("assistant")) == 1, timeout=30)
-        await room.local_participant.send_text("turn on the light", topic="lk.chat")
-        await session.wait("reply", lambda: len(session.items("assistant")) == 2, timeout=30)
-        assert said(session.items("assistant"))[-1] == "The tool failed: light is broken."
+        assert await typed_turn(room, session, "turn on the light") == "The tool failed: light is broken."
         await session.wait("tool report", lambda: tools_executed(session), timeout=10)
         assert tools_executed(session) == [("set_light", '{"on": true}', "light is broken", True)]
         # a client without the method: the SDK answers UNSUPPORTED_METHOD, and the agent says so
         room.local_participant.unregister_rpc_method("set_light")
-        await room.local_participant.send_text("turn on the light", topic="lk.chat")
-        await session.wait("second reply", lambda: len(session.items("assistant")) == 3, timeout=30)
-        assert said(session.items("assistant"))[-1] == "The tool failed: Method not supported at destination."
+        assert await typed_turn(room, session, "turn on the light") == \
+            "The tool failed: Method not supported at destination."
         await session.close()
         await room.disconnect()
     run(scenario(), timeout=90)
@@ -131,18 +133,12 @@ def test_the_agent_side_tool_runs_without_rpc_and_other_turns_are_answered_as_be
     async def scenario() -> None:
         room, _, session = await join_with_session(worker_server, "tool-agent")
         await session.wait("greeting", lambda: len(session.items("assistant")) == 1, timeout=30)
-        await room.local_participant.send_text("what time is it", topic="lk.chat")
-        await session.wait("reply", lambda: len(session.items("assistant")) == 2, timeout=30)
-        assert said(session.items("assistant"))[-1] == "It is 12:00."
+        assert await typed_turn(room, session, "what time is it") == "It is 12:00."
         await session.wait("tool report", lambda: tools_executed(session), timeout=10)
         assert tools_executed(session) == [("current_time", "{}", "12:00", False)]
         for text, reply in (("what is the weather", "It is always sunny here."),
                             ("the lightning was loud", "You said: the lightning was loud.")):
-            await room.local_participant.send_text(text, topic="lk.chat")
-            count = len(session.items("assistant")) + 1
-            await session.wait(f"reply to {text!r}", lambda n=count: len(session.items("assistant")) == n,  # type: ignore[misc]
-                               timeout=30)
-            assert said(session.items("assistant"))[-1] == reply
+            assert await typed_turn(room, session, text) == reply
         assert rpc_packets == [] and len(tools_executed(session)) == 1
         await session.close()
         await room.disconnect()
@@ -181,11 +177,8 @@ def test_client_tools_given_to_the_worker_replace_the_defaults_and_its_timeout_i
         room.local_participant.register_rpc_method("open_door", open_door)
         steps = (("open the door", "The door is open."), ("turn on the light", "You said: turn on the light."),
                  ("open the gate", "The tool failed: Response timeout."))
-        for n, (text, reply) in enumerate(steps, start=1):
-            await room.local_participant.send_text(text, topic="lk.chat")
-            await session.wait(f"reply to {text!r}", lambda n=n: len(session.items("assistant")) == n,  # type: ignore[misc]
-                               timeout=30)
-            assert said(session.items("assistant"))[-1] == reply
+        for text, reply in steps:
+            assert await typed_turn(room, session, text) == reply
         assert deadlines == [1.5, 1.5]
         await session.close()
         await room.disconnect()

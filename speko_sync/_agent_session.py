@@ -148,9 +148,9 @@ class SessionStream:
     (``ignored``: other senders, unknown kinds, malformed or oversized
     streams); nothing it reads can end the session."""
 
-    def __init__(self, on_event: Callable[[str, Any], None]) -> None:
+    def __init__(self, on_event: Callable[[str, Any], None], is_agent: Callable[[str], bool]) -> None:
         self._on_event = on_event
-        self._room: rtc.Room | None = None
+        self._is_agent = is_agent
         self._queue: asyncio.Queue[rtc.ByteStreamReader] | None = None
         self._task: asyncio.Task[None] | None = None
         self.messages = 0
@@ -158,15 +158,13 @@ class SessionStream:
         self.seen = False  # the agent sends its session stream
 
     def attach(self, room: rtc.Room) -> None:
-        self._room = room
         self._queue = asyncio.Queue()
         self._task = asyncio.get_running_loop().create_task(self._read_all())
         room.register_byte_stream_handler(TOPIC_SESSION, self._on_stream)
 
     def _on_stream(self, reader: rtc.ByteStreamReader, sender: str) -> None:
-        room, queue = self._room, self._queue
-        participant = room.remote_participants.get(sender) if room is not None else None
-        if queue is None or participant is None or participant.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+        queue = self._queue
+        if queue is None or not self._is_agent(sender):
             self.ignored += 1
             log.debug("ignoring an %s stream from %r, not an agent", TOPIC_SESSION, sender)
             return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -13,6 +13,20 @@ T = TypeVar("T")
 
 class LoopStopped(RuntimeError):
     """The loop was asked to stop (or stopped) before the operation ran or finished."""
+
+
+def call_on(loop: asyncio.AbstractEventLoop | None, fn: Callable[..., Any], *args: Any) -> None:
+    """Have ``fn(*args)`` called on ``loop``: at once when that is the loop
+    running here (or ``loop`` is ``None``: this one), else soon, from any thread,
+    in the order of the calls."""
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:  # a thread without a loop
+        running = None
+    if loop is None or loop is running:
+        fn(*args)
+    else:
+        loop.call_soon_threadsafe(fn, *args)
 
 
 class LoopThread:

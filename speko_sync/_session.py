@@ -41,6 +41,7 @@ from livekit.rtc.participant import PublishDataError
 from . import _protocol
 from ._agent_session import SessionStream
 from ._flood import FloodCushion
+from ._loop import call_on
 from ._protocol import (
     ATTR_AGENT_STATE,
     ATTR_FINAL,
@@ -202,10 +203,10 @@ class Session:
         self.malformed = 0
         self.ignored = 0
         # what the agent does through us and says about itself
-        self.tools = ToolHost(client_tools or {}, emit)
+        self.tools = ToolHost(client_tools or {}, emit, self._is_agent)
         self.turns = TurnTracker()
         self.tools.on_call.append(self.turns.on_tool_call)
-        self.agent_session = SessionStream(self._on_session_event)
+        self.agent_session = SessionStream(self._on_session_event, self._is_agent)
         self.user_state: UserState | None = None
         self.usage: tuple[ModelUsage, ...] = ()
         self._state_attribute = False  # the agent publishes lk.agent.state (then it is the state's source)
@@ -323,14 +324,6 @@ class Session:
                     self._supervised("microphone", self._capture_pump)))
         await self._on_audio_loop(start)
 
-    def _to_room_loop(self, fn: Callable[..., None], *args: Any) -> None:
-        """Audio loop: have ``fn(*args)`` called on the room loop."""
-        loop = self._room_loop
-        if loop is None or loop is asyncio.get_running_loop():
-            fn(*args)
-        else:
-            loop.call_soon_threadsafe(fn, *args)
-
     def _other_audio_loop(self) -> asyncio.AbstractEventLoop | None:
         """The audio loop when it is not the one running now, else ``None``."""
         loop = self._audio_loop
@@ -346,11 +339,17 @@ class Session:
 
     def _call_on_audio_loop(self, fn: Callable[..., None], *args: Any) -> None:
         """Room loop: have ``fn(*args)`` called on the audio loop, in order."""
-        loop = self._other_audio_loop()
-        if loop is None:
-            fn(*args)
-        else:
-            loop.call_soon_threadsafe(fn, *args)
+        call_on(self._audio_loop, fn, *args)
+
+    def _to_room_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        """Audio loop: have ``fn(*args)`` called on the room loop, in order."""
+        call_on(self._room_loop, fn, *args)
+
+    def _is_agent(self, identity: str) -> bool:
+        """Room loop: whether ``identity`` is a remote participant of kind AGENT."""
+        room = self.room
+        participant = room.remote_participants.get(identity) if room is not None else None
+        return participant is not None and participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
 
     async def _publish_microphone(self) -> None:
         audio = self._audio

@@ -36,13 +36,15 @@ from typing import Any
 
 from livekit import rtc
 
+from ._loop import call_on
+from ._protocol import MAX_PACKET_BYTES
 from .errors import ToolError
 from .events import ToolCall, ToolCallStatus
 
 log = logging.getLogger("speko_sync")
 
-#: LiveKit's bound on an RPC request or response payload (bytes of UTF-8).
-MAX_PAYLOAD = 15 * 1024
+#: LiveKit's bound on an RPC request or response payload (bytes of UTF-8), as on a packet.
+MAX_PAYLOAD = MAX_PACKET_BYTES
 #: Calls of one conversation's tools running at once (timed-out ones that
 #: still run included); more are refused.
 MAX_IN_FLIGHT = 4
@@ -103,10 +105,14 @@ def encode_result(result: object) -> str:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"the tool returned a {type(result).__name__}, which is not JSON-serializable: "
                              f"{exc}") from None
-    size = len(text.encode("utf-8", "surrogatepass"))
+    size = _utf8_size(text)
     if size > MAX_PAYLOAD:
         raise ValueError(f"the tool's result is {size} bytes, over LiveKit's {MAX_PAYLOAD} for an RPC response")
     return text
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def error_message(exc: BaseException) -> str:
@@ -171,18 +177,16 @@ def pool() -> ToolPool:
         return _pool[1]
 
 
-def _refusal(code: int, message: str) -> rtc.RpcError:
-    return rtc.RpcError(code, message)
-
-
 class ToolHost:
     """One conversation's client tools. ``add``/``remove`` from any thread;
     everything else on the room loop. ``emit(kind, value)`` reports calls."""
 
-    def __init__(self, tools: Mapping[str, Tool], emit: Callable[[str, Any], None]) -> None:
+    def __init__(self, tools: Mapping[str, Tool], emit: Callable[[str, Any], None],
+                 is_agent: Callable[[str], bool]) -> None:
         self._tools: dict[str, Tool] = dict(tools)
         self._lock = threading.Lock()
         self._emit = emit
+        self._is_agent = is_agent
         self._room: rtc.Room | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._registered: set[str] = set()  # room loop: the RPC methods LiveKit has now
@@ -238,28 +242,14 @@ class ToolHost:
             self._registered.discard(name)
 
     def _on_loop(self, fn: Callable[[str], None], name: str) -> None:
-        loop = self._loop
-        if loop is None:
-            return  # registered by attach()
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            fn(name)
-        else:
-            loop.call_soon_threadsafe(fn, name)
+        if self._loop is not None:  # else attach() registers it
+            call_on(self._loop, fn, name)
 
     # -- calls ---------------------------------------------------------------------
     def _handler(self, name: str) -> Callable[[rtc.RpcInvocationData], Any]:
         async def handle(invocation: rtc.RpcInvocationData) -> str:
             return await self.call(name, invocation)
         return handle
-
-    def _caller_is_agent(self, identity: str) -> bool:
-        room = self._room
-        participant = room.remote_participants.get(identity) if room is not None else None
-        return participant is not None and participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
 
     async def call(self, name: str, invocation: rtc.RpcInvocationData) -> str:
         """Room loop: answer one RPC invocation of tool ``name``."""
@@ -280,14 +270,14 @@ class ToolHost:
 
         def refuse(code: int, message: str) -> rtc.RpcError:
             report(ToolCallStatus.REFUSED, payload[:1024], error=message)
-            return _refusal(code, message)
+            return rtc.RpcError(code, message)
 
-        if not self._caller_is_agent(invocation.caller_identity):
+        if not self._is_agent(invocation.caller_identity):
             log.warning("refused a call of tool %r from %r: not an agent participant", name,
                         invocation.caller_identity)
             raise refuse(rtc.RpcError.ErrorCode.APPLICATION_ERROR,
                          "refused: only agent participants may call client tools")
-        if len(payload.encode("utf-8", "surrogatepass")) > MAX_PAYLOAD:
+        if _utf8_size(payload) > MAX_PAYLOAD:
             raise refuse(rtc.RpcError.ErrorCode.REQUEST_PAYLOAD_TOO_LARGE,
                          f"refused: the payload is over {MAX_PAYLOAD} bytes")
         with self._lock:

@@ -172,8 +172,8 @@ class TurnTracker:
         """A delivered message (transcripts, chat)."""
         if self.stream or message.source != MessageSource.AGENT or not message.is_final:
             return
+        began = message.started_at if message.started_at is not None else time.time()
         for waiter in self._waiters:
-            began = message.started_at if message.started_at is not None else time.time()
             if began >= waiter.since_epoch:
                 waiter.message = message
         self._settle()

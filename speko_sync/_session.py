@@ -631,7 +631,10 @@ class Session:
         room = self.room
         if room is None or participant.identity == room.local_participant.identity:
             return
-        value = participant.attributes.get(ATTR_AGENT_STATE)
+        # the value this event changed, not the participant's latest: updates that
+        # arrive together would otherwise all read the last one, and the states
+        # between (thinking, when an answer follows at once) would be lost
+        value = changed.get(ATTR_AGENT_STATE, participant.attributes.get(ATTR_AGENT_STATE))
         if value is None:
             return
         try:

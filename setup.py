@@ -39,6 +39,7 @@ setup(
         "numpy>=1.24",
         "blinker>=1.7",
         "pyaudio>=0.2.14",
+        "websockets>=13,<18",  # realtime sessions (the websockets.asyncio API)
     ],
     extras_require={"testing": TESTING, "api": API, "dev": DEV},
     entry_points={"pytest11": ["speko_sync = speko_sync.testing.pytest_plugin"]},

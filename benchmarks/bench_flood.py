@@ -189,13 +189,13 @@ def session(child: ServerProcess, room: str, seconds: float, packets: int, kind:
             time.sleep(0.05)
         base = conv.stats()
         arrivals: list[float] = []  # when each agent frame reached the playback ring (audio loop)
-        play = conv._session._play
+        play = conv._session.path.play
 
         def stamped(samples: Any) -> None:
             arrivals.append(time.monotonic())
             play(samples)
 
-        conv._session._play = stamped  # type: ignore[method-assign]
+        conv._session.path.play = stamped  # type: ignore[method-assign]
         handed: list[float] = []  # when LiveKit's FFI thread handed each audio event over (--trace-ffi)
         if trace_ffi:
             from livekit.rtc._ffi_client import FfiClient

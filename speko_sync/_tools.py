@@ -201,8 +201,9 @@ class ToolHost:
             return sorted(self._tools)
 
     # -- registration ------------------------------------------------------------
-    def attach(self, room: rtc.Room) -> None:
-        """Room loop, right after the join: register every tool with LiveKit."""
+    def attach(self, room: rtc.Room | None) -> None:
+        """Room loop, right after the join: register every tool with LiveKit
+        (``None``: a transport whose calls arrive as messages, see :meth:`call`)."""
         self._room, self._loop = room, asyncio.get_running_loop()
         with self._lock:
             names = list(self._tools)

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 from . import _protocol, signals
 from ._loop import LoopStopped
 from ._runtime import check_not_forked_after_use, runtime
-from ._session import Session
+from ._session import TRANSPORTS, Session
 from ._tools import Tool, check_tool, check_tools
 from .audio import AudioBackend, AudioConstraints, PyAudioBackend
 from .errors import ErrorCode, SpekoClientError
@@ -78,9 +78,20 @@ class Conversation:
     or network threads; one that blocks delays every conversation's events.
 
     Args:
-        token: the session's LiveKit access token (``conversationToken``).
-        url: the LiveKit URL (``livekitUrl``, ``wss://...``).
-        overrides: agent/TTS overrides, sent first thing after joining.
+        token: the session's LiveKit access token (``conversationToken``), or
+            for a realtime session its ``wsToken``.
+        url: the LiveKit URL (``livekitUrl``, ``wss://...``), or for a realtime
+            session its ``wsUrl``.
+        transport: ``"livekit"`` (the default: a LiveKit room with a LiveKit
+            Agents worker) or ``"realtime"`` (Speko's speech-to-speech session
+            over one WebSocket: audio, transcripts, interruptions, client
+            tools and usage; no text from the client, no reconnection). What a
+            transport cannot do raises ``SpekoClientError`` UNSUPPORTED naming
+            it (see the README's transport table).
+        conversation_id: the realtime session's id (``sessionId``), reported
+            as :attr:`conversation_id`; LiveKit sessions use the room name.
+        overrides: agent/TTS overrides, sent first thing after joining
+            (LiveKit only).
         audio_constraints: microphone processing (all on by default).
         input_device, output_device: for the default PyAudio backend, a
             PortAudio index or device name.
@@ -149,8 +160,17 @@ class Conversation:
                  on_interruption: Callable[[Interruption], Any] | None = None,
                  on_usage: Callable[[tuple[ModelUsage, ...]], Any] | None = None,
                  client_tools: Mapping[str, Tool] | None = None,
-                 connect_timeout: float = 15.0, reconnect_timeout: float = 15.0) -> None:
+                 connect_timeout: float = 15.0, reconnect_timeout: float = 15.0,
+                 transport: str = "livekit", conversation_id: str | None = None) -> None:
         # Validate everything before any thread or device is taken.
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(map(repr, TRANSPORTS))}, got {transport!r}")
+        if conversation_id is not None and (not isinstance(conversation_id, str) or transport != "realtime"):
+            raise ValueError("conversation_id is a realtime session's sessionId (a str); LiveKit sessions "
+                             "report their room name")
+        if overrides is not None and transport != "livekit":
+            raise SpekoClientError(ErrorCode.UNSUPPORTED, f"the {transport} transport cannot send overrides: "
+                                   "set them when the session is minted")
         if not isinstance(token, str) or not token.strip():
             raise ValueError("token must be a non-empty string (the session's conversationToken)")
         if not isinstance(url, str) or urlparse(url).scheme not in ("ws", "wss", "http", "https"):
@@ -189,7 +209,8 @@ class Conversation:
 
         self._lock = threading.RLock()
         self._status = Status.CONNECTING
-        self._conversation_id = ""
+        self._conversation_id = conversation_id or ""
+        self._transport = transport
         self._details: DisconnectionDetails | None = None
         self._ended = threading.Event()
         self._end_requested = False
@@ -210,12 +231,12 @@ class Conversation:
         self._session = Session(self._emit, self._audio, audio_constraints or AudioConstraints(),
                                 self._on_remote_end, microphone=microphone, on_link=self._on_link,
                                 audio_loop=shared.audio.loop, emit_latest=self._dispatcher.post_latest,
-                                client_tools=tools)
+                                client_tools=tools, transport=transport)
         self._emit("status_changed", Status.CONNECTING)
         try:
             self._conversation_id = self._runner.call(
                 self._session.connect(url, token, overrides_packet, float(connect_timeout)),
-                timeout=connect_timeout + 10)
+                timeout=connect_timeout + 10) or self._conversation_id
         except BaseException as exc:
             self._abort()
             if isinstance(exc, SpekoClientError) or not isinstance(exc, Exception):
@@ -237,14 +258,22 @@ class Conversation:
         ``spekoai`` ``WebJoinResult`` (``token``/``url``). ``options`` are the
         constructor's keyword arguments.
 
+        An answer with ``wsUrl`` and ``wsToken`` (or ``transport``
+        ``"realtime"``) joins a realtime session, whose ``sessionId`` becomes
+        :attr:`conversation_id`.
+
         Raises ``ValueError`` for a response without token or URL or with a
-        transport other than ``livekit``, :class:`SpekoClientError`
+        transport other than ``livekit`` or ``realtime`` (``daily`` included:
+        Pipecat over Daily needs Daily's cloud), :class:`SpekoClientError`
         (CONNECTION_FAILED) for a session already expired, both before any
         connection; then as the constructor.
         """
         from .sessions import session_credentials
 
         credentials = session_credentials(response)
+        if credentials.transport == "realtime":
+            options.setdefault("transport", "realtime")
+            options.setdefault("conversation_id", credentials.session_id)
         return cls(credentials.token, credentials.url, **options)
 
     # -- internals ----------------------------------------------------------------------
@@ -327,8 +356,13 @@ class Conversation:
     # -- public API -----------------------------------------------------------------------
     @property
     def conversation_id(self) -> str:
-        """The conversation id (the LiveKit room name)."""
+        """The conversation id (the LiveKit room name, or the realtime session's ``sessionId``)."""
         return self._conversation_id
+
+    @property
+    def transport(self) -> str:
+        """``"livekit"`` or ``"realtime"``."""
+        return self._transport
 
     @property
     def status(self) -> Status:
@@ -554,6 +588,30 @@ class Conversation:
         self._check_wait(timeout)
         self._require_connected(Status.RECONNECTING)
         return self._wait_reply(self._call(self._session.expect_reply()), timeout)
+
+    def interrupt(self) -> None:
+        """Stop the agent's reply now (realtime: the ``interrupt`` frame; the
+        speaker goes quiet within one device buffer and what was queued is
+        dropped).
+
+        Raises:
+            SpekoClientError: UNSUPPORTED on LiveKit (LiveKit Agents takes no
+                interrupt request from the caller: it stops when the user
+                speaks over it); NOT_CONNECTED when not connected.
+        """
+        self._require_connected()
+        self._call(self._session.interrupt())
+
+    def commit_user_turn(self) -> None:
+        """Tell the agent the user's turn is over now, instead of waiting for
+        its end-of-speech detection (realtime: the ``control`` ``commit`` frame).
+
+        Raises:
+            SpekoClientError: UNSUPPORTED on LiveKit (LiveKit Agents detects the
+                end of a turn itself); NOT_CONNECTED when not connected.
+        """
+        self._require_connected()
+        self._call(self._session.commit())
 
     def _check_wait(self, timeout: float) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:

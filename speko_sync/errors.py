@@ -27,6 +27,10 @@ class ErrorCode(str, enum.Enum):
     #: ``error`` event: its LLM, TTS or STT failed...). Delivered through
     #: ``on_error``; the session goes on.
     AGENT_ERROR = "AGENT_ERROR"
+    #: The session's transport cannot do what was asked (the realtime
+    #: transport sends no text; LiveKit Agents takes no interrupt request).
+    #: The message names the transport; nothing was sent.
+    UNSUPPORTED = "UNSUPPORTED"
     #: Minting a session (``create_session``) failed; ``status`` has the HTTP status.
     SESSION_REQUEST_FAILED = "SESSION_REQUEST_FAILED"
 

@@ -385,7 +385,11 @@ class ConversationStats:
     queued agent audio was dropped because the user interrupted the agent;
     ``barge_in_dropped_ms``: how much agent audio those drops kept from the
     speaker (what was queued, and speech still in flight from before the
-    agent stopped).
+    agent stopped). ``input_audio_tokens``/``output_audio_tokens``: what a
+    realtime session's ``usage`` frames last said (0 on LiveKit).
+
+    On the realtime transport, ``packets_*`` count the WebSocket's text
+    frames, and ``malformed_packets`` those that were not JSON objects.
     """
 
     frames_captured: int = 0
@@ -409,3 +413,5 @@ class ConversationStats:
     agent_e2e_latency_s: float | None = None
     barge_ins: int = 0
     barge_in_dropped_ms: float = 0.0
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0

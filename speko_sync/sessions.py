@@ -28,13 +28,18 @@ DEFAULT_API_BASE_URL = "https://api.speko.dev"
 
 _TOKEN_KEYS = ("transportToken", "transport_token", "conversationToken", "conversation_token", "token")
 _URL_KEYS = ("transportUrl", "transport_url", "livekitUrl", "livekit_url", "url")
+_WS_TOKEN_KEYS = ("wsToken", "ws_token")
+_WS_URL_KEYS = ("wsUrl", "ws_url")
 
 
 @dataclass(frozen=True)
 class SessionCredentials:
     """What joining a Speko session takes, and what the server said about it.
 
-    ``token`` and ``url``: the LiveKit access token and URL. ``expires_at``: an
+    ``token`` and ``url``: the LiveKit access token and URL, or for a realtime
+    session (``transport`` ``"realtime"``) its ``wsToken`` and ``wsUrl``;
+    ``input_sample_rate``/``output_sample_rate`` the rates a realtime answer
+    announced, if any. ``expires_at``: an
     aware ``datetime`` or ``None``. ``raw``: the response as given (a mapping).
     Raises nothing when made (:func:`session_credentials` checks a response).
     """
@@ -47,13 +52,16 @@ class SessionCredentials:
     expires_at: dt.datetime | None = None
     transport: str = "livekit"
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    input_sample_rate: int | None = None
+    output_sample_rate: int | None = None
 
 
 def _as_mapping(response: object) -> Mapping[str, Any]:
     if isinstance(response, Mapping):
         return response
-    names = set(_TOKEN_KEYS + _URL_KEYS + ("sessionId", "session_id", "roomName", "room_name", "identity",
-                                             "expiresAt", "expires_at", "transport"))
+    names = set(_TOKEN_KEYS + _URL_KEYS + _WS_TOKEN_KEYS + _WS_URL_KEYS + (
+        "sessionId", "session_id", "roomName", "room_name", "identity", "expiresAt", "expires_at", "transport",
+        "inputSampleRate", "outputSampleRate"))
     values = {name: getattr(response, name) for name in names if getattr(response, name, None) is not None}
     if not values:
         raise TypeError(f"a session response must be a mapping or an object with token and url attributes, "
@@ -88,7 +96,8 @@ def session_credentials(response: object, *, now: float | None = None) -> Sessio
 
     Raises ``TypeError`` for something that is not a response, ``ValueError``
     naming what is missing or wrong (no token or URL, a ``transport`` other than
-    ``livekit``, an unreadable ``expiresAt``), and :class:`SpekoClientError`
+    ``livekit`` or ``realtime``, Daily's included, an unreadable
+    ``expiresAt``), and :class:`SpekoClientError`
     (CONNECTION_FAILED) when ``expiresAt`` is already past (``now``: Unix seconds,
     default the clock).
     """
@@ -96,9 +105,16 @@ def session_credentials(response: object, *, now: float | None = None) -> Sessio
         _require_unexpired(response.expires_at, now)
         return response
     data = _as_mapping(response)
-    transport = _first(data, ("transport",)) or "livekit"
-    if transport != "livekit":
-        raise ValueError(f"session transport {transport!r} is not supported: speko_sync joins 'livekit' sessions")
+    realtime = _first(data, _WS_URL_KEYS) is not None and _first(data, _WS_TOKEN_KEYS) is not None
+    transport = _first(data, ("transport",)) or ("realtime" if realtime else "livekit")
+    if transport == "daily":
+        raise ValueError("session transport 'daily' is not supported: Pipecat over Daily needs Daily's cloud "
+                         "client; speko_sync joins 'livekit' and 'realtime' sessions")
+    if transport not in ("livekit", "realtime"):
+        raise ValueError(f"session transport {transport!r} is not supported: speko_sync joins 'livekit' and "
+                         "'realtime' sessions")
+    if transport == "realtime":
+        return _realtime_credentials(data, now)
     token, url = _first(data, _TOKEN_KEYS), _first(data, _URL_KEYS)
     if not isinstance(token, str) or not token:
         raise ValueError("the session response has no token (transportToken or conversationToken)")
@@ -110,6 +126,23 @@ def session_credentials(response: object, *, now: float | None = None) -> Sessio
         token=token, url=url, session_id=_first(data, ("sessionId", "session_id")),
         room_name=_first(data, ("roomName", "room_name")), identity=_first(data, ("identity",)),
         expires_at=expires_at, transport=transport, raw=dict(data))
+
+
+def _realtime_credentials(data: Mapping[str, Any], now: float | None) -> SessionCredentials:
+    token, url = _first(data, _WS_TOKEN_KEYS), _first(data, _WS_URL_KEYS)
+    if not isinstance(token, str) or not token:
+        raise ValueError("the realtime session response has no wsToken")
+    if not isinstance(url, str) or not url:
+        raise ValueError("the realtime session response has no wsUrl")
+    expires_at = _parse_time(_first(data, ("expiresAt", "expires_at")))
+    _require_unexpired(expires_at, now)
+    rates = [_first(data, (camel, snake)) for camel, snake in (("inputSampleRate", "input_sample_rate"),
+                                                                ("outputSampleRate", "output_sample_rate"))]
+    return SessionCredentials(
+        token=token, url=url, session_id=_first(data, ("sessionId", "session_id")), expires_at=expires_at,
+        transport="realtime", raw=dict(data),
+        input_sample_rate=rates[0] if isinstance(rates[0], int) else None,
+        output_sample_rate=rates[1] if isinstance(rates[1], int) else None)
 
 
 def _require_unexpired(expires_at: dt.datetime | None, now: float | None) -> None:

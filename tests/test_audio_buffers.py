@@ -342,7 +342,7 @@ def test_buffer_audio_reads_wav_files_and_resamples(tmp_path: object) -> None:
 
 
 def test_reframer_resamples_device_audio_to_10_ms_frames() -> None:
-    from speko_sync._session import _Reframer
+    from speko_sync._audio_path import Reframer as _Reframer
 
     reframe = _Reframer(44100, 48000)
     t = np.arange(441 * 50) / 44100
@@ -375,7 +375,7 @@ def test_float_audio_is_scaled_and_resampled() -> None:
 
 
 def test_microphone_watchdog_reports_a_failure_once_and_again_after_recovery() -> None:
-    from speko_sync._session import _MicrophoneWatchdog
+    from speko_sync._audio_path import MicrophoneWatchdog as _MicrophoneWatchdog
     from speko_sync.audio import AudioBackend
 
     class Device(AudioBackend):

@@ -68,9 +68,9 @@ def test_conversations_share_one_loop_thread_and_one_dispatcher(speko_server: Lo
         for i, rec in enumerate(recorders):
             assert rec.wait_for("message", lambda m: m.is_final).text == f"hello {i}"
         assert library_threads() == before  # no thread per conversation
-        rooms = {conv._session.room for conv in convs}
+        rooms = {conv._session.transport.room for conv in convs}
         assert len(rooms) == 4 and all(room is not None and room._loop is runtime().loop.loop for room in rooms)
-        streams = [stream for conv in convs for stream in conv._session._streams.values()]
+        streams = [stream for conv in convs for stream in conv._session.transport.tracks.streams.values()]
         assert streams and all(stream._loop is runtime().audio.loop for stream in streams)
     for rec in recorders:
         assert {thread for _, _, thread in rec.events} == {"speko-dispatch"}
@@ -82,7 +82,7 @@ def test_a_stalled_loop_leaves_no_microphone_backlog_loop_clocked(speko_server: 
                                                                   speko_agent: ScriptedAgent) -> None:
     audio = BufferAudio(tone(300, 10.0, 0.2))
     with open_conversation(speko_server, speko_agent, audio=audio) as conv:
-        source = conv._session._source
+        source = conv._session.transport.source
         assert source is not None
         wait_until(lambda: conv.stats().frames_captured > 30, what="capture")
         for stall in (0.08, 0.3):  # caught up (the backend keeps real time); resumed from now
@@ -108,7 +108,7 @@ def test_a_stalled_loop_drops_stale_device_capture_and_counts_it(speko_server: L
                                                                   speko_agent: ScriptedAgent) -> None:
     audio = DeviceClocked()
     with open_conversation(speko_server, speko_agent, audio=audio) as conv:
-        source = conv._session._source
+        source = conv._session.transport.source
         assert source is not None
         io = audio.opened
         # while the loop is stalled, the device goes on capturing: 300 ms pile up
@@ -132,16 +132,16 @@ def test_one_agent_track_plays_without_a_mixer_and_two_are_mixed(speko_server: L
     conv: Conversation
     with open_conversation(speko_server, speko_agent, audio=audio) as conv:
         session = conv._session
-        wait_until(lambda: len(session._streams) == 1, what="the agent's track")
+        wait_until(lambda: len(session.transport.tracks.streams) == 1, what="the agent's track")
         start = audio.played_seconds()
         speko_agent.say_tone(440, 1.0, 0.3)
         assert audio.wait_for_played(start + 1.5, timeout=10)
-        assert session._mixer_task is None  # one track: straight from its stream
+        assert session.transport.tracks._mixer is None  # one track: straight from its stream
         assert peak_at(audio.played()[-int(1.5 * 48000):], 440) > 50
 
         second = speko_server.add_agent(speko_agent.room, "agent-2", greeting=None)
-        wait_until(lambda: len(session._streams) == 2, what="the second track")
-        assert session._mixer_task is not None
+        wait_until(lambda: len(session.transport.tracks.streams) == 2, what="the second track")
+        assert session.transport.tracks._mixer is not None
         start = audio.played_seconds()
         speko_agent.say_tone(440, 1.5, 0.3)
         second.say_tone(1000, 1.5, 0.3)
@@ -150,7 +150,8 @@ def test_one_agent_track_plays_without_a_mixer_and_two_are_mixed(speko_server: L
         assert peak_at(both, 440) > 50 and peak_at(both, 1000) > 50
 
         second.leave()
-        wait_until(lambda: len(session._streams) == 1 and session._mixer_task is None, what="back to one track")
+        tracks = session.transport.tracks
+        wait_until(lambda: len(tracks.streams) == 1 and tracks._mixer is None, what="back to one track")
 
 
 class WaitProbe(NullAudio):
@@ -174,14 +175,14 @@ def test_one_agent_track_clocks_a_loop_clocked_backend_so_nothing_waits(speko_se
     audio = WaitProbe()
     with open_conversation(speko_server, speko_agent, audio=audio) as conv:
         session = conv._session
-        wait_until(lambda: len(session._streams) == 1, what="the agent's track")
-        play = session._play
+        wait_until(lambda: len(session.transport.tracks.streams) == 1, what="the agent's track")
+        play = session.path.play
 
         def stamped(samples: np.ndarray) -> None:
             audio.arrived = time.monotonic()
             play(samples)
 
-        session._play = stamped  # type: ignore[method-assign]
+        session.path.play = stamped  # type: ignore[method-assign]
         speko_agent.say_tone(440, 2.0, 0.3)
         wait_until(lambda: len(audio.waits) > 150, what="agent audio played")
         waits = np.array(audio.waits[-100:])
@@ -264,8 +265,8 @@ def test_an_audio_path_that_raises_is_reported_and_started_again(speko_server: L
         wait_until(lambda: audio.ticks > ticks + 20, what="the microphone path running again")
 
         session = conv._session
-        wait_until(lambda: len(session._streams) == 1, what="the agent's track")
-        play, failed = session._play, []
+        wait_until(lambda: len(session.transport.tracks.streams) == 1, what="the agent's track")
+        play, failed = session.path.play, []
 
         def fails_once(samples: np.ndarray) -> None:
             if not failed:
@@ -273,7 +274,7 @@ def test_an_audio_path_that_raises_is_reported_and_started_again(speko_server: L
                 raise RuntimeError("bad frame")
             play(samples)
 
-        session._play = fails_once  # type: ignore[method-assign]
+        session.path.play = fails_once  # type: ignore[method-assign]
         speko_agent.say_tone(440, 2.0, 0.3)
         wait_until(lambda: bool(failed), what="the speaker path failing")
         played = conv.stats().frames_played
@@ -399,7 +400,7 @@ def test_a_stalled_room_loop_does_not_stall_audio(speko_server: LocalServer, spe
     keeps being captured."""
     audio = BufferAudio(tone(300, 30.0, 0.2))
     with open_conversation(speko_server, speko_agent, audio=audio) as conv:
-        wait_until(lambda: len(conv._session._streams) == 1, what="the agent's track")
+        wait_until(lambda: len(conv._session.transport.tracks.streams) == 1, what="the agent's track")
         speko_agent.say_tone(440, 5.0, 0.3)
         wait_until(lambda: conv.stats().frames_played > 50, what="agent audio")
         during: dict[str, int] = {}

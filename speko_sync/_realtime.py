@@ -1,0 +1,389 @@
+"""The realtime transport: Speko's speech-to-speech sessions over one
+WebSocket (``wsUrl``, with ``wsToken`` as its only subprotocol).
+
+  microphone frames (48 kHz, 10 ms, processed) -> resampled to the input
+  rate, 20 ms frames -> binary frames (none while muted)
+  binary frames (the output rate, bursts faster than real time) -> resampled
+  to 48 kHz -> :class:`_BurstQueue` (a whole reply and more) -> the feeder,
+  every 10 ms, keeps the speaker's ring :attr:`RealtimeTransport.TARGET_MS`
+  deep, at the device's clock (silence between replies)
+  text frames -> :mod:`speko_sync._realtime_protocol` -> the core
+
+The socket, its reader and its writer live on the room loop; the sink, the
+queue and the feeder on the audio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import ClassVar
+
+import numpy as np
+import websockets
+from livekit import rtc
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Subprotocol
+
+from . import _realtime_protocol as wire
+from ._audio_path import FRAME, Reframer, Sink, cancel_all, sleep_until
+from ._loop import call_on
+from ._ring import Ring
+from ._transport import Core, unsupported
+from .audio import SAMPLE_RATE
+from .errors import ErrorCode, SpekoClientError
+from .events import Interruption, MessageSource, ModelUsage
+
+log = logging.getLogger("speko_sync")
+
+#: who calls client tools on a realtime session: the session's agent
+AGENT = "agent"
+
+
+class _BurstQueue:
+    """Audio loop. The agent's audio (48 kHz) waiting for the speaker:
+    bursts arrive faster than real time and play whole, in order."""
+
+    def __init__(self, seconds: float, output_rate: int) -> None:
+        self.ring = Ring(int(SAMPLE_RATE * seconds))
+        self._output_rate = output_rate
+        self._reframe = Reframer(output_rate, SAMPLE_RATE)
+        self.overflowed = 0  # samples that did not fit
+
+    def push(self, samples: np.ndarray) -> None:
+        for frame in self._reframe.push(samples):
+            self.overflowed += len(frame) - self.ring.write(frame)
+
+    def clear(self) -> None:
+        """Drop everything queued (an interruption); a new reply starts clean."""
+        self.ring.skip(self.ring.available())
+        self._reframe = Reframer(self._output_rate, SAMPLE_RATE)
+
+
+class RealtimeTransport:
+    """One realtime session's WebSocket."""
+
+    name: ClassVar[str] = "realtime"
+    #: the speaker's ring is kept this deep (ms) while the session runs; the
+    #: jitter policy's slack stays above it, so nothing is ever trimmed
+    TARGET_MS = 30
+    PLAYBACK_SLACK_MS = 60
+    #: the agent's audio that may wait for the speaker: a full reply and more
+    QUEUE_S = 60.0
+    #: silence after the agent's audio before the mode is listening again
+    QUIET_FRAMES = 5
+    #: what a client tool may take before the agent is told it failed (seconds)
+    TOOL_TIMEOUT_S = 30.0
+    #: frames waiting for the socket (4 s of microphone audio); a stuck
+    #: socket drops audio beyond it, never text
+    SEND_QUEUE = 200
+
+    def __init__(self, core: Core) -> None:
+        self._core = core
+        self._ws: ClientConnection | None = None
+        self.input_rate = wire.DEFAULT_RATE
+        self.output_rate = wire.DEFAULT_RATE
+        self._outbox: asyncio.Queue[str | bytes] = asyncio.Queue(self.SEND_QUEUE)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._calls: set[asyncio.Task[None]] = set()
+        self._end_reason: str | None = None
+        self._segments = {"user": 0, "assistant": 0}  # a new segment after each final, per role
+        self._queue: _BurstQueue | None = None  # audio loop
+        self._feeder: asyncio.Task[None] | None = None
+        self._mic_reframe: Reframer | None = None
+        self._room_loop: asyncio.AbstractEventLoop | None = None
+        self.packets_sent = 0
+        self.packets_received = 0
+        self.malformed = 0
+        self.ignored = 0
+        self.session_messages = 0
+        self.session_ignored = 0
+
+    # -- joining --------------------------------------------------------------------
+    async def join(self, url: str, token: str, timeout: float) -> str:
+        """Open the socket and wait for ``ready``: CONNECTION_FAILED at once for
+        a refused handshake, after ``timeout`` without ``ready`` (the socket
+        is closed again), or for a close before it."""
+        loop = self._room_loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            ws = self._ws = await asyncio.wait_for(connect(
+                url, subprotocols=[Subprotocol(token)], compression=None, proxy=None, open_timeout=None,
+                max_size=2 ** 22, close_timeout=2), timeout)
+        except asyncio.TimeoutError:
+            raise SpekoClientError(ErrorCode.CONNECTION_FAILED,
+                                   f"could not connect to {url} within {timeout:g} s") from None
+        except websockets.InvalidStatus as exc:
+            status = exc.response.status_code
+            error = SpekoClientError(ErrorCode.CONNECTION_FAILED, f"{url} refused the session (HTTP {status})", exc)
+            error.status = status
+            raise error from exc
+        except (OSError, websockets.WebSocketException) as exc:
+            raise SpekoClientError(ErrorCode.CONNECTION_FAILED, f"could not connect to {url}: {exc}", exc) from exc
+        try:
+            ready = await asyncio.wait_for(self._wait_ready(ws), max(0.0, deadline - loop.time()))
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(*wire.CLIENT_CLOSE), 2)
+            if isinstance(exc, asyncio.TimeoutError):
+                raise SpekoClientError(ErrorCode.CONNECTION_FAILED,
+                                       f"{url} sent no ready frame within {timeout:g} s") from None
+            raise
+        self.input_rate, self.output_rate = ready.input_rate, ready.output_rate
+        self._core.tools.attach(None)  # tool calls come as frames: the host needs only this loop
+        self._tasks = [loop.create_task(self._read(ws)), loop.create_task(self._write(ws))]
+        return ""
+
+    async def _wait_ready(self, ws: ClientConnection) -> wire.Ready:
+        error: str | None = None
+        try:
+            async for data in ws:
+                if isinstance(data, bytes):
+                    continue  # audio before ready has no rate yet
+                try:
+                    frame = wire.decode(data)
+                except wire.InvalidFrame:
+                    continue
+                if isinstance(frame, wire.Ready):
+                    return frame
+                if isinstance(frame, wire.Error):
+                    error = f"{frame.code}: {frame.message}"
+        except websockets.ConnectionClosed:
+            pass
+        said = f"; the agent said {error}" if error else ""
+        raise SpekoClientError(ErrorCode.CONNECTION_FAILED, "the session closed before it was ready "
+                               f"({ws.close_code} {ws.close_reason or ''}".rstrip() + f"){said}")
+
+    async def start(self, timeout: float) -> Sink | None:
+        path = self._core.path
+        if self._core.microphone:
+            path.make_processing()
+            self._mic_reframe = Reframer(SAMPLE_RATE, self.input_rate, 20)
+        path.start_playback(cushion=False)
+        queue = _BurstQueue(self.QUEUE_S, self.output_rate)
+
+        def begin() -> None:  # audio loop
+            self._queue = queue
+            self._feeder = asyncio.get_running_loop().create_task(path.supervised("speaker", self._feed))
+        call_on(self._core.audio_loop, begin)
+        return self._send_frame if self._core.microphone else None
+
+    def frame_clocked(self) -> bool:
+        return False
+
+    def is_agent(self, identity: str) -> bool:
+        return identity == AGENT
+
+    # -- audio (audio loop) ----------------------------------------------------------------
+    async def _send_frame(self, frame: rtc.AudioFrame) -> None:
+        """The microphone's 10 ms frame: resampled, sent in 20 ms frames."""
+        reframe = self._mic_reframe
+        assert reframe is not None
+        for chunk in reframe.push(np.frombuffer(frame.data, dtype=np.int16)):
+            call_on(self._room_loop, self._post, chunk.tobytes())
+
+    def _queue_audio(self, samples: np.ndarray) -> None:
+        if self._queue is not None:
+            self._queue.push(samples)
+
+    def _drop_queued(self) -> None:
+        if self._queue is not None:
+            self._queue.clear()
+        self._core.path.drop_playback()
+
+    async def _feed(self) -> None:
+        """Every 10 ms: keep the speaker's ring ``TARGET_MS`` deep from the
+        queue, or with silence when it is empty. The device's clock drains
+        the ring, so playback follows it exactly, at real time."""
+        path, queue = self._core.path, self._queue
+        io = path.io
+        assert io is not None and queue is not None
+        loop = asyncio.get_running_loop()
+        frame = np.zeros(FRAME, dtype=np.int16)
+        silence = np.zeros(FRAME, dtype=np.int16)
+        target = io.rate * self.TARGET_MS // 1000
+        quiet = self.QUIET_FRAMES
+        next_tick = loop.time()
+        while True:
+            next_tick = await sleep_until(loop, next_tick + 0.01, 0.1)
+            while io.playback.available() < target:
+                if queue.ring.available() >= FRAME:
+                    queue.ring.read_into(frame)
+                    if quiet >= self.QUIET_FRAMES:
+                        call_on(self._room_loop, self._agent_audio, True)
+                    quiet = 0
+                    path.play(frame)
+                else:
+                    quiet += 1
+                    if quiet == self.QUIET_FRAMES:
+                        call_on(self._room_loop, self._agent_audio, False)
+                    path.play(silence)
+
+    # -- the socket (room loop) ------------------------------------------------------------
+    def _agent_audio(self, speaking: bool) -> None:
+        if speaking:
+            self._core.agent_speaks_again()
+        self._core.set_heard_mode(speaking)
+
+    def _post(self, data: str | bytes) -> None:
+        try:
+            self._outbox.put_nowait(data)
+        except asyncio.QueueFull:  # the socket is stuck: this audio frame goes; text displaces the oldest
+            if isinstance(data, bytes):
+                return
+            self._outbox.get_nowait()
+            self._outbox.put_nowait(data)
+
+    async def _write(self, ws: ClientConnection) -> None:
+        while True:
+            data = await self._outbox.get()
+            try:
+                await ws.send(data)
+            except websockets.ConnectionClosed:
+                return
+            finally:
+                self._outbox.task_done()
+            if isinstance(data, str):
+                self.packets_sent += 1
+
+    async def _read(self, ws: ClientConnection) -> None:
+        try:
+            async for data in ws:
+                if isinstance(data, bytes):
+                    self._on_audio(data)
+                else:
+                    self._on_text(data)
+        except websockets.ConnectionClosed:
+            pass
+        except Exception as exc:  # a bug here must not leave the session half alive
+            log.error("the realtime session's reader failed: %r", exc, exc_info=exc)
+        if self._core.closing:
+            return
+        received = ws.protocol.close_rcvd
+        code, reason = (received.code, received.reason) if received is not None else (1006, "")
+        self._core.remote_end(wire.close_details(code, reason, self._end_reason))
+
+    def _on_audio(self, data: bytes) -> None:
+        if len(data) % 2:
+            self.malformed += 1
+            self.ignored += 1
+            log.debug("ignoring an audio frame of %d bytes (not whole samples)", len(data))
+            return
+        if data:
+            call_on(self._core.audio_loop, self._queue_audio, np.frombuffer(data, dtype=np.int16))
+
+    def _on_text(self, data: str) -> None:
+        self.packets_received += 1
+        try:
+            frame = wire.decode(data)
+        except wire.InvalidFrame as exc:
+            self.malformed += 1
+            self.ignored += 1
+            log.debug("ignoring a realtime frame: %s", exc)
+            return
+        if frame is None or isinstance(frame, wire.Ready):
+            self.ignored += 1
+            return
+        core = self._core
+        if isinstance(frame, wire.Transcript):
+            source = MessageSource.USER if frame.role == "user" else MessageSource.AGENT
+            segment = f"{frame.role}-{self._segments[frame.role]}"
+            if frame.final:
+                self._segments[frame.role] += 1
+            core.transcribed(source, segment, frame.text, frame.final, track="", path="realtime")
+        elif isinstance(frame, wire.Interruption):
+            core.barge_in(Interruption(is_interruption=True), quiet_s=0.0)
+            call_on(core.audio_loop, self._clear_queue)
+            core.set_heard_mode(False)
+        elif isinstance(frame, wire.Error):
+            core.report_error(SpekoClientError(ErrorCode.AGENT_ERROR, f"the agent reported {frame.code}: "
+                                               f"{frame.message}"))
+        elif isinstance(frame, wire.ToolCall):
+            task = asyncio.get_running_loop().create_task(self._call_tool(frame))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+        elif isinstance(frame, wire.Usage):
+            core.set_usage((ModelUsage(kind="realtime", provider="speko", model="", values={
+                "input_audio_tokens": frame.input_audio_tokens,
+                "output_audio_tokens": frame.output_audio_tokens}),))
+        elif isinstance(frame, wire.End):
+            self._end_reason = frame.reason or "end"
+
+    def _clear_queue(self) -> None:
+        if self._queue is not None:
+            self._queue.clear()
+
+    async def _call_tool(self, frame: wire.ToolCall) -> None:
+        """Run one client tool and answer ``tool_result``; a failure is the
+        result ``{"error": message}`` (never a traceback)."""
+        invocation = rtc.RpcInvocationData(request_id=frame.call_id, caller_identity=AGENT,
+                                           payload=frame.arguments, response_timeout=self.TOOL_TIMEOUT_S,
+                                           method=frame.name)
+        call = asyncio.get_running_loop().create_task(self._core.tools.call(frame.name, invocation))
+        done, _ = await asyncio.wait({call}, timeout=self.TOOL_TIMEOUT_S)
+        if not done:
+            invocation.cancel_reason = rtc.RpcError.ErrorCode.RESPONSE_TIMEOUT
+            call.cancel()
+            output = wire.tool_error(f"no answer within {self.TOOL_TIMEOUT_S:g} s")
+        else:
+            try:
+                output = call.result()
+            except rtc.RpcError as exc:
+                output = wire.tool_error(exc.message)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(call, return_exceptions=True)
+        if not self._core.closing:
+            self._post(wire.tool_result(frame.call_id, output))
+
+    # -- commands ----------------------------------------------------------------------
+    def require_link(self) -> None:
+        ws = self._ws
+        if self._core.closing or ws is None or ws.close_code is not None:
+            raise SpekoClientError(ErrorCode.NOT_CONNECTED, "the session is not connected")
+
+    async def send_packet(self, payload: bytes) -> None:
+        raise unsupported(self.name, "send data packets: realtime sessions carry only audio and tool results "
+                          "from the client")
+
+    async def send_chat(self, text: str) -> None:
+        raise unsupported(self.name, "send text: realtime sessions carry only audio and tool results from "
+                          "the client")
+
+    async def interrupt(self) -> None:
+        """Stop the agent's reply: the ``interrupt`` frame, and the speaker
+        silenced within one device buffer."""
+        self._post(wire.INTERRUPT)
+        call_on(self._core.audio_loop, self._drop_queued)
+        self._core.set_heard_mode(False)
+
+    async def commit(self) -> None:
+        self._post(wire.COMMIT)
+
+    def set_muted(self, muted: bool) -> None:
+        pass  # the core's microphone pump sends nothing while muted
+
+    async def stop_audio(self) -> None:
+        feeder, self._feeder = self._feeder, None
+        await cancel_all([feeder] if feeder is not None else [])
+
+    async def close(self) -> None:
+        ws = self._ws
+        for task in self._calls:
+            task.cancel()
+        if ws is not None:
+            # what is queued goes first (a tool's answer), then the close
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._flush(), 1)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(*wire.CLIENT_CLOSE), 3)
+        await cancel_all(self._tasks)
+        self._tasks = []
+
+    async def _flush(self) -> None:
+        if self._tasks and not self._tasks[1].done():
+            await self._outbox.join()
+
+    async def release_audio(self) -> None:
+        pass
+

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from livekit.protocol.agent_pb.agent_session import AgentSessionEvent, AgentSessionMessage
     from livekit.rtc import RpcError
 
-    from ._server import LocalServer
+    from ._core import ServerHandle
 
 log = logging.getLogger("speko_sync.testing")
 
@@ -452,7 +452,7 @@ class ScriptedAgent:
             above (default false: none, as before). Needs the native protocol.
     """
 
-    def __init__(self, server: LocalServer, room: str, identity: str = "agent", *,
+    def __init__(self, server: ServerHandle, room: str, identity: str = "agent", *,
                  name: str = "Speko test agent",
                  greeting: str | None = "Hello! I'm the local Speko test agent.",
                  greet_wait: float = 1.0, greeting_tone_hz: float = 440.0,

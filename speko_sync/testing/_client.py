@@ -19,8 +19,9 @@ import json
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import WSMsgType, web
 from aiortc import (
@@ -40,11 +41,22 @@ from ._room import Participant, PublishedTrack, Room, new_sid
 
 if TYPE_CHECKING:
     from ._auth import Grant
-    from ._server import _ServerCore
 
 log = logging.getLogger("speko_sync.testing")
 
 _OUTBOX_LIMIT = 1000  # data packets held while the client's data channel opens
+
+
+class ClientHost(Protocol):
+    """What a client needs of the server core: the ping settings it sends in
+    the join and the counters it adds its data packets to."""
+
+    @property
+    def ping_interval(self) -> int: ...
+    @property
+    def ping_timeout(self) -> int: ...
+    @property
+    def stats(self) -> Counter[str]: ...
 
 
 def permission_of(grant: Grant) -> models.ParticipantPermission:
@@ -58,7 +70,7 @@ def permission_of(grant: Grant) -> models.ParticipantPermission:
 class RemoteClient(Participant):
     """One connected client. Created by the server after the token checked out."""
 
-    def __init__(self, core: _ServerCore, room: Room, ws: web.WebSocketResponse, *,
+    def __init__(self, core: ClientHost, room: Room, ws: web.WebSocketResponse, *,
                  grant: Grant, single_pc: bool) -> None:
         super().__init__(room, grant.identity, name=grant.name, metadata=grant.metadata,
                          attributes=grant.attributes, permission=permission_of(grant))

@@ -89,7 +89,7 @@ class ServerProcess:
 
 
 def _serve() -> None:
-    from . import LocalServer
+    from ._server import LocalServer
 
     with LocalServer() as server:
         agents = {}

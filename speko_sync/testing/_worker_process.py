@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._server import LocalServer
+    from ._workers import ServerEndpoint
 
 #: What the agent environment holds (LiveKit Agents with offline speech parts).
 AGENT_REQUIREMENTS = (
@@ -99,7 +99,7 @@ class AgentWorker:
     ``tts``, ``stt`` (see ``offline_worker.py``).
     """
 
-    def __init__(self, server: LocalServer, *, program: Sequence[str] | None = None,
+    def __init__(self, server: ServerEndpoint, *, program: Sequence[str] | None = None,
                  python: str | None = None, greeting: str | None = None,
                  rules: Sequence[tuple[str, str]] = (),
                  client_tools: Sequence[tuple[str, str, str, str]] | None = None, tool_timeout: float = 15.0,

@@ -31,8 +31,9 @@ import itertools
 import logging
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import WSMsgType, web
 from livekit.protocol import agent as agent_pb
@@ -42,7 +43,6 @@ from ._auth import TokenError, mint_token, verify_token
 
 if TYPE_CHECKING:
     from ._room import Room
-    from ._server import _ServerCore
 
 log = logging.getLogger("speko_sync.testing")
 
@@ -50,6 +50,29 @@ log = logging.getLogger("speko_sync.testing")
 AVAILABILITY_TIMEOUT_S = 10.0
 #: Lifetime of the tokens minted for agent jobs (seconds), as livekit-server.
 JOB_TOKEN_TTL_S = 3600.0
+
+
+class ServerEndpoint(Protocol):
+    """Where a server listens, and the key pair it signs and checks tokens with."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def api_key(self) -> str: ...
+    @property
+    def api_secret(self) -> str: ...
+
+
+class DispatchHost(Protocol):
+    """What the dispatcher needs of the server core: the API keys workers'
+    tokens are checked against, the rooms, and the server jobs join."""
+
+    @property
+    def keys(self) -> Mapping[str, str]: ...
+    @property
+    def rooms(self) -> Mapping[str, Room]: ...
+    @property
+    def server(self) -> ServerEndpoint: ...
 
 
 @dataclass
@@ -96,7 +119,7 @@ class WorkerConnection:
 class Dispatcher:
     """The server's side of agent dispatch (see the module docstring)."""
 
-    def __init__(self, core: _ServerCore) -> None:
+    def __init__(self, core: DispatchHost) -> None:
         self.core = core
         self.workers: dict[str, WorkerConnection] = {}
         self.jobs: dict[str, JobRecord] = {}

@@ -148,6 +148,9 @@ class AudioPath:
         self._silence = np.zeros(FRAME, dtype=np.int16)
         self._quiet_until = 0.0  # agent audio still in flight after a barge-in plays as silence
         self.tasks: list[asyncio.Task[None]] = []
+        #: called before each tick of a loop-clocked backend (a transport that
+        #: paces the agent's audio itself keeps the ring filled on that clock)
+        self.before_tick: Callable[[], None] | None = None
 
     # -- devices (room loop) ------------------------------------------------------
     async def open(self, *, playback_slack_ms: int | None = None) -> None:
@@ -312,6 +315,8 @@ class AudioPath:
                 next_tick = await sleep_until(loop, next_tick, self.CATCH_UP_S) + 0.01
             if audio.clocked_by_loop:
                 for _ in range(n):
+                    if self.before_tick is not None:
+                        self.before_tick()
                     audio.tick(device_frame)
             if sink is None:  # text-only
                 io.capture.skip(io.capture.available())

@@ -148,6 +148,9 @@ class LiveKitTransport:
     def frame_clocked(self) -> bool:
         return self.tracks.frame_clocked()
 
+    def queued_ms(self) -> float:
+        return 0.0  # frames go straight to the speaker's ring
+
     def is_agent(self, identity: str) -> bool:
         """Whether ``identity`` is a remote participant of kind AGENT."""
         room = self.room

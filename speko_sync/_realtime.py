@@ -31,7 +31,7 @@ from ._audio_path import FRAME, Reframer, Sink, cancel_all, sleep_until
 from ._loop import call_on
 from ._ring import Ring
 from ._transport import Core, unsupported
-from .audio import SAMPLE_RATE
+from .audio import BARGE_IN_DROPPED, SAMPLE_RATE
 from .errors import ErrorCode, SpekoClientError
 from .events import Interruption, MessageSource, ModelUsage
 
@@ -55,10 +55,11 @@ class _BurstQueue:
         for frame in self._reframe.push(samples):
             self.overflowed += len(frame) - self.ring.write(frame)
 
-    def clear(self) -> None:
-        """Drop everything queued (an interruption); a new reply starts clean."""
-        self.ring.skip(self.ring.available())
+    def clear(self) -> int:
+        """Drop everything queued (an interruption); a new reply starts clean.
+        Returns how many samples (48 kHz) were dropped."""
         self._reframe = Reframer(self._output_rate, SAMPLE_RATE)
+        return self.ring.skip(self.ring.available())
 
 
 class RealtimeTransport:
@@ -92,6 +93,9 @@ class RealtimeTransport:
         self._queue: _BurstQueue | None = None  # audio loop
         self._feeder: asyncio.Task[None] | None = None
         self._mic_reframe: Reframer | None = None
+        self._frame = np.zeros(FRAME, dtype=np.int16)  # audio loop: the feeder's buffers
+        self._silence = np.zeros(FRAME, dtype=np.int16)
+        self._quiet = self.QUIET_FRAMES  # frames of silence played since the agent's audio
         self._room_loop: asyncio.AbstractEventLoop | None = None
         self.packets_sent = 0
         self.packets_received = 0
@@ -165,12 +169,19 @@ class RealtimeTransport:
 
         def begin() -> None:  # audio loop
             self._queue = queue
-            self._feeder = asyncio.get_running_loop().create_task(path.supervised("speaker", self._feed))
+            if path.audio.clocked_by_loop:  # fed just before each tick of the backend's clock
+                path.before_tick = self._top_up
+            else:
+                self._feeder = asyncio.get_running_loop().create_task(path.supervised("speaker", self._feed))
         call_on(self._core.audio_loop, begin)
         return self._send_frame if self._core.microphone else None
 
     def frame_clocked(self) -> bool:
         return False
+
+    def queued_ms(self) -> float:
+        queue = self._queue
+        return 1000.0 * queue.ring.available() / SAMPLE_RATE if queue is not None else 0.0
 
     def is_agent(self, identity: str) -> bool:
         return identity == AGENT
@@ -193,32 +204,35 @@ class RealtimeTransport:
         self._core.path.drop_playback()
 
     async def _feed(self) -> None:
-        """Every 10 ms: keep the speaker's ring ``TARGET_MS`` deep from the
-        queue, or with silence when it is empty. The device's clock drains
-        the ring, so playback follows it exactly, at real time."""
-        path, queue = self._core.path, self._queue
-        io = path.io
-        assert io is not None and queue is not None
+        """A device-clocked backend: every 10 ms, :meth:`_top_up`. The device's
+        clock drains the ring, so playback follows it exactly, at real time."""
         loop = asyncio.get_running_loop()
-        frame = np.zeros(FRAME, dtype=np.int16)
-        silence = np.zeros(FRAME, dtype=np.int16)
-        target = io.rate * self.TARGET_MS // 1000
-        quiet = self.QUIET_FRAMES
         next_tick = loop.time()
         while True:
             next_tick = await sleep_until(loop, next_tick + 0.01, 0.1)
-            while io.playback.available() < target:
-                if queue.ring.available() >= FRAME:
-                    queue.ring.read_into(frame)
-                    if quiet >= self.QUIET_FRAMES:
-                        call_on(self._room_loop, self._agent_audio, True)
-                    quiet = 0
-                    path.play(frame)
-                else:
-                    quiet += 1
-                    if quiet == self.QUIET_FRAMES:
-                        call_on(self._room_loop, self._agent_audio, False)
-                    path.play(silence)
+            self._top_up()
+
+    def _top_up(self) -> None:
+        """Keep the speaker's ring ``TARGET_MS`` deep from the queue, or with
+        silence when it is empty (as a LiveKit track plays between replies)."""
+        path, queue = self._core.path, self._queue
+        io = path.io
+        if io is None or queue is None:
+            return
+        target = io.rate * self.TARGET_MS // 1000
+        frame = self._frame
+        while io.playback.available() < target:
+            if queue.ring.available() >= FRAME:
+                queue.ring.read_into(frame)
+                if self._quiet >= self.QUIET_FRAMES:
+                    call_on(self._room_loop, self._agent_audio, True)
+                self._quiet = 0
+                path.play(frame)
+            else:
+                self._quiet += 1
+                if self._quiet == self.QUIET_FRAMES:
+                    call_on(self._room_loop, self._agent_audio, False)
+                path.play(self._silence)
 
     # -- the socket (room loop) ------------------------------------------------------------
     def _agent_audio(self, speaking: bool) -> None:
@@ -311,8 +325,10 @@ class RealtimeTransport:
             self._end_reason = frame.reason or "end"
 
     def _clear_queue(self) -> None:
-        if self._queue is not None:
-            self._queue.clear()
+        """Audio loop: an interruption: what was queued is counted as dropped."""
+        io = self._core.path.io
+        if self._queue is not None and io is not None:
+            io.counters[BARGE_IN_DROPPED] += self._queue.clear() * io.rate // SAMPLE_RATE
 
     async def _call_tool(self, frame: wire.ToolCall) -> None:
         """Run one client tool and answer ``tool_result``; a failure is the
@@ -364,6 +380,7 @@ class RealtimeTransport:
         pass  # the core's microphone pump sends nothing while muted
 
     async def stop_audio(self) -> None:
+        self._core.path.before_tick = None
         feeder, self._feeder = self._feeder, None
         await cancel_all([feeder] if feeder is not None else [])
 

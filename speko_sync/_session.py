@@ -336,7 +336,7 @@ class Session:
             playback_dropped=int(counters[PLAYBACK_DROPPED]),
             input_overflows=int(counters[INPUT_OVERFLOWS]),
             output_underflows=int(counters[OUTPUT_UNDERFLOWS]),
-            playback_buffer_ms=io.playback_depth_ms() if io is not None else 0.0,
+            playback_buffer_ms=(io.playback_depth_ms() if io is not None else 0.0) + transport.queued_ms(),
             packets_sent=transport.packets_sent,
             packets_received=transport.packets_received,
             malformed_packets=transport.malformed,

@@ -368,7 +368,8 @@ class ConversationStats:
     latency bounded; ``capture_dropped``: 10 ms frames of microphone audio
     dropped because they were stale when the loop got to them (after a stall);
     ``input_overflows``/``output_underflows``: PortAudio status flags;
-    ``playback_buffer_ms``: agent audio queued for the speaker now;
+    ``playback_buffer_ms``: agent audio queued for the speaker now (on the
+    realtime transport, the rest of the reply received so far included);
     ``packets_received``: data packets received; of those ``malformed_packets``
     (no topic, not a Speko JSON packet) and ``ignored_packets`` (other topics,
     unknown control events, malformed ones included): other publishers' data is

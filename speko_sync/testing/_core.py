@@ -24,6 +24,7 @@ from livekit.protocol import models, rtc
 
 from ._auth import Grant, TokenError, verify_token
 from ._client import RemoteClient
+from ._realtime import REALTIME_PATH, RealtimeEndpoint
 from ._room import Room
 from ._workers import Dispatcher, ServerEndpoint
 
@@ -50,6 +51,9 @@ class ServerOptions(ServerEndpoint, Protocol):
     def ping_interval(self) -> int: ...
     @property
     def ping_timeout(self) -> int: ...
+
+    @property
+    def realtime(self) -> RealtimeEndpoint: ...
 
     def _room_created(self, room: Room) -> None: ...
 
@@ -96,6 +100,8 @@ class _ServerCore:
         app.router.add_get("/rtc/v1/validate", self._handle_validate)
         app.router.add_get("/agent", self.dispatcher.handle)
         app.router.add_get("/", self._handle_root)
+        app.router.add_get(REALTIME_PATH, self.server.realtime.handle)  # Speko's realtime sessions
+        app.on_shutdown.append(self.server.realtime.on_shutdown)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         await self.listen(host, port)

@@ -14,6 +14,7 @@ from .._loop import LoopThread
 from ._agent import ScriptedAgent
 from ._auth import mint_token
 from ._core import _ServerCore
+from ._realtime import RealtimeEndpoint
 from ._room import Room
 from ._worker_process import AgentWorker
 from ._workers import Dispatcher, JobRecord
@@ -97,6 +98,9 @@ class LocalServer:
         self.agents: list[ScriptedAgent] = []  # changed in place, under _agents_lock (user and loop threads)
         self._agents_lock = threading.Lock()
         self.agent_workers: list[AgentWorker] = []
+        #: Speko's realtime (speech-to-speech) sessions, served at ``/realtime``
+        #: by an offline agent; change its settings at any time
+        self.realtime = RealtimeEndpoint()
         self._background: set[asyncio.Future[None]] = set()
 
     # -- life cycle -------------------------------------------------------------
@@ -159,6 +163,14 @@ class LocalServer:
             coro.close()
             raise
         return runner.call(coro, timeout)
+
+    def realtime_session(self, session_id: str | None = None, **options: Any) -> dict[str, Any]:
+        """A realtime session answer as Speko's API gives one (``sessionId``,
+        ``wsUrl``, ``wsToken``, ``expiresAt``, the sample rates), for
+        ``Conversation.from_session``; ``options``: ``ttl_s``, ``input_rate``,
+        ``output_rate`` (16000 or 24000). The session's agent is
+        ``self.realtime.wait_for_session()``."""
+        return self.realtime.mint(session_id, base_url=self.url, **options)
 
     def token(self, identity: str, room: str, *, ttl: float = 3600.0, **grants: Any) -> str:
         """Mint a token for ``identity`` in ``room`` valid for ``ttl`` seconds.

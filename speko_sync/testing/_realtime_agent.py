@@ -299,6 +299,11 @@ class RealtimeAgentSession(SessionRecords):
         """Speak ``text`` now (after any reply in progress): transcript, audio, usage."""
         return self._submit(self._voice.speak(text))
 
+    def call_tool(self, name: str, arguments: dict[str, Any]) -> concurrent.futures.Future[str | None]:
+        """Call the client's tool ``name`` now (a ``tool_call`` frame); the
+        future is its ``tool_result`` output, ``None`` after ``tool_timeout_s``."""
+        return self._submit(self._call_tool(name, arguments))
+
     def send_error(self, code: str, message: str) -> concurrent.futures.Future[bool]:
         return self._submit(self._voice.send_json({"t": "error", "code": code, "message": message}))
 

@@ -9,7 +9,9 @@ over, and the agent's audio goes to a WAV file. It needs the ``testing``
 extra (it says so in one line without it). The agent is
 the offline Speko agent, a real LiveKit Agents worker (``--agent worker``, the
 default when its environment exists: it speaks real words and hears them), or
-the scripted agent (``--agent scripted``).
+the scripted agent (``--agent scripted``). ``--transport realtime`` holds it
+over Speko's realtime (speech-to-speech) WebSocket session with the local
+server's offline realtime agent instead.
 
 ``talk`` joins a real Speko session with a URL and token from your server, or
 with the server's JSON answer (``--session FILE``, ``-`` for stdin).
@@ -41,6 +43,7 @@ from . import (
     Conversation,
     Message,
     MessageSource,
+    Mode,
     SpekoClientError,
     Status,
     ToolCall,
@@ -74,6 +77,7 @@ class _Progress:
         self.asked = threading.Event()  # the microphone's question was queued
         self.user_spoke = threading.Event()  # a final user message after the question
         self.answered = threading.Event()  # a final agent message after that
+        self.answer_played = threading.Event()  # and the speaker went quiet after it
         self._agent_spoke = False
 
     def agent_state(self, state: AgentState) -> None:
@@ -81,6 +85,11 @@ class _Progress:
             self._agent_spoke = True
         elif state == AgentState.LISTENING and self._agent_spoke:
             self.greeting_over.set()
+
+    def mode(self, mode: Mode) -> None:  # an agent without states: what plays
+        self.agent_state(AgentState.SPEAKING if mode == Mode.SPEAKING else AgentState.LISTENING)
+        if mode == Mode.LISTENING and self.answered.is_set():
+            self.answer_played.set()
 
     def message(self, message: Message) -> None:
         if not message.is_final or not self.asked.is_set():
@@ -103,6 +112,10 @@ def _callbacks(say, progress: _Progress) -> dict[str, Any]:  # type: ignore[no-u
         say(f"agent is {state.value}")
         progress.agent_state(state)
 
+    def on_mode_change(mode: Mode) -> None:
+        say(f"mode: {mode.value}")
+        progress.mode(mode)
+
     def on_tool_call(call: ToolCall) -> None:
         outcome = call.result if call.error is None else f"error: {call.error}"
         say(f"tool call | {call.name}({json.dumps(call.arguments)}) -> {outcome} "
@@ -116,7 +129,7 @@ def _callbacks(say, progress: _Progress) -> dict[str, Any]:  # type: ignore[no-u
         on_tool_call=on_tool_call,
         on_turn=on_turn,
         on_status_change=lambda status: say(f"status: {status.value}"),
-        on_mode_change=lambda mode: say(f"mode: {mode.value}"),
+        on_mode_change=on_mode_change,
         on_agent_state_change=on_agent_state_change,
         on_message=on_message,
         on_error=lambda err: say(f"error: {err}"),
@@ -196,7 +209,7 @@ def _missing_module(exc: ImportError) -> str:
     return ""
 
 
-def demo(wav_path: Path, seconds: float, agent: str = "auto") -> int:
+def demo(wav_path: Path, seconds: float, agent: str = "auto", transport: str = "livekit") -> int:
     try:
         from .testing import AgentEnvUnavailable, IsolationUnavailable, LocalServer, agent_python, reexec_isolated
     except ImportError as exc:
@@ -209,7 +222,9 @@ def demo(wav_path: Path, seconds: float, agent: str = "auto") -> int:
         reexec_isolated()
     except IsolationUnavailable as exc:
         _line(f"warning: no private network namespace ({exc}); trying the host network", sys.stderr)
-    if agent in ("auto", "worker"):
+    if transport == "realtime":
+        agent = "realtime"
+    elif agent in ("auto", "worker"):
         try:
             agent_python()
             agent = "worker"
@@ -226,11 +241,18 @@ def demo(wav_path: Path, seconds: float, agent: str = "auto") -> int:
         if agent == "worker":
             server.start_agent_worker(greeting="Hi! This is the offline Speko agent. Ask me anything.")
             say(f"local server at {server.url} with the offline Speko agent (a LiveKit Agents worker)")
+        elif agent == "realtime":
+            server.realtime.will_hear("Please turn on the light.")  # what the question says: it has no ears
+            say(f"local server at {server.url} with the offline realtime (speech-to-speech) agent")
         else:
             say(f"local server at {server.url} with a scripted agent")
-        with Conversation(server.token("demo-user", "speko_demo"), server.url, audio=audio,
-                          overrides={"agent": {"firstMessage": "Hi! This is the offline Speko demo agent."}},
-                          client_tools=_demo_tools(say), **_callbacks(say, progress)) as conv:
+        options: dict[str, Any] = dict(audio=audio, client_tools=_demo_tools(say), **_callbacks(say, progress))
+        if agent == "realtime":
+            conversation = Conversation.from_session(server.realtime_session("speko_demo"), **options)
+        else:
+            conversation = Conversation(server.token("demo-user", "speko_demo"), server.url, overrides={
+                "agent": {"firstMessage": "Hi! This is the offline Speko demo agent."}}, **options)
+        with conversation as conv:
             say(f"conversation {conv.conversation_id!r} is {conv.status.value}")
             if buffer is not None:
                 deadline = time.monotonic() + seconds
@@ -239,7 +261,10 @@ def demo(wav_path: Path, seconds: float, agent: str = "auto") -> int:
                 progress.asked.set()
                 buffer.feed(question)  # the question, now that the agent listens
                 progress.answered.wait(max(0.0, deadline - time.monotonic()))  # the agent answered it
-                _ask(conv, say, "Please turn on the light.", max(1.0, deadline - time.monotonic()))
+                if agent != "realtime":  # realtime sessions take no typed turns: the question asked for the light
+                    _ask(conv, say, "Please turn on the light.", max(1.0, deadline - time.monotonic()))
+                else:
+                    progress.answer_played.wait(max(0.0, deadline - time.monotonic()))
             else:
                 say(f"speak into the microphone; ending in {seconds:.0f} s (Ctrl-C to end now)")
                 _wait_interruptibly(conv, seconds)
@@ -360,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     demo_cmd.add_argument("--agent", choices=("auto", "worker", "scripted"), default="auto",
                           help="the offline Speko agent, a real LiveKit Agents worker (needs `make agent-env`; "
                                "the default when it is there), or the scripted agent")
+    demo_cmd.add_argument("--transport", choices=("livekit", "realtime"), default="livekit",
+                          help="a LiveKit room (default) or Speko's realtime speech-to-speech WebSocket session")
     talk_cmd = sub.add_parser("talk", help="join a real Speko session")
     talk_cmd.add_argument("--url", help="the session's transportUrl (livekitUrl)")
     talk_cmd.add_argument("--token", help="the session's transportToken (conversationToken)")
@@ -373,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "devices":
         return devices()
     if args.command == "demo":
-        return demo(args.wav, args.seconds, args.agent)
+        return demo(args.wav, args.seconds, args.agent, args.transport)
     if args.session is None and (args.url is None or args.token is None):
         talk_cmd.error("give --url and --token, or --session")
     if args.session is not None and (args.url or args.token):

@@ -120,3 +120,16 @@ def test_serve_documents_the_servers_own_defaults() -> None:
     from speko_sync.testing import __main__ as cli
 
     assert (cli.DEFAULT_API_KEY, cli.DEFAULT_API_SECRET) == (DEFAULT_API_KEY, DEFAULT_API_SECRET)
+
+
+def test_the_realtime_demo_asks_after_the_greeting_and_the_agent_calls_the_light_tool(tmp_path: Path) -> None:
+    proc = run_demo(tmp_path, "--transport", "realtime", "--seconds", "30")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = lines_of(proc.stdout)
+    greeting_over = first(lines, r"^mode: listening$", after=first(lines, r"^mode: speaking$"))
+    asked = first(lines, r"^user: Please turn on the light\.$")
+    assert asked > greeting_over
+    tool = first(lines, r"^tool call \| set_light\(\{\"on\": true\}\) -> the light is on \[ok, ")
+    assert first(lines, r"^agent: The light tool said: the light is on$") > tool > asked
+    assert any(re.match(r"^latency heard for the spoken question: \d\.\d\d s", line) for line in lines), lines
+    assert (tmp_path / "agent.wav").stat().st_size > 48000 * 2 * 3  # over 3 s of the agent's audio

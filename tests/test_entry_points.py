@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 from livekit import rtc
@@ -54,6 +55,30 @@ def test_serve_command_prints_a_working_url_and_token(agent: str) -> None:
                 await asyncio.sleep(0.02)
             await room.disconnect()
         run(scenario())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+
+
+def test_serve_command_prints_a_realtime_session_that_joins() -> None:
+    import json
+
+    from speko_sync import Conversation, NullAudio
+
+    proc = subprocess.Popen([sys.executable, "-m", "speko_sync.testing", "serve", "--port", "0", "--agent", "none"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(4)]
+        assert lines[3].startswith("realtime session: "), lines
+        answer = json.loads(lines[3].split(": ", 1)[1])
+        assert answer["wsUrl"].startswith("ws://127.0.0.1:") and answer["wsUrl"].endswith("/realtime")
+        greeted = threading.Event()
+        with Conversation.from_session(answer, audio=NullAudio(),
+                                       on_message=lambda m: m.is_final and greeted.set()) as conv:
+            assert conv.transport == "realtime" and conv.conversation_id == answer["sessionId"]
+            assert greeted.wait(10)
+            assert conv.transcript()[0].text.startswith("Hello!")
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(15) == 0

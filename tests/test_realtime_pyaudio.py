@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from lk import dominant_frequency
-from test_pyaudio_pulse import RAW, pulse  # noqa: F401  (the fixture)
+from test_pyaudio_pulse import RAW, pulse
 
 from speko_sync import Conversation, Mode
 from speko_sync.testing import LocalServer, VirtualSoundDevices, tone
@@ -31,7 +31,7 @@ def voiced(samples: np.ndarray, threshold: int = 1500) -> np.ndarray:
 
 
 def test_the_agent_is_heard_on_the_speaker_and_the_microphone_reaches_the_agent(
-        pulse: VirtualSoundDevices, server: LocalServer) -> None:  # noqa: F811
+        pulse: VirtualSoundDevices, server: LocalServer) -> None:
     server.realtime.greeting = "Hello from the realtime agent, through a real sound card."
     recording = pulse.record_speaker()
     conv = Conversation.from_session(server.realtime_session(), audio_constraints=RAW)
@@ -55,7 +55,7 @@ def test_the_agent_is_heard_on_the_speaker_and_the_microphone_reaches_the_agent(
     assert conv.stats().playback_dropped == 0
 
 
-def test_an_interruption_silences_the_real_speaker(pulse: VirtualSoundDevices,  # noqa: F811
+def test_an_interruption_silences_the_real_speaker(pulse: VirtualSoundDevices,
                                                     server: LocalServer) -> None:
     server.realtime.greeting = "A long greeting that the user will talk over. " * 4
     recording = pulse.record_speaker()

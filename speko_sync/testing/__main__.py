@@ -8,6 +8,7 @@ the offline Speko agent (a LiveKit Agents worker) in every room;
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -99,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"url:   {server.url}")
     print(f"token: {server.token(args.identity, args.room, ttl=args.ttl)}")
     print(f"(room {args.room!r}, identity {args.identity!r}; "
-          f"{_AGENT_NOTE[agent]}; Ctrl-C stops)",
-          flush=True)
+          f"{_AGENT_NOTE[agent]}; Ctrl-C stops)")
+    # a realtime (speech-to-speech) session with the offline realtime agent, for
+    # Conversation.from_session or `python -m speko_sync talk --session -`
+    print(f"realtime session: {json.dumps(server.realtime_session(ttl_s=args.ttl))}", flush=True)
     try:
         stop.wait()
     finally:

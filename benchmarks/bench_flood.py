@@ -228,7 +228,7 @@ def session(child: ServerProcess, room: str, seconds: float, packets: int, kind:
         underrun_at: list[float] = []
         depths: list[float] = []  # ms queued for the speaker, every 50 ms
         cushion: list[float] = []  # ms of it built on purpose for the flood
-        io = conv._session.io
+        io = conv._session.path.io
         assert io is not None
 
         def watch() -> None:

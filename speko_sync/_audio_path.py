@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 from livekit import rtc
 
+from ._capture import capture_pump
 from ._flood import FloodCushion
+from ._frames import FRAME, Reframer, cancel_all, wake
 from ._turns import VOICED_PEAK, TurnTracker, VoiceEdges
 from .audio import (
     BARGE_IN_DROPPED,
-    CAPTURE_DROPPED,
-    CAPTURED,
     PLAYBACK_OVERRUNS,
     SAMPLE_RATE,
     AudioBackend,
@@ -41,62 +41,9 @@ from .errors import ErrorCode, SpekoClientError
 
 log = logging.getLogger("speko_sync")
 
-FRAME = SAMPLE_RATE // 100  # 10 ms at 48 kHz
 Emit = Callable[[str, Any], None]
 #: the transport's microphone sink: one processed 10 ms frame at 48 kHz
 Sink = Callable[[rtc.AudioFrame], Awaitable[None]]
-
-
-class Reframer:
-    """Resamples (when the rates differ) and cuts into frames of ``frame_ms``."""
-
-    def __init__(self, rate_in: int, rate_out: int, frame_ms: int = 10) -> None:
-        self._resampler = rtc.AudioResampler(rate_in, rate_out) if rate_in != rate_out else None
-        self._rate_in = rate_in
-        self._pending = np.zeros(0, dtype=np.int16)
-        self._frame = rate_out * frame_ms // 1000
-
-    def push(self, samples: np.ndarray) -> list[np.ndarray]:
-        if self._resampler is None and not len(self._pending) and len(samples) == self._frame:
-            return [samples]
-        if self._resampler is not None:
-            frames = self._resampler.push(rtc.AudioFrame(samples.tobytes(), self._rate_in, 1, len(samples)))
-            parts = [np.frombuffer(f.data, dtype=np.int16) for f in frames]
-        else:
-            parts = [samples]
-        self._pending = np.concatenate([self._pending, *parts])
-        out = []
-        while len(self._pending) >= self._frame:
-            out.append(self._pending[:self._frame].copy())
-            self._pending = self._pending[self._frame:]
-        return out
-
-
-class MicrophoneWatchdog:
-    """Notices a microphone that failed mid-call (the backend says so, or a
-    device-clocked one delivered nothing for :attr:`STALL_S` after it had
-    started) and reports it once as MICROPHONE_FAILED; the session goes on. It
-    reports again only if the microphone came back and failed anew."""
-
-    STALL_S = 2.0
-
-    def __init__(self, emit: Emit) -> None:
-        self._emit = emit
-        self._count = 0
-        self._since = 0.0
-        self._reported = False
-
-    def check(self, audio: AudioBackend, captured: int, now: float) -> None:
-        if captured != self._count:
-            self._count, self._since = captured, now
-        reason = audio.microphone_failure()
-        if reason is None and not audio.clocked_by_loop and captured and now - self._since > self.STALL_S:
-            reason = f"the microphone has delivered no audio for {self.STALL_S:g} s"
-        if reason is None:
-            self._reported = False
-        elif not self._reported:
-            self._reported = True
-            self._emit("error", SpekoClientError(ErrorCode.MICROPHONE_FAILED, reason))
 
 
 class AudioPath:
@@ -106,31 +53,17 @@ class AudioPath:
     where the user's and the agent's speech start and end. ``packets()`` is the
     transport's inbound packet count (the flood cushion watches its rate)."""
 
-    #: Microphone audio older than this when the loop gets to it is dropped
-    #: (counted), and so is a frame that would queue more than
-    #: ``SOURCE_BACKLOG_S`` in the sink, or one frame when a whole frame has
-    #: stood queued there for a second: the sink sends at exactly real time,
-    #: so whatever is queued in it after a stall would stay as latency for
-    #: the rest of the call.
-    CAPTURE_BACKLOG_S = 0.04
-    SOURCE_BACKLOG_S = 0.02
-    #: Behind by more than this (a long stall), the pump resumes from now
-    #: instead of running the missed ticks.
-    CATCH_UP_S = 0.1
-    #: While one agent track plays, a loop-clocked backend ticks as each of its
-    #: frames arrives; when one is this late, the timer ticks instead.
-    FRAME_GRACE_S = 0.005
     #: How many times a pump that raised is started again before giving up.
     PUMP_RESTARTS = 3
 
     def __init__(self, emit: Emit, audio: AudioBackend, constraints: AudioConstraints, *, microphone: bool,
                  turns: TurnTracker, to_room_loop: Callable[..., None]) -> None:
-        self._emit = emit
+        self.emit = emit
         self.audio = audio
         self.constraints = constraints
         self.microphone = microphone  # false: a text-only session
-        self._turns = turns
-        self._to_room_loop = to_room_loop
+        self.turns = turns
+        self.to_room_loop = to_room_loop
         self.io: AudioIO | None = None
         self.opened = False
         self.muted = False
@@ -142,7 +75,7 @@ class AudioPath:
         self._cushion: FloodCushion | None = None
         self.packets: Callable[[], int] = lambda: 0
         self.frames_in = 0  # agent frames played so far
-        self._tick_waiter: asyncio.Future[None] | None = None  # the capture pump, waiting for one
+        self.tick_waiter: asyncio.Future[None] | None = None  # the capture pump, waiting for one
         self.mic_edges = VoiceEdges()  # the user's speech at the microphone
         self.agent_edges = VoiceEdges()  # the agent's audio going to the speaker
         self._silence = np.zeros(FRAME, dtype=np.int16)
@@ -227,7 +160,7 @@ class AudioPath:
         elif self.agent_edges.push(samples, now) == "start":
             # when this frame leaves the speaker: behind what is queued, and the device's latency
             played_at = now + io.playback.available() / io.rate + self.audio.latency_s
-            self._to_room_loop(self._turns.on_agent_audio, played_at)
+            self.to_room_loop(self.turns.on_agent_audio, played_at)
         if self._echo is not None:
             volume = io.volume
             played = samples if volume == 1.0 else (samples * volume).astype(np.int16)
@@ -240,9 +173,9 @@ class AudioPath:
             if io.playback.write(chunk) < len(chunk):
                 io.counters[PLAYBACK_OVERRUNS] += 1
         self.frames_in += 1
-        waiter = self._tick_waiter
+        waiter = self.tick_waiter
         if waiter is not None:
-            _wake(waiter)
+            wake(waiter)
 
     def drop_playback(self, quiet_s: float = 0.0) -> None:
         """Silence the speaker within one device buffer; agent audio that
@@ -267,92 +200,7 @@ class AudioPath:
         io.capture.skip(io.capture.available())  # what the device heard while we joined
         if sink is not None or self.audio.clocked_by_loop:
             self.tasks.append(asyncio.get_running_loop().create_task(
-                self.supervised("microphone", lambda: self._capture_pump(sink, frame_clocked))))
-
-    async def _capture_pump(self, sink: Sink | None, frame_clocked: Callable[[], bool]) -> None:
-        """Every 10 ms: clock a loop-clocked backend, and send what the microphone
-        captured (a text-only session just discards it).
-
-        While one agent stream plays, a loop-clocked backend is clocked by its
-        frames (they arrive at real time), so playback adds nothing to what
-        the stream delivers; otherwise by a timer whose ticks, when a little
-        late, are caught up, so the backend keeps real time under load. The
-        microphone audio never reaches the sink in a burst (see
-        ``CAPTURE_BACKLOG_S``), so its latency is back to normal as soon as the
-        loop is."""
-        io, audio = self.io, self.audio
-        assert io is not None
-        loop = asyncio.get_running_loop()
-        device_frame = io.rate // 100
-        backlog = int(io.rate * self.CAPTURE_BACKLOG_S)
-        buf = np.zeros(device_frame, dtype=np.int16)
-        reframe = Reframer(io.rate, SAMPLE_RATE)
-        watchdog = MicrophoneWatchdog(self._emit)
-        queued, sent_at = 0.0, loop.time()  # our estimate of what the sink holds, seconds
-        sent, least = 0, 1.0  # frames, and the least estimate, over the last second
-        ticks = 0
-        ticked = self.frames_in  # agent frames the backend has been ticked for
-        next_tick = loop.time() + 0.01
-        while True:
-            n = 1
-            if audio.clocked_by_loop and frame_clocked():
-                # clocked by the agent's frames: tick as each arrives (nothing waits
-                # for a timer), or by the timer when one is late
-                if self.frames_in == ticked:
-                    waiter = self._tick_waiter = loop.create_future()
-                    timer = loop.call_at(next_tick + self.FRAME_GRACE_S, _wake, waiter)
-                    await waiter
-                    timer.cancel()
-                    self._tick_waiter = None
-                if self.frames_in > ticked:
-                    n = min(self.frames_in - ticked, 10)
-                    next_tick = loop.time() + 0.01
-                else:
-                    next_tick += 0.01
-                ticked = self.frames_in
-            else:
-                ticked = self.frames_in
-                next_tick = await sleep_until(loop, next_tick, self.CATCH_UP_S) + 0.01
-            if audio.clocked_by_loop:
-                for _ in range(n):
-                    if self.before_tick is not None:
-                        self.before_tick()
-                    audio.tick(device_frame)
-            if sink is None:  # text-only
-                io.capture.skip(io.capture.available())
-                continue
-            ticks += 1
-            if ticks % 50 == 0:  # twice a second
-                watchdog.check(audio, int(io.counters[CAPTURED]), loop.time())
-            stale = io.capture.available() - backlog
-            if stale > 0:
-                io.counters[CAPTURE_DROPPED] += io.capture.skip(stale)
-            while io.capture.available() >= device_frame:
-                io.capture.read_into(buf)
-                if self.muted:
-                    continue  # a muted microphone feeds nothing
-                for samples in reframe.push(buf):
-                    now = loop.time()
-                    queued = max(0.0, queued - (now - sent_at))
-                    sent_at = now
-                    least = min(least, queued)
-                    sent += 1
-                    if queued >= self.SOURCE_BACKLOG_S or (sent >= 100 and least >= 0.0099):
-                        # a burst, or a frame of standing backlog for a whole second
-                        io.counters[CAPTURE_DROPPED] += device_frame
-                        sent, least = 0, 1.0
-                        continue
-                    if sent >= 100:
-                        sent, least = 0, 1.0
-                    queued += 0.01
-                    frame = rtc.AudioFrame(samples.tobytes(), SAMPLE_RATE, 1, FRAME)
-                    if self.apm is not None:
-                        self.apm.process_stream(frame)
-                    # the user's speech as sent (echo cancelled): where it ends, a reply is timed from
-                    heard_at = now - io.capture.available() / io.rate
-                    if self.mic_edges.push(np.frombuffer(frame.data, dtype=np.int16), heard_at) == "end":
-                        self._to_room_loop(self._turns.on_user_speech_end, self.mic_edges.last_voiced)
-                    await sink(frame)
+                self.supervised("microphone", lambda: capture_pump(self, sink, frame_clocked))))
 
     async def supervised(self, what: str, pump: Callable[[], Awaitable[None]]) -> None:
         """Run an audio pump. One that raises is logged and started again (at
@@ -368,7 +216,7 @@ class AudioPath:
                 log.error("the %s audio path failed (%s): %r", what, "giving up" if last else "restarting it", exc,
                           exc_info=exc)
                 if what == "microphone":
-                    self._emit("error", SpekoClientError(ErrorCode.MICROPHONE_FAILED,
+                    self.emit("error", SpekoClientError(ErrorCode.MICROPHONE_FAILED,
                                                          f"the microphone audio path failed: {exc}", exc))
                 if last:
                     return
@@ -380,34 +228,9 @@ class AudioPath:
         await cancel_all(tasks)
 
 
-async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-
-
 def _prepare_without_microphone(audio: AudioBackend) -> int:
     """``prepare`` for a text-only session: backends with devices take
     ``microphone=False``; others have no microphone to open anyway."""
     if "microphone" in inspect.signature(audio.prepare).parameters:
         return audio.prepare(microphone=False)  # type: ignore[call-arg]
     return audio.prepare()
-
-
-async def sleep_until(loop: asyncio.AbstractEventLoop, due: float, catch_up: float) -> float:
-    """Sleep until loop time ``due`` and return it; when already behind by more
-    than ``catch_up`` seconds (a stall), return now instead, so the caller's
-    10 ms clock resumes from here rather than bursting the ticks it missed."""
-    delay = due - loop.time()
-    if delay > 0:
-        await asyncio.sleep(delay)
-    elif delay < -catch_up:
-        return loop.time()
-    return due
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)

@@ -25,21 +25,18 @@ from livekit.rtc.participant import PublishDataError
 from . import _protocol
 from ._agent_session import SessionStream
 from ._audio_path import Sink
+from ._lk_text import RoomText
 from ._lk_tracks import TrackPlayer
 from ._loop import call_on
 from ._protocol import (
     ATTR_AGENT_STATE,
-    ATTR_FINAL,
-    ATTR_SEGMENT_ID,
-    ATTR_TRACK_ID,
     TOPIC_CHAT,
-    TOPIC_CONTROL,
     TOPIC_TRANSCRIPTION,
 )
 from ._transport import Core, unsupported
 from .audio import SAMPLE_RATE
 from .errors import ErrorCode, SpekoClientError
-from .events import AgentState, MessageSource, Reconnection
+from .events import AgentState, Reconnection
 
 log = logging.getLogger("speko_sync")
 
@@ -59,7 +56,7 @@ class LiveKitTransport:
         self.tracks = TrackPlayer(core.path)
         self.source: rtc.AudioSource | None = None
         self._track: rtc.LocalAudioTrack | None = None
-        self._readers: set[asyncio.Task[None]] = set()  # lk.transcription streams being read
+        self.text = RoomText(core, lambda: self.room)
         self._state_attribute = False  # the agent publishes lk.agent.state (then it is the state's source)
         self.agent_session = SessionStream(self._on_session_event, self.is_agent)
         self.reconnecting = False
@@ -67,9 +64,18 @@ class LiveKitTransport:
         self._sid_before = ""  # our participant sid when the link was lost
         self._republished = False  # LiveKit published our tracks again: a full rejoin
         self.packets_sent = 0
-        self.packets_received = 0
-        self.malformed = 0
-        self.ignored = 0
+
+    @property
+    def packets_received(self) -> int:
+        return self.text.packets_received
+
+    @property
+    def malformed(self) -> int:
+        return self.text.malformed
+
+    @property
+    def ignored(self) -> int:
+        return self.text.ignored
 
     @property
     def session_messages(self) -> int:
@@ -86,14 +92,14 @@ class LiveKitTransport:
         for event, handler in (
                 ("disconnected", self._on_disconnected), ("reconnecting", self._on_reconnecting),
                 ("reconnected", self._on_reconnected), ("local_track_republished", self._on_republished),
-                ("active_speakers_changed", self._on_speakers), ("data_received", self._on_data),
+                ("active_speakers_changed", self._on_speakers), ("data_received", self.text.on_data),
                 ("track_subscribed", self._on_track_subscribed),
                 ("track_unsubscribed", self._on_track_unsubscribed),
                 ("participant_attributes_changed", self._on_attributes),
                 ("participant_connected", self._on_participant),
-                ("transcription_received", self._on_legacy_transcription)):
+                ("transcription_received", self.text.on_legacy_transcription)):
             room.on(event, _listener(handler))  # type: ignore[arg-type]  # names as LiveKit spells them
-        room.register_text_stream_handler(TOPIC_TRANSCRIPTION, self._on_transcription_stream)
+        room.register_text_stream_handler(TOPIC_TRANSCRIPTION, self.text.on_transcription_stream)
         self.agent_session.attach(room)
         connecting = loop.create_task(room.connect(url, token, rtc.RoomOptions(
             auto_subscribe=True, connect_timeout=max(0.5, timeout))))
@@ -201,86 +207,6 @@ class LiveKitTransport:
         elif not self._state_attribute:
             self._core.set_agent_state(value)
 
-    # -- transcripts --------------------------------------------------------------------
-    def _source_of(self, identity: str | None, track_sid: str | None) -> MessageSource:
-        """User speech is the transcript of our own microphone track, published
-        on our behalf; everything else is the agent's."""
-        room = self.room
-        if room is None:
-            return MessageSource.AGENT
-        local = room.local_participant
-        if identity == local.identity or (track_sid and track_sid in local.track_publications):
-            return MessageSource.USER
-        return MessageSource.AGENT
-
-    def _on_transcription_stream(self, reader: rtc.TextStreamReader, sender: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._read_transcription(reader, sender))
-        self._readers.add(task)
-        task.add_done_callback(self._readers.discard)
-
-    async def _read_transcription(self, reader: rtc.TextStreamReader, sender: str) -> None:
-        """One ``lk.transcription`` stream: the agent's speech grows chunk by chunk
-        and turns final in its trailer; the user's comes whole, one stream per update."""
-        info = reader.info
-        attributes = dict(info.attributes or {})
-        segment_id = attributes.get(ATTR_SEGMENT_ID) or info.stream_id
-        track = attributes.get(ATTR_TRACK_ID, "")
-        source = self._source_of(sender, track)
-        final_at_open = attributes.get(ATTR_FINAL) == "true"
-        text = ""
-        try:
-            async for chunk in reader:
-                text += chunk
-                if not final_at_open:
-                    self._core.transcribed(source, segment_id, text, False, track=track, path="stream")
-        except Exception as exc:  # the sender aborted it, or the room went
-            log.debug("transcription stream %s ended early: %r", info.stream_id, exc)
-            return
-        final = final_at_open or (info.attributes or {}).get(ATTR_FINAL) == "true"
-        self._core.transcribed(source, segment_id, text, final, track=track, path="stream")
-
-    def _on_legacy_transcription(self, segments: list[rtc.TranscriptionSegment],
-                                 participant: rtc.Participant | None,
-                                 publication: rtc.TrackPublication | None) -> None:
-        identity = participant.identity if participant is not None else None
-        track = publication.sid if publication is not None else ""
-        source = self._source_of(identity, track)
-        for segment in segments:
-            self._core.transcribed(source, segment.id, segment.text, segment.final, track=track, path="legacy")
-
-    # -- data packets -------------------------------------------------------------------
-    def _on_data(self, packet: rtc.DataPacket) -> None:
-        """Speko's JSON packets (no topic) and control events; anything else in
-        the room (other topics, other publishers' formats) is ignored."""
-        self.packets_received += 1
-        if packet.topic == TOPIC_CONTROL:
-            self._on_control(packet.data)
-            return
-        if packet.topic:
-            self.ignored += 1
-            log.debug("ignoring a data packet on topic %r", packet.topic)
-            return
-        try:
-            message = _protocol.decode(packet.data)
-        except _protocol.InvalidPacket as exc:
-            self.malformed += 1
-            self.ignored += 1
-            log.debug("ignoring a data packet that is not Speko's: %s", exc)
-            return
-        if message is None:
-            self.ignored += 1  # a Speko packet type this client does not know
-            return
-        self._core.deliver(message)
-
-    def _on_control(self, payload: bytes) -> None:
-        try:
-            event = _protocol.decode_control(payload)
-        except _protocol.InvalidPacket as exc:
-            self.ignored += 1
-            log.debug("ignoring a control packet: %s", exc)
-            return
-        self._core.session_event("control", event)
-
     # -- the link -------------------------------------------------------------------------
     def _on_disconnected(self, reason: int) -> None:
         if self._core.closing:
@@ -358,8 +284,7 @@ class LiveKitTransport:
     async def close(self) -> None:
         self.tracks.playing = False
         await self.agent_session.close()
-        for task in self._readers:
-            task.cancel()
+        self.text.close()
         room = self.room
         if room is not None and room.isconnected():
             try:

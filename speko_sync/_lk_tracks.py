@@ -11,7 +11,8 @@ import contextlib
 import numpy as np
 from livekit import rtc
 
-from ._audio_path import FRAME, AudioPath, cancel_all, sleep_until
+from ._audio_path import AudioPath
+from ._frames import FRAME, cancel_all, sleep_until
 from .audio import SAMPLE_RATE
 
 

@@ -3,14 +3,13 @@ WebSocket (``wsUrl``, with ``wsToken`` as its only subprotocol).
 
   microphone frames (48 kHz, 10 ms, processed) -> resampled to the input
   rate, 20 ms frames -> binary frames (none while muted)
-  binary frames (the output rate, bursts faster than real time) -> resampled
-  to 48 kHz -> :class:`_BurstQueue` (a whole reply and more) -> the feeder,
-  every 10 ms, keeps the speaker's ring :attr:`RealtimeTransport.TARGET_MS`
-  deep, at the device's clock (silence between replies)
+  binary frames (the output rate, bursts faster than real time) ->
+  :class:`~speko_sync._realtime_audio.BurstPlayer` (a whole reply and more,
+  played at the device's clock) -> the audio path
   text frames -> :mod:`speko_sync._realtime_protocol` -> the core
 
-The socket, its reader and its writer live on the room loop; the sink, the
-queue and the feeder on the audio loop.
+The socket, its reader and its writer live on the room loop; the sink and
+the player on the audio loop.
 """
 
 from __future__ import annotations
@@ -27,11 +26,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
 from . import _realtime_protocol as wire
-from ._audio_path import FRAME, Reframer, Sink, cancel_all, sleep_until
+from ._audio_path import Sink
+from ._frames import Reframer, cancel_all
 from ._loop import call_on
-from ._ring import Ring
+from ._realtime_audio import BurstPlayer
+from ._tools import ToolHost
 from ._transport import Core, unsupported
-from .audio import BARGE_IN_DROPPED, SAMPLE_RATE
+from .audio import SAMPLE_RATE
 from .errors import ErrorCode, SpekoClientError
 from .events import Interruption, MessageSource, ModelUsage
 
@@ -41,39 +42,12 @@ log = logging.getLogger("speko_sync")
 AGENT = "agent"
 
 
-class _BurstQueue:
-    """Audio loop. The agent's audio (48 kHz) waiting for the speaker:
-    bursts arrive faster than real time and play whole, in order."""
-
-    def __init__(self, seconds: float, output_rate: int) -> None:
-        self.ring = Ring(int(SAMPLE_RATE * seconds))
-        self._output_rate = output_rate
-        self._reframe = Reframer(output_rate, SAMPLE_RATE)
-        self.overflowed = 0  # samples that did not fit
-
-    def push(self, samples: np.ndarray) -> None:
-        for frame in self._reframe.push(samples):
-            self.overflowed += len(frame) - self.ring.write(frame)
-
-    def clear(self) -> int:
-        """Drop everything queued (an interruption); a new reply starts clean.
-        Returns how many samples (48 kHz) were dropped."""
-        self._reframe = Reframer(self._output_rate, SAMPLE_RATE)
-        return self.ring.skip(self.ring.available())
-
-
 class RealtimeTransport:
     """One realtime session's WebSocket."""
 
     name: ClassVar[str] = "realtime"
-    #: the speaker's ring is kept this deep (ms) while the session runs; the
-    #: jitter policy's slack stays above it, so nothing is ever trimmed
-    TARGET_MS = 30
-    PLAYBACK_SLACK_MS = 60
-    #: the agent's audio that may wait for the speaker: a full reply and more
-    QUEUE_S = 60.0
-    #: silence after the agent's audio before the mode is listening again
-    QUIET_FRAMES = 5
+    #: the jitter policy's slack, above the depth the burst player keeps
+    PLAYBACK_SLACK_MS = BurstPlayer.SLACK_MS
     #: what a client tool may take before the agent is told it failed (seconds)
     TOOL_TIMEOUT_S = 30.0
     #: frames waiting for the socket (4 s of microphone audio); a stuck
@@ -90,12 +64,8 @@ class RealtimeTransport:
         self._calls: set[asyncio.Task[None]] = set()
         self._end_reason: str | None = None
         self._segments = {"user": 0, "assistant": 0}  # a new segment after each final, per role
-        self._queue: _BurstQueue | None = None  # audio loop
-        self._feeder: asyncio.Task[None] | None = None
+        self._player: BurstPlayer | None = None  # audio loop
         self._mic_reframe: Reframer | None = None
-        self._frame = np.zeros(FRAME, dtype=np.int16)  # audio loop: the feeder's buffers
-        self._silence = np.zeros(FRAME, dtype=np.int16)
-        self._quiet = self.QUIET_FRAMES  # frames of silence played since the agent's audio
         self._room_loop: asyncio.AbstractEventLoop | None = None
         self.packets_sent = 0
         self.packets_received = 0
@@ -106,58 +76,14 @@ class RealtimeTransport:
 
     # -- joining --------------------------------------------------------------------
     async def join(self, url: str, token: str, timeout: float) -> str:
-        """Open the socket and wait for ``ready``: CONNECTION_FAILED at once for
-        a refused handshake, after ``timeout`` without ``ready`` (the socket
-        is closed again), or for a close before it."""
+        """Open the socket and wait for ``ready`` (see :func:`open_session`)."""
         loop = self._room_loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        try:
-            ws = self._ws = await asyncio.wait_for(connect(
-                url, subprotocols=[Subprotocol(token)], compression=None, proxy=None, open_timeout=None,
-                max_size=2 ** 22, close_timeout=2), timeout)
-        except asyncio.TimeoutError:
-            raise SpekoClientError(ErrorCode.CONNECTION_FAILED,
-                                   f"could not connect to {url} within {timeout:g} s") from None
-        except websockets.InvalidStatus as exc:
-            status = exc.response.status_code
-            error = SpekoClientError(ErrorCode.CONNECTION_FAILED, f"{url} refused the session (HTTP {status})", exc)
-            error.status = status
-            raise error from exc
-        except (OSError, websockets.WebSocketException) as exc:
-            raise SpekoClientError(ErrorCode.CONNECTION_FAILED, f"could not connect to {url}: {exc}", exc) from exc
-        try:
-            ready = await asyncio.wait_for(self._wait_ready(ws), max(0.0, deadline - loop.time()))
-        except BaseException as exc:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(*wire.CLIENT_CLOSE), 2)
-            if isinstance(exc, asyncio.TimeoutError):
-                raise SpekoClientError(ErrorCode.CONNECTION_FAILED,
-                                       f"{url} sent no ready frame within {timeout:g} s") from None
-            raise
+        ws, ready = await open_session(url, token, timeout)
+        self._ws = ws
         self.input_rate, self.output_rate = ready.input_rate, ready.output_rate
         self._core.tools.attach(None)  # tool calls come as frames: the host needs only this loop
         self._tasks = [loop.create_task(self._read(ws)), loop.create_task(self._write(ws))]
         return ""
-
-    async def _wait_ready(self, ws: ClientConnection) -> wire.Ready:
-        error: str | None = None
-        try:
-            async for data in ws:
-                if isinstance(data, bytes):
-                    continue  # audio before ready has no rate yet
-                try:
-                    frame = wire.decode(data)
-                except wire.InvalidFrame:
-                    continue
-                if isinstance(frame, wire.Ready):
-                    return frame
-                if isinstance(frame, wire.Error):
-                    error = f"{frame.code}: {frame.message}"
-        except websockets.ConnectionClosed:
-            pass
-        said = f"; the agent said {error}" if error else ""
-        raise SpekoClientError(ErrorCode.CONNECTION_FAILED, "the session closed before it was ready "
-                               f"({ws.close_code} {ws.close_reason or ''}".rstrip() + f"){said}")
 
     async def start(self, timeout: float) -> Sink | None:
         path = self._core.path
@@ -165,14 +91,12 @@ class RealtimeTransport:
             path.make_processing()
             self._mic_reframe = Reframer(SAMPLE_RATE, self.input_rate, 20)
         path.start_playback(cushion=False)
-        queue = _BurstQueue(self.QUEUE_S, self.output_rate)
+        player = BurstPlayer(path, self.output_rate,
+                             lambda speaking: call_on(self._room_loop, self._agent_audio, speaking))
 
         def begin() -> None:  # audio loop
-            self._queue = queue
-            if path.audio.clocked_by_loop:  # fed just before each tick of the backend's clock
-                path.before_tick = self._top_up
-            else:
-                self._feeder = asyncio.get_running_loop().create_task(path.supervised("speaker", self._feed))
+            self._player = player
+            player.start()
         call_on(self._core.audio_loop, begin)
         return self._send_frame if self._core.microphone else None
 
@@ -180,8 +104,8 @@ class RealtimeTransport:
         return False
 
     def queued_ms(self) -> float:
-        queue = self._queue
-        return 1000.0 * queue.ring.available() / SAMPLE_RATE if queue is not None else 0.0
+        player = self._player
+        return player.queued_ms() if player is not None else 0.0
 
     def is_agent(self, identity: str) -> bool:
         return identity == AGENT
@@ -195,44 +119,12 @@ class RealtimeTransport:
             call_on(self._room_loop, self._post, chunk.tobytes())
 
     def _queue_audio(self, samples: np.ndarray) -> None:
-        if self._queue is not None:
-            self._queue.push(samples)
+        if self._player is not None:
+            self._player.push(samples)
 
-    def _drop_queued(self) -> None:
-        if self._queue is not None:
-            self._queue.clear()
-        self._core.path.drop_playback()
-
-    async def _feed(self) -> None:
-        """A device-clocked backend: every 10 ms, :meth:`_top_up`. The device's
-        clock drains the ring, so playback follows it exactly, at real time."""
-        loop = asyncio.get_running_loop()
-        next_tick = loop.time()
-        while True:
-            next_tick = await sleep_until(loop, next_tick + 0.01, 0.1)
-            self._top_up()
-
-    def _top_up(self) -> None:
-        """Keep the speaker's ring ``TARGET_MS`` deep from the queue, or with
-        silence when it is empty (as a LiveKit track plays between replies)."""
-        path, queue = self._core.path, self._queue
-        io = path.io
-        if io is None or queue is None:
-            return
-        target = io.rate * self.TARGET_MS // 1000
-        frame = self._frame
-        while io.playback.available() < target:
-            if queue.ring.available() >= FRAME:
-                queue.ring.read_into(frame)
-                if self._quiet >= self.QUIET_FRAMES:
-                    call_on(self._room_loop, self._agent_audio, True)
-                self._quiet = 0
-                path.play(frame)
-            else:
-                self._quiet += 1
-                if self._quiet == self.QUIET_FRAMES:
-                    call_on(self._room_loop, self._agent_audio, False)
-                path.play(self._silence)
+    def _drop_queued(self, barge_in: bool) -> None:
+        if self._player is not None:
+            self._player.drop(barge_in=barge_in)
 
     # -- the socket (room loop) ------------------------------------------------------------
     def _agent_audio(self, speaking: bool) -> None:
@@ -308,7 +200,7 @@ class RealtimeTransport:
             core.transcribed(source, segment, frame.text, frame.final, track="", path="realtime")
         elif isinstance(frame, wire.Interruption):
             core.barge_in(Interruption(is_interruption=True), quiet_s=0.0)
-            call_on(core.audio_loop, self._clear_queue)
+            call_on(core.audio_loop, self._drop_queued, True)
             core.set_heard_mode(False)
         elif isinstance(frame, wire.Error):
             core.report_error(SpekoClientError(ErrorCode.AGENT_ERROR, f"the agent reported {frame.code}: "
@@ -324,31 +216,8 @@ class RealtimeTransport:
         elif isinstance(frame, wire.End):
             self._end_reason = frame.reason or "end"
 
-    def _clear_queue(self) -> None:
-        """Audio loop: an interruption: what was queued is counted as dropped."""
-        io = self._core.path.io
-        if self._queue is not None and io is not None:
-            io.counters[BARGE_IN_DROPPED] += self._queue.clear() * io.rate // SAMPLE_RATE
-
     async def _call_tool(self, frame: wire.ToolCall) -> None:
-        """Run one client tool and answer ``tool_result``; a failure is the
-        result ``{"error": message}`` (never a traceback)."""
-        invocation = rtc.RpcInvocationData(request_id=frame.call_id, caller_identity=AGENT,
-                                           payload=frame.arguments, response_timeout=self.TOOL_TIMEOUT_S,
-                                           method=frame.name)
-        call = asyncio.get_running_loop().create_task(self._core.tools.call(frame.name, invocation))
-        done, _ = await asyncio.wait({call}, timeout=self.TOOL_TIMEOUT_S)
-        if not done:
-            invocation.cancel_reason = rtc.RpcError.ErrorCode.RESPONSE_TIMEOUT
-            call.cancel()
-            output = wire.tool_error(f"no answer within {self.TOOL_TIMEOUT_S:g} s")
-        else:
-            try:
-                output = call.result()
-            except rtc.RpcError as exc:
-                output = wire.tool_error(exc.message)
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(call, return_exceptions=True)
+        output = await run_tool(self._core.tools, frame, self.TOOL_TIMEOUT_S)
         if not self._core.closing:
             self._post(wire.tool_result(frame.call_id, output))
 
@@ -370,7 +239,7 @@ class RealtimeTransport:
         """Stop the agent's reply: the ``interrupt`` frame, and the speaker
         silenced within one device buffer."""
         self._post(wire.INTERRUPT)
-        call_on(self._core.audio_loop, self._drop_queued)
+        call_on(self._core.audio_loop, self._drop_queued, False)
         self._core.set_heard_mode(False)
 
     async def commit(self) -> None:
@@ -380,9 +249,8 @@ class RealtimeTransport:
         pass  # the core's microphone pump sends nothing while muted
 
     async def stop_audio(self) -> None:
-        self._core.path.before_tick = None
-        feeder, self._feeder = self._feeder, None
-        await cancel_all([feeder] if feeder is not None else [])
+        if self._player is not None:
+            await self._player.stop()
 
     async def close(self) -> None:
         ws = self._ws
@@ -404,3 +272,77 @@ class RealtimeTransport:
     async def release_audio(self) -> None:
         pass
 
+
+async def open_session(url: str, token: str, timeout: float) -> tuple[ClientConnection, wire.Ready]:
+    """Open a realtime session's socket and wait for ``ready``: CONNECTION_FAILED
+    at once for a refused handshake (``status`` set), after ``timeout`` without
+    ``ready`` (the socket is closed again), or for a close before it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        ws = await asyncio.wait_for(connect(
+            url, subprotocols=[Subprotocol(token)], compression=None, proxy=None, open_timeout=None,
+            max_size=2 ** 22, close_timeout=2), timeout)
+    except asyncio.TimeoutError:
+        raise SpekoClientError(ErrorCode.CONNECTION_FAILED,
+                               f"could not connect to {url} within {timeout:g} s") from None
+    except websockets.InvalidStatus as exc:
+        status = exc.response.status_code
+        error = SpekoClientError(ErrorCode.CONNECTION_FAILED, f"{url} refused the session (HTTP {status})", exc)
+        error.status = status
+        raise error from exc
+    except (OSError, websockets.WebSocketException) as exc:
+        raise SpekoClientError(ErrorCode.CONNECTION_FAILED, f"could not connect to {url}: {exc}", exc) from exc
+    try:
+        ready = await asyncio.wait_for(_wait_ready(ws), max(0.0, deadline - loop.time()))
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(*wire.CLIENT_CLOSE), 2)
+        if isinstance(exc, asyncio.TimeoutError):
+            raise SpekoClientError(ErrorCode.CONNECTION_FAILED,
+                                   f"{url} sent no ready frame within {timeout:g} s") from None
+        raise
+    return ws, ready
+
+
+async def _wait_ready(ws: ClientConnection) -> wire.Ready:
+    error: str | None = None
+    try:
+        async for data in ws:
+            if isinstance(data, bytes):
+                continue  # audio before ready has no rate yet
+            try:
+                frame = wire.decode(data)
+            except wire.InvalidFrame:
+                continue
+            if isinstance(frame, wire.Ready):
+                return frame
+            if isinstance(frame, wire.Error):
+                error = f"{frame.code}: {frame.message}"
+    except websockets.ConnectionClosed:
+        pass
+    said = f"; the agent said {error}" if error else ""
+    raise SpekoClientError(ErrorCode.CONNECTION_FAILED, "the session closed before it was ready "
+                           f"({ws.close_code} {ws.close_reason or ''}".rstrip() + f"){said}")
+
+
+async def run_tool(tools: ToolHost, frame: wire.ToolCall, timeout: float) -> str:
+    """Run one client tool for a ``tool_call`` frame: its result, or
+    ``{"error": message}`` when it failed, was refused or took longer than
+    ``timeout`` seconds (never a traceback)."""
+    invocation = rtc.RpcInvocationData(request_id=frame.call_id, caller_identity=AGENT, payload=frame.arguments,
+                                       response_timeout=timeout, method=frame.name)
+    call = asyncio.get_running_loop().create_task(tools.call(frame.name, invocation))
+    done, _ = await asyncio.wait({call}, timeout=timeout)
+    if not done:
+        invocation.cancel_reason = rtc.RpcError.ErrorCode.RESPONSE_TIMEOUT
+        call.cancel()
+        output = wire.tool_error(f"no answer within {timeout:g} s")
+    else:
+        try:
+            output = call.result()
+        except rtc.RpcError as exc:
+            output = wire.tool_error(exc.message)
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.gather(call, return_exceptions=True)
+    return output

@@ -22,31 +22,18 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import numpy as np
-
 from ._audio_path import AudioPath, Emit
 from ._livekit import LiveKitTransport
 from ._loop import call_on
 from ._realtime import RealtimeTransport
+from ._stats import session_stats
 from ._tools import Tool, ToolHost
 from ._transcript import SegmentUpdates, Transcript, reconcile
 from ._transport import Transport
 from ._turns import TurnTracker, is_barge_in
 from .audio import (
-    BARGE_IN_DROPPED,
-    CAPTURE_DROPPED,
-    CAPTURED,
-    INPUT_OVERFLOWS,
-    OUTPUT_UNDERFLOWS,
-    OVERRUNS,
-    PLAYBACK_DROPPED,
-    PLAYBACK_OVERRUNS,
-    PLAYED,
-    SAMPLE_RATE,
-    UNDERRUNS,
     AudioBackend,
     AudioConstraints,
-    AudioIO,
 )
 from .errors import ErrorCode, SpekoClientError
 from .events import (
@@ -109,23 +96,6 @@ class Session:
         self._closed: asyncio.Task[None] | None = None
         self._barged = False  # this speaking turn of the agent was cut off already
         self.barge_ins = 0
-
-    # -- compatibility views ------------------------------------------------------------
-    @property
-    def io(self) -> AudioIO | None:
-        return self.path.io
-
-    @property
-    def muted(self) -> bool:
-        return self.path.muted
-
-    @property
-    def volume(self) -> float:
-        return self.path.volume
-
-    def set_volume(self, volume: float | None, io: AudioIO | None = None) -> None:
-        """Any thread: see :meth:`AudioPath.set_volume`."""
-        self.path.set_volume(volume, io)
 
     @property
     def mode(self) -> Mode:
@@ -322,36 +292,7 @@ class Session:
         self.transport.set_muted(muted)
 
     def stats(self) -> ConversationStats:
-        io, transport = self.path.io, self.transport
-        counters = io.counters if io is not None else np.zeros(10, dtype=np.int64)
-        frame = (io.rate // 100) if io is not None else SAMPLE_RATE // 100
-        tokens = {key: int(value) for usage in self.usage for key, value in usage.values.items()
-                  if key in ("input_audio_tokens", "output_audio_tokens")}
-        return ConversationStats(
-            frames_captured=int(counters[CAPTURED]) // frame,
-            frames_played=int(counters[PLAYED]) // frame,
-            underruns=int(counters[UNDERRUNS]),
-            overruns=int(counters[OVERRUNS]) + int(counters[PLAYBACK_OVERRUNS]),
-            capture_dropped=int(counters[CAPTURE_DROPPED]) // frame,
-            playback_dropped=int(counters[PLAYBACK_DROPPED]),
-            input_overflows=int(counters[INPUT_OVERFLOWS]),
-            output_underflows=int(counters[OUTPUT_UNDERFLOWS]),
-            playback_buffer_ms=(io.playback_depth_ms() if io is not None else 0.0) + transport.queued_ms(),
-            packets_sent=transport.packets_sent,
-            packets_received=transport.packets_received,
-            malformed_packets=transport.malformed,
-            ignored_packets=transport.ignored,
-            tool_calls=self.tools.calls,
-            tool_calls_refused=self.tools.refused,
-            session_messages=transport.session_messages,
-            session_ignored=transport.session_ignored,
-            response_latency_s=self.turns.response_latency_s,
-            agent_e2e_latency_s=self.turns.agent_e2e_latency_s,
-            barge_ins=self.barge_ins,
-            barge_in_dropped_ms=1000.0 * int(counters[BARGE_IN_DROPPED]) / (io.rate if io is not None else SAMPLE_RATE),
-            input_audio_tokens=tokens.get("input_audio_tokens", 0),
-            output_audio_tokens=tokens.get("output_audio_tokens", 0),
-        )
+        return session_stats(self.path.io, self.transport, self.tools, self.turns, self.barge_ins, self.usage)
 
     # -- closing ------------------------------------------------------------------------
     async def close(self) -> None:

@@ -54,9 +54,13 @@ class Transport(Protocol):
 
     name: ClassVar[str]
     packets_sent: int
-    packets_received: int
-    malformed: int
-    ignored: int
+
+    @property
+    def packets_received(self) -> int: ...
+    @property
+    def malformed(self) -> int: ...
+    @property
+    def ignored(self) -> int: ...
 
     @property
     def session_messages(self) -> int: ...

@@ -112,7 +112,8 @@ class Conversation:
             the constructor returns). See :meth:`register_tool` for the rules.
         connect_timeout: seconds the constructor may take.
         reconnect_timeout: seconds the conversation may stay ``reconnecting``
-            after LiveKit loses the link (default 15, LiveKit's ping timeout).
+            after LiveKit loses the link (default 15, LiveKit's ping timeout;
+            a realtime session does not reconnect: a lost socket ends it).
             Past it the session ends with reason ``timeout``
             (``RECONNECT_TIMEOUT``) and an ``on_error`` ``DISCONNECTED``: a
             server that went away is reported this way within that time.
@@ -403,12 +404,12 @@ class Conversation:
     @property
     def mic_muted(self) -> bool:
         """Whether the microphone is muted (:meth:`set_mic_muted`)."""
-        return self._session.muted
+        return self._session.path.muted
 
     @property
     def volume(self) -> float:
         """The agent's playback volume, 0..1 (:meth:`set_volume`)."""
-        return self._session.volume
+        return self._session.path.volume
 
     def is_open(self) -> bool:
         """True while connected (sends go out); false while connecting,
@@ -456,7 +457,7 @@ class Conversation:
             raise TypeError(f"volume must be a number between 0 and 1, got {volume!r}")
         if volume != volume:
             raise ValueError("volume must be a number between 0 and 1, got NaN")
-        self._session.set_volume(min(1.0, max(0.0, float(volume))))
+        self._session.path.set_volume(min(1.0, max(0.0, float(volume))))
 
     def send_chat_message(self, text: str) -> None:
         """Send a typed user turn the way today's Speko worker (LiveKit Agents)

@@ -115,27 +115,32 @@ def session_credentials(response: object, *, now: float | None = None) -> Sessio
                          "'realtime' sessions")
     if transport == "realtime":
         return _realtime_credentials(data, now)
-    token, url = _first(data, _TOKEN_KEYS), _first(data, _URL_KEYS)
-    if not isinstance(token, str) or not token:
-        raise ValueError("the session response has no token (transportToken or conversationToken)")
-    if not isinstance(url, str) or not url:
-        raise ValueError("the session response has no URL (transportUrl or livekitUrl)")
-    expires_at = _parse_time(_first(data, ("expiresAt", "expires_at")))
-    _require_unexpired(expires_at, now)
+    token, url, expires_at = _checked(data, now, (_TOKEN_KEYS, "session response has no token (transportToken or "
+                                                  "conversationToken)"),
+                                      (_URL_KEYS, "session response has no URL (transportUrl or livekitUrl)"))
     return SessionCredentials(
         token=token, url=url, session_id=_first(data, ("sessionId", "session_id")),
         room_name=_first(data, ("roomName", "room_name")), identity=_first(data, ("identity",)),
         expires_at=expires_at, transport=transport, raw=dict(data))
 
 
-def _realtime_credentials(data: Mapping[str, Any], now: float | None) -> SessionCredentials:
-    token, url = _first(data, _WS_TOKEN_KEYS), _first(data, _WS_URL_KEYS)
-    if not isinstance(token, str) or not token:
-        raise ValueError("the realtime session response has no wsToken")
-    if not isinstance(url, str) or not url:
-        raise ValueError("the realtime session response has no wsUrl")
+def _checked(data: Mapping[str, Any], now: float | None, *required: tuple[tuple[str, ...], str]) -> tuple[Any, ...]:
+    """The first value of each ``(keys, missing)`` pair (a non-empty string,
+    else ``ValueError("the " + missing)``), and the unexpired ``expiresAt``."""
+    values = []
+    for keys, missing in required:
+        value = _first(data, keys)
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"the {missing}")
+        values.append(value)
     expires_at = _parse_time(_first(data, ("expiresAt", "expires_at")))
     _require_unexpired(expires_at, now)
+    return (*values, expires_at)
+
+
+def _realtime_credentials(data: Mapping[str, Any], now: float | None) -> SessionCredentials:
+    token, url, expires_at = _checked(data, now, (_WS_TOKEN_KEYS, "realtime session response has no wsToken"),
+                                      (_WS_URL_KEYS, "realtime session response has no wsUrl"))
     rates = [_first(data, (camel, snake)) for camel, snake in (("inputSampleRate", "input_sample_rate"),
                                                                 ("outputSampleRate", "output_sample_rate"))]
     return SessionCredentials(

@@ -342,7 +342,7 @@ def test_buffer_audio_reads_wav_files_and_resamples(tmp_path: object) -> None:
 
 
 def test_reframer_resamples_device_audio_to_10_ms_frames() -> None:
-    from speko_sync._audio_path import Reframer as _Reframer
+    from speko_sync._frames import Reframer as _Reframer
 
     reframe = _Reframer(44100, 48000)
     t = np.arange(441 * 50) / 44100
@@ -375,7 +375,7 @@ def test_float_audio_is_scaled_and_resampled() -> None:
 
 
 def test_microphone_watchdog_reports_a_failure_once_and_again_after_recovery() -> None:
-    from speko_sync._audio_path import MicrophoneWatchdog as _MicrophoneWatchdog
+    from speko_sync._capture import MicrophoneWatchdog as _MicrophoneWatchdog
     from speko_sync.audio import AudioBackend
 
     class Device(AudioBackend):
@@ -430,12 +430,13 @@ def test_a_volume_set_while_the_devices_open_reaches_the_io() -> None:
     from speko_sync.audio import AudioConstraints, NullAudio
 
     session = Session(lambda kind, value: None, NullAudio(), AudioConstraints(), lambda details: None)
-    session.set_volume(0.3)  # before the io exists (the devices are opening)
+    path = session.path
+    path.set_volume(0.3)  # before the io exists (the devices are opening)
     io = AudioIO(48000)
-    session.set_volume(None, io)  # the loop publishes the io
-    assert session.io is io and io.volume == 0.3
-    session.set_volume(0.5)
-    assert io.volume == 0.5 and session.volume == 0.5
+    path.set_volume(None, io)  # the loop publishes the io
+    assert path.io is io and io.volume == 0.3
+    path.set_volume(0.5)
+    assert io.volume == 0.5 and path.volume == 0.5
 
 
 def test_pyaudio_backend_refuses_a_bad_buffer_size_before_touching_devices() -> None:

@@ -236,7 +236,7 @@ def test_a_packet_flood_gets_a_playback_cushion_that_is_given_back_without_dropp
             server.say_tone("flood", 25.0)
             # PortAudio's streams through the pulse plugin take up to ~2 s to start
             wait_until(lambda: conv.stats().frames_played > 100, timeout=10, what="the speaker playing")
-            io = conv._session.io
+            io = conv._session.path.io
             assert io is not None and io.cushion == 0
             before = conv.stats()
             started = time.monotonic()

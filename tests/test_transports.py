@@ -7,34 +7,17 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from typing import Any
 
 import numpy as np
 import pytest
 from conv import Recorder
+from test_realtime_conversation import silence, tone, wait_until
 
 from speko_sync import BufferAudio, Conversation, DisconnectReason, ErrorCode, Mode, SpekoClientError, Status
 from speko_sync.testing import LocalServer
 
 TRANSPORTS = ["livekit", "realtime"]
-
-
-def tone(seconds: float, freq: float = 440.0, amplitude: float = 0.3) -> np.ndarray:
-    t = np.arange(int(seconds * 48000)) / 48000
-    return (amplitude * np.sin(2 * np.pi * freq * t) * 32767).astype(np.int16)
-
-
-def silence(seconds: float) -> np.ndarray:
-    return np.zeros(int(seconds * 48000), dtype=np.int16)
-
-
-def wait_until(condition: Any, timeout: float = 10.0, what: str = "the condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not happen within {timeout} s")
-        time.sleep(0.01)
 
 
 class FarEnd:

@@ -1,0 +1,147 @@
+"""The microphone pump of a conversation, on the audio loop: every 10 ms it
+clocks a loop-clocked backend and hands what the microphone captured, as
+processed 10 ms frames at 48 kHz, to the transport's sink."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from livekit import rtc
+
+from ._frames import FRAME, Reframer, sleep_until, wake
+from .audio import CAPTURE_DROPPED, CAPTURED, SAMPLE_RATE, AudioBackend
+from .errors import ErrorCode, SpekoClientError
+
+if TYPE_CHECKING:
+    from ._audio_path import AudioPath, Sink
+
+#: Microphone audio older than this when the loop gets to it is dropped
+#: (counted), and so is a frame that would queue more than
+#: ``SOURCE_BACKLOG_S`` in the sink, or one frame when a whole frame has
+#: stood queued there for a second: the sink sends at exactly real time,
+#: so whatever is queued in it after a stall would stay as latency for
+#: the rest of the call.
+CAPTURE_BACKLOG_S = 0.04
+SOURCE_BACKLOG_S = 0.02
+#: Behind by more than this (a long stall), the pump resumes from now
+#: instead of running the missed ticks.
+CATCH_UP_S = 0.1
+#: While one agent track plays, a loop-clocked backend ticks as each of its
+#: frames arrives; when one is this late, the timer ticks instead.
+FRAME_GRACE_S = 0.005
+
+
+class MicrophoneWatchdog:
+    """Notices a microphone that failed mid-call (the backend says so, or a
+    device-clocked one delivered nothing for :attr:`STALL_S` after it had
+    started) and reports it once as MICROPHONE_FAILED; the session goes on. It
+    reports again only if the microphone came back and failed anew."""
+
+    STALL_S = 2.0
+
+    def __init__(self, emit: Callable[[str, Any], None]) -> None:
+        self._emit = emit
+        self._count = 0
+        self._since = 0.0
+        self._reported = False
+
+    def check(self, audio: AudioBackend, captured: int, now: float) -> None:
+        if captured != self._count:
+            self._count, self._since = captured, now
+        reason = audio.microphone_failure()
+        if reason is None and not audio.clocked_by_loop and captured and now - self._since > self.STALL_S:
+            reason = f"the microphone has delivered no audio for {self.STALL_S:g} s"
+        if reason is None:
+            self._reported = False
+        elif not self._reported:
+            self._reported = True
+            self._emit("error", SpekoClientError(ErrorCode.MICROPHONE_FAILED, reason))
+
+
+async def capture_pump(path: AudioPath, sink: Sink | None, frame_clocked: Callable[[], bool]) -> None:
+    """Every 10 ms: clock a loop-clocked backend, and send what the microphone
+    captured (a text-only session just discards it).
+
+    While one agent stream plays, a loop-clocked backend is clocked by its
+    frames (they arrive at real time), so playback adds nothing to what
+    the stream delivers; otherwise by a timer whose ticks, when a little
+    late, are caught up, so the backend keeps real time under load. The
+    microphone audio never reaches the sink in a burst (see
+    ``CAPTURE_BACKLOG_S``), so its latency is back to normal as soon as the
+    loop is."""
+    io, audio = path.io, path.audio
+    assert io is not None
+    loop = asyncio.get_running_loop()
+    device_frame = io.rate // 100
+    backlog = int(io.rate * CAPTURE_BACKLOG_S)
+    buf = np.zeros(device_frame, dtype=np.int16)
+    reframe = Reframer(io.rate, SAMPLE_RATE)
+    watchdog = MicrophoneWatchdog(path.emit)
+    queued, sent_at = 0.0, loop.time()  # our estimate of what the sink holds, seconds
+    sent, least = 0, 1.0  # frames, and the least estimate, over the last second
+    ticks = 0
+    ticked = path.frames_in  # agent frames the backend has been ticked for
+    next_tick = loop.time() + 0.01
+    while True:
+        n = 1
+        if audio.clocked_by_loop and frame_clocked():
+            # clocked by the agent's frames: tick as each arrives (nothing waits
+            # for a timer), or by the timer when one is late
+            if path.frames_in == ticked:
+                waiter = path.tick_waiter = loop.create_future()
+                timer = loop.call_at(next_tick + FRAME_GRACE_S, wake, waiter)
+                await waiter
+                timer.cancel()
+                path.tick_waiter = None
+            if path.frames_in > ticked:
+                n = min(path.frames_in - ticked, 10)
+                next_tick = loop.time() + 0.01
+            else:
+                next_tick += 0.01
+            ticked = path.frames_in
+        else:
+            ticked = path.frames_in
+            next_tick = await sleep_until(loop, next_tick, CATCH_UP_S) + 0.01
+        if audio.clocked_by_loop:
+            for _ in range(n):
+                if path.before_tick is not None:
+                    path.before_tick()
+                audio.tick(device_frame)
+        if sink is None:  # text-only
+            io.capture.skip(io.capture.available())
+            continue
+        ticks += 1
+        if ticks % 50 == 0:  # twice a second
+            watchdog.check(audio, int(io.counters[CAPTURED]), loop.time())
+        stale = io.capture.available() - backlog
+        if stale > 0:
+            io.counters[CAPTURE_DROPPED] += io.capture.skip(stale)
+        while io.capture.available() >= device_frame:
+            io.capture.read_into(buf)
+            if path.muted:
+                continue  # a muted microphone feeds nothing
+            for samples in reframe.push(buf):
+                now = loop.time()
+                queued = max(0.0, queued - (now - sent_at))
+                sent_at = now
+                least = min(least, queued)
+                sent += 1
+                if queued >= SOURCE_BACKLOG_S or (sent >= 100 and least >= 0.0099):
+                    # a burst, or a frame of standing backlog for a whole second
+                    io.counters[CAPTURE_DROPPED] += device_frame
+                    sent, least = 0, 1.0
+                    continue
+                if sent >= 100:
+                    sent, least = 0, 1.0
+                queued += 0.01
+                frame = rtc.AudioFrame(samples.tobytes(), SAMPLE_RATE, 1, FRAME)
+                if path.apm is not None:
+                    path.apm.process_stream(frame)
+                # the user's speech as sent (echo cancelled): where it ends, a reply is timed from
+                heard_at = now - io.capture.available() / io.rate
+                if path.mic_edges.push(np.frombuffer(frame.data, dtype=np.int16), heard_at) == "end":
+                    path.to_room_loop(path.turns.on_user_speech_end, path.mic_edges.last_voiced)
+                await sink(frame)

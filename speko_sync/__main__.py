@@ -328,12 +328,16 @@ def talk(url: str | None, token: str | None, input_device: str | None, output_de
     except (SpekoClientError, ValueError, TypeError, OSError) as exc:
         _line(f"error: {exc}", sys.stderr)
         return 1
-    say("talk now; type a line and Enter to send it as a chat message, Ctrl-D or Ctrl-C to end")
+    realtime = conv.transport == "realtime"  # it takes no text: Enter interrupts the agent instead
+    say("talk now; " + ("Enter interrupts the agent" if realtime else
+                        "type a line and Enter to send it as a chat message") + ", Ctrl-D or Ctrl-C to end")
     try:
         for line in sys.stdin:
             if conv.status != Status.CONNECTED:
                 break
-            if line.strip():
+            if realtime:
+                conv.interrupt()
+            elif line.strip():
                 conv.send_chat_message(line.strip())
     except KeyboardInterrupt:
         pass

@@ -49,6 +49,7 @@ class LiveKitTransport:
     """One LiveKit room, joined for one session."""
 
     name: ClassVar[str] = "livekit"
+    playback_slack_ms: ClassVar[int | None] = None  # frames arrive at real time: the default policy
 
     def __init__(self, core: Core) -> None:
         self._core = core

@@ -47,7 +47,7 @@ class RealtimeTransport:
 
     name: ClassVar[str] = "realtime"
     #: the jitter policy's slack, above the depth the burst player keeps
-    PLAYBACK_SLACK_MS = BurstPlayer.SLACK_MS
+    playback_slack_ms: ClassVar[int | None] = BurstPlayer.SLACK_MS
     #: what a client tool may take before the agent is told it failed (seconds)
     TOOL_TIMEOUT_S = 30.0
     #: frames waiting for the socket (4 s of microphone audio); a stuck

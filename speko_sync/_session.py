@@ -112,11 +112,15 @@ class Session:
         loop = self._room_loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         transport = self.transport
-        await self.path.open(playback_slack_ms=getattr(transport, "PLAYBACK_SLACK_MS", None))
+        await self.path.open(playback_slack_ms=transport.playback_slack_ms)
         try:
             conversation_id = await transport.join(url, token, timeout)
             if overrides is not None:
-                await transport.send_packet(overrides)
+                try:
+                    await transport.send_packet(overrides)
+                except SpekoClientError as exc:
+                    raise SpekoClientError(ErrorCode.CONNECTION_FAILED, f"could not send the overrides: {exc.message}",
+                                           exc) from exc
             try:
                 sink = await asyncio.wait_for(transport.start(timeout), max(0.1, deadline - loop.time()))
                 await self._on_audio_loop(lambda: self._start_capture(sink))

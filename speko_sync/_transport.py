@@ -53,6 +53,9 @@ class Transport(Protocol):
     """One way of reaching the agent. Counters are read by ``stats()``."""
 
     name: ClassVar[str]
+    #: the playback jitter policy's slack (ms), for a transport that paces the
+    #: agent's audio itself; ``None``: the audio path's default
+    playback_slack_ms: ClassVar[int | None]
     packets_sent: int
 
     @property

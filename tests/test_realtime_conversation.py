@@ -15,6 +15,7 @@ from conv import Recorder
 from speko_sync import BufferAudio, Conversation, DisconnectReason, ErrorCode, Mode, SpekoClientError, Status
 from speko_sync.testing import LocalServer
 from speko_sync.testing._realtime import RealtimeAgentSession
+from speko_sync.testing._realtime_voice import speech_audio
 
 
 def tone(seconds: float, freq: float = 440.0, rate: int = 48000, amplitude: float = 0.3) -> np.ndarray:
@@ -51,6 +52,21 @@ def join(server: LocalServer, recorder: Recorder | None = None, **options: Any) 
     return conv, server.realtime.wait_for_session(5)
 
 
+def played_from_onset(samples: np.ndarray) -> np.ndarray:
+    return samples[np.flatnonzero(np.abs(samples.astype(np.int32)) > 1000)[0]:]
+
+
+def tones_of(samples: np.ndarray, rate: int, segment_s: float = 0.12) -> list[int]:
+    """The dominant frequency (Hz, rounded to 10) of each whole segment after the first."""
+    n = int(segment_s * rate)
+    out = []
+    for i in range(1, len(samples) // n - 1):
+        chunk = samples[i * n + n // 4:(i + 1) * n - n // 4].astype(np.float64)
+        spectrum = np.abs(np.fft.rfft(chunk * np.hanning(len(chunk)), 8 * len(chunk)))
+        out.append(int(round(np.argmax(spectrum) * rate / (8 * len(chunk)) / 10) * 10))
+    return out
+
+
 def voiced_seconds(samples: np.ndarray, rate: int = 48000, threshold: int = 1000) -> float:
     frames = samples[:len(samples) // 480 * 480].reshape(-1, 480)
     return float((np.abs(frames).max(axis=1) > threshold).sum() / 100)
@@ -72,6 +88,9 @@ def test_the_greeting_plays_whole_in_order_at_real_time_and_is_transcribed(serve
         stats = conv.stats()
         assert stats.underruns == 0 and stats.playback_dropped == 0
         assert [m.text for m in conv.transcript()] == [server.realtime.greeting]
+        # in order: what played is what was sent (its tones, segment by segment), resampled
+        sent = speech_audio(server.realtime.greeting, session.output_rate)
+        assert tones_of(played_from_onset(audio.played()), 48000) == tones_of(sent, session.output_rate)
 
 
 def test_the_microphone_goes_out_in_20_ms_frames_at_real_time_and_not_while_muted(server: LocalServer) -> None:

@@ -190,17 +190,21 @@ class AudioPath:
         self._quiet_until = 0.0
 
     # -- microphone (audio loop) ------------------------------------------------------
-    def start_capture(self, sink: Sink | None, frame_clocked: Callable[[], bool] = lambda: False) -> None:
+    def start_capture(self, sink: Sink | None, frame_clocked: Callable[[], bool] = lambda: False, *,
+                      paced: bool = True, tick_frames: int = 1) -> None:
         """Start the microphone pump (``sink`` ``None``: a text-only session,
         which still clocks a loop-clocked backend). ``frame_clocked()``: one
         agent stream delivers frames at real time, so a loop-clocked backend
-        is clocked by them."""
+        is clocked by them. ``paced``: the sink sends at real time;
+        ``tick_frames``: 10 ms frames a tick (see
+        :func:`~speko_sync._capture.capture_pump`)."""
         io = self.io
         assert io is not None
         io.capture.skip(io.capture.available())  # what the device heard while we joined
         if sink is not None or self.audio.clocked_by_loop:
             self.tasks.append(asyncio.get_running_loop().create_task(
-                self.supervised("microphone", lambda: capture_pump(self, sink, frame_clocked))))
+                self.supervised("microphone", lambda: capture_pump(self, sink, frame_clocked, paced=paced,
+                                                          tick_frames=tick_frames))))
 
     async def supervised(self, what: str, pump: Callable[[], Awaitable[None]]) -> None:
         """Run an audio pump. One that raises is logged and started again (at

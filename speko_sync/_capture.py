@@ -61,7 +61,8 @@ class MicrophoneWatchdog:
             self._emit("error", SpekoClientError(ErrorCode.MICROPHONE_FAILED, reason))
 
 
-async def capture_pump(path: AudioPath, sink: Sink | None, frame_clocked: Callable[[], bool]) -> None:
+async def capture_pump(path: AudioPath, sink: Sink | None, frame_clocked: Callable[[], bool], *,
+                       paced: bool = True, tick_frames: int = 1) -> None:
     """Every 10 ms: clock a loop-clocked backend, and send what the microphone
     captured (a text-only session just discards it).
 
@@ -69,9 +70,13 @@ async def capture_pump(path: AudioPath, sink: Sink | None, frame_clocked: Callab
     frames (they arrive at real time), so playback adds nothing to what
     the stream delivers; otherwise by a timer whose ticks, when a little
     late, are caught up, so the backend keeps real time under load. The
-    microphone audio never reaches the sink in a burst (see
-    ``CAPTURE_BACKLOG_S``), so its latency is back to normal as soon as the
-    loop is."""
+    microphone audio never reaches a ``paced`` sink (one that sends at real
+    time, as LiveKit's audio source) in a burst (see ``CAPTURE_BACKLOG_S``), so
+    its latency is back to normal as soon as the loop is; a sink that sends at
+    once (the realtime socket) gets everything, late frames late: they queue
+    nowhere, so they add no latency after the stall. The timer ticks every
+    ``tick_frames`` 10 ms frames (a transport whose frames are 20 ms long
+    needs no more; each tick of the loop costs about as much as its work)."""
     io, audio = path.io, path.audio
     assert io is not None
     loop = asyncio.get_running_loop()
@@ -104,7 +109,8 @@ async def capture_pump(path: AudioPath, sink: Sink | None, frame_clocked: Callab
             ticked = path.frames_in
         else:
             ticked = path.frames_in
-            next_tick = await sleep_until(loop, next_tick, CATCH_UP_S) + 0.01
+            n = tick_frames
+            next_tick = await sleep_until(loop, next_tick + 0.01 * (n - 1), CATCH_UP_S) + 0.01
         if audio.clocked_by_loop:
             for _ in range(n):
                 if path.before_tick is not None:
@@ -117,7 +123,7 @@ async def capture_pump(path: AudioPath, sink: Sink | None, frame_clocked: Callab
         if ticks % 50 == 0:  # twice a second
             watchdog.check(audio, int(io.counters[CAPTURED]), loop.time())
         stale = io.capture.available() - backlog
-        if stale > 0:
+        if stale > 0 and paced:
             io.counters[CAPTURE_DROPPED] += io.capture.skip(stale)
         while io.capture.available() >= device_frame:
             io.capture.read_into(buf)
@@ -129,7 +135,7 @@ async def capture_pump(path: AudioPath, sink: Sink | None, frame_clocked: Callab
                 sent_at = now
                 least = min(least, queued)
                 sent += 1
-                if queued >= SOURCE_BACKLOG_S or (sent >= 100 and least >= 0.0099):
+                if paced and (queued >= SOURCE_BACKLOG_S or (sent >= 100 and least >= 0.0099)):
                     # a burst, or a frame of standing backlog for a whole second
                     io.counters[CAPTURE_DROPPED] += device_frame
                     sent, least = 0, 1.0

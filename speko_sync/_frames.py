@@ -13,19 +13,69 @@ from .audio import SAMPLE_RATE
 FRAME = SAMPLE_RATE // 100  # 10 ms at 48 kHz
 
 
+class RatioResampler:
+    """Streaming resampling by a whole ratio (48 kHz to and from 24 or 16
+    kHz): a Kaiser-windowed sinc low-pass, polyphase when interpolating. Each
+    push returns exactly the ratio times its input (no clumps, nothing held
+    back), delayed by half the filter, under 1 ms at 48 kHz."""
+
+    TAPS_PER_PHASE = 24
+
+    def __init__(self, rate_in: int, rate_out: int) -> None:
+        high, low = max(rate_in, rate_out), min(rate_in, rate_out)
+        if high % low:
+            raise ValueError(f"{rate_in} Hz to {rate_out} Hz is not a whole ratio")
+        factor = high // low
+        self.up, self.down = (factor, 1) if rate_out > rate_in else (1, factor)
+        n = self.TAPS_PER_PHASE * factor
+        t = np.arange(n) - (n - 1) / 2
+        cutoff = 0.9 * 0.5 / factor  # cycles per sample at the high rate, below the low rate's Nyquist
+        taps = 2 * cutoff * np.sinc(2 * cutoff * t) * np.kaiser(n, 8.0)
+        taps /= taps.sum()
+        if self.up > 1:
+            self._phases = [np.ascontiguousarray(taps[p::self.up] * self.up) for p in range(self.up)]
+            self._history = np.zeros(self.TAPS_PER_PHASE - 1, dtype=np.float32)
+        else:
+            self._taps = taps
+            self._history = np.zeros(n - 1, dtype=np.float32)
+        self._phase = 0  # decimating: where in the next input the next output sample is
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """int16 in, int16 out: ``len(samples) * up // down`` samples (give
+        or take one when decimating a length that is not a multiple)."""
+        history = self._history
+        buf = np.concatenate([history, samples.astype(np.float32)])
+        self._history = buf[len(buf) - len(history):]
+        if self.up > 1:
+            out = np.empty(len(samples) * self.up, dtype=np.float64)
+            for p, phase in enumerate(self._phases):
+                out[p::self.up] = np.convolve(buf, phase, "valid")
+        else:
+            out = np.convolve(buf, self._taps, "valid")[self._phase::self.down]
+            self._phase = (self._phase - len(samples)) % self.down
+        return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+
+
 class Reframer:
-    """Resamples (when the rates differ) and cuts into frames of ``frame_ms``."""
+    """Resamples (when the rates differ) and cuts into frames of ``frame_ms``.
+    A whole ratio goes through :class:`RatioResampler`; any other (a 44.1 kHz
+    device) through LiveKit's resampler."""
 
     def __init__(self, rate_in: int, rate_out: int, frame_ms: int = 10) -> None:
-        self._resampler = rtc.AudioResampler(rate_in, rate_out) if rate_in != rate_out else None
+        whole = max(rate_in, rate_out) % min(rate_in, rate_out) == 0
+        self._ratio = RatioResampler(rate_in, rate_out) if rate_in != rate_out and whole else None
+        self._resampler = rtc.AudioResampler(rate_in, rate_out) if rate_in != rate_out and not whole else None
         self._rate_in = rate_in
         self._pending = np.zeros(0, dtype=np.int16)
         self._frame = rate_out * frame_ms // 1000
 
     def push(self, samples: np.ndarray) -> list[np.ndarray]:
-        if self._resampler is None and not len(self._pending) and len(samples) == self._frame:
+        if self._ratio is None and self._resampler is None and not len(self._pending) \
+                and len(samples) == self._frame:
             return [samples]
-        if self._resampler is not None:
+        if self._ratio is not None:
+            parts = [self._ratio.push(samples)]
+        elif self._resampler is not None:
             frames = self._resampler.push(rtc.AudioFrame(samples.tobytes(), self._rate_in, 1, len(samples)))
             parts = [np.frombuffer(f.data, dtype=np.int16) for f in frames]
         else:

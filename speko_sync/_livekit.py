@@ -50,6 +50,8 @@ class LiveKitTransport:
 
     name: ClassVar[str] = "livekit"
     playback_slack_ms: ClassVar[int | None] = None  # frames arrive at real time: the default policy
+    sink_paced: ClassVar[bool] = True  # LiveKit's audio source sends at exactly real time
+    tick_ms: ClassVar[int] = 10  # LiveKit's audio frames
 
     def __init__(self, core: Core) -> None:
         self._core = core

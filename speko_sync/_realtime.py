@@ -8,8 +8,8 @@ WebSocket (``wsUrl``, with ``wsToken`` as its only subprotocol).
   played at the device's clock) -> the audio path
   text frames -> :mod:`speko_sync._realtime_protocol` -> the core
 
-The socket, its reader and its writer live on the room loop; the sink and
-the player on the audio loop.
+The socket, its reader and its writer live on the audio loop, beside the
+sink and the player; text frames are decoded and handled on the room loop.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import ClassVar
+from collections.abc import Coroutine
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import websockets
@@ -32,39 +33,46 @@ from ._loop import call_on
 from ._realtime_audio import BurstPlayer
 from ._tools import ToolHost
 from ._transport import Core, unsupported
-from .audio import SAMPLE_RATE
+from .audio import CAPTURE_DROPPED, SAMPLE_RATE
 from .errors import ErrorCode, SpekoClientError
 from .events import Interruption, MessageSource, ModelUsage
 
 log = logging.getLogger("speko_sync")
 
+T = TypeVar("T")
 #: who calls client tools on a realtime session: the session's agent
 AGENT = "agent"
 
 
 class RealtimeTransport:
-    """One realtime session's WebSocket."""
+    """One realtime session's WebSocket. The socket, its reader and its writer
+    run on the audio loop, beside the microphone pump and the player, so audio
+    crosses no thread either way; text frames are handled on the room loop."""
 
     name: ClassVar[str] = "realtime"
     #: the jitter policy's slack, above the depth the burst player keeps
     playback_slack_ms: ClassVar[int | None] = BurstPlayer.SLACK_MS
+    sink_paced: ClassVar[bool] = False  # a frame goes out as it comes
+    tick_ms: ClassVar[int] = 20  # the microphone's frames on the wire
     #: what a client tool may take before the agent is told it failed (seconds)
     TOOL_TIMEOUT_S = 30.0
-    #: frames waiting for the socket (4 s of microphone audio); a stuck
-    #: socket drops audio beyond it, never text
+    #: text frames waiting for the socket
     SEND_QUEUE = 200
+    #: bytes the socket may hold unsent before microphone frames are dropped
+    #: (about 0.6 s at 24 kHz): a stuck socket never stalls the pump
+    WRITE_LIMIT = 30_000
 
     def __init__(self, core: Core) -> None:
         self._core = core
         self._ws: ClientConnection | None = None
         self.input_rate = wire.DEFAULT_RATE
         self.output_rate = wire.DEFAULT_RATE
-        self._outbox: asyncio.Queue[str | bytes] = asyncio.Queue(self.SEND_QUEUE)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._calls: set[asyncio.Task[None]] = set()
+        self._outbox: asyncio.Queue[str] | None = None  # audio loop: text frames for the writer
+        self._tasks: list[asyncio.Task[None]] = []  # audio loop: the reader and the writer
+        self._calls: set[asyncio.Task[None]] = set()  # room loop: tools running
         self._end_reason: str | None = None
         self._segments = {"user": 0, "assistant": 0}  # a new segment after each final, per role
-        self._player: BurstPlayer | None = None  # audio loop
+        self._player: BurstPlayer | None = None
         self._mic_reframe: Reframer | None = None
         self._room_loop: asyncio.AbstractEventLoop | None = None
         self.packets_sent = 0
@@ -74,30 +82,41 @@ class RealtimeTransport:
         self.session_messages = 0
         self.session_ignored = 0
 
+    async def _on_audio_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Room loop: run ``coro`` on the audio loop; cancelling this cancels it."""
+        loop = self._core.audio_loop
+        if loop is None or loop is asyncio.get_running_loop():
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
     # -- joining --------------------------------------------------------------------
     async def join(self, url: str, token: str, timeout: float) -> str:
         """Open the socket and wait for ``ready`` (see :func:`open_session`)."""
-        loop = self._room_loop = asyncio.get_running_loop()
+        self._room_loop = asyncio.get_running_loop()
+        self._core.tools.attach(None)  # tool calls come as frames: the host needs only this loop
+        await self._on_audio_loop(self._open(url, token, timeout))
+        return ""
+
+    async def _open(self, url: str, token: str, timeout: float) -> None:
+        """Audio loop: the socket, then its reader and writer. The player
+        queues the agent's audio from here on; it plays once started."""
         ws, ready = await open_session(url, token, timeout)
         self._ws = ws
         self.input_rate, self.output_rate = ready.input_rate, ready.output_rate
-        self._core.tools.attach(None)  # tool calls come as frames: the host needs only this loop
-        self._tasks = [loop.create_task(self._read(ws)), loop.create_task(self._write(ws))]
-        return ""
+        self._player = BurstPlayer(self._core.path, self.output_rate,
+                                   lambda speaking: call_on(self._room_loop, self._agent_audio, speaking))
+        self._outbox = asyncio.Queue(self.SEND_QUEUE)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._read(ws)), loop.create_task(self._write(ws, self._outbox))]
 
     async def start(self, timeout: float) -> Sink | None:
-        path = self._core.path
+        path, player = self._core.path, self._player
+        assert player is not None
         if self._core.microphone:
             path.make_processing()
             self._mic_reframe = Reframer(SAMPLE_RATE, self.input_rate, 20)
         path.start_playback(cushion=False)
-        player = BurstPlayer(path, self.output_rate,
-                             lambda speaking: call_on(self._room_loop, self._agent_audio, speaking))
-
-        def begin() -> None:  # audio loop
-            self._player = player
-            player.start()
-        call_on(self._core.audio_loop, begin)
+        call_on(self._core.audio_loop, player.start)
         return self._send_frame if self._core.microphone else None
 
     def frame_clocked(self) -> bool:
@@ -110,48 +129,49 @@ class RealtimeTransport:
     def is_agent(self, identity: str) -> bool:
         return identity == AGENT
 
-    # -- audio (audio loop) ----------------------------------------------------------------
+    # -- audio and the socket (audio loop) ---------------------------------------------------
     async def _send_frame(self, frame: rtc.AudioFrame) -> None:
-        """The microphone's 10 ms frame: resampled, sent in 20 ms frames."""
-        reframe = self._mic_reframe
-        assert reframe is not None
+        """The microphone's 10 ms frame: resampled, sent in 20 ms frames,
+        straight from the pump (no task to wake). A socket that cannot take
+        more (:attr:`WRITE_LIMIT` waiting in the kernel's buffer and ours) drops
+        the frame, counted in ``stats().capture_dropped``, rather than stall
+        the pump."""
+        reframe, ws = self._mic_reframe, self._ws
+        assert reframe is not None and ws is not None
         for chunk in reframe.push(np.frombuffer(frame.data, dtype=np.int16)):
-            call_on(self._room_loop, self._post, chunk.tobytes())
+            transport = ws.transport
+            if transport is None or transport.get_write_buffer_size() > self.WRITE_LIMIT:
+                io = self._core.path.io
+                if io is not None:
+                    io.counters[CAPTURE_DROPPED] += 2 * io.rate // 100
+                continue
+            try:
+                await ws.send(chunk.tobytes())
+            except websockets.ConnectionClosed:
+                return  # the reader reports the end
 
-    def _queue_audio(self, samples: np.ndarray) -> None:
-        if self._player is not None:
-            self._player.push(samples)
-
-    def _drop_queued(self, barge_in: bool) -> None:
-        if self._player is not None:
-            self._player.drop(barge_in=barge_in)
-
-    # -- the socket (room loop) ------------------------------------------------------------
-    def _agent_audio(self, speaking: bool) -> None:
-        if speaking:
-            self._core.agent_speaks_again()
-        self._core.set_heard_mode(speaking)
-
-    def _post(self, data: str | bytes) -> None:
+    def _post(self, data: str) -> None:
+        """A text frame, sent in order by the writer task."""
+        outbox = self._outbox
+        if outbox is None:
+            return
         try:
-            self._outbox.put_nowait(data)
-        except asyncio.QueueFull:  # the socket is stuck: this audio frame goes; text displaces the oldest
-            if isinstance(data, bytes):
-                return
-            self._outbox.get_nowait()
-            self._outbox.put_nowait(data)
+            outbox.put_nowait(data)
+        except asyncio.QueueFull:  # the socket is stuck: the oldest text goes
+            outbox.get_nowait()
+            outbox.task_done()
+            outbox.put_nowait(data)
 
-    async def _write(self, ws: ClientConnection) -> None:
+    async def _write(self, ws: ClientConnection, outbox: asyncio.Queue[str]) -> None:
         while True:
-            data = await self._outbox.get()
+            data = await outbox.get()
             try:
                 await ws.send(data)
             except websockets.ConnectionClosed:
                 return
             finally:
-                self._outbox.task_done()
-            if isinstance(data, str):
-                self.packets_sent += 1
+                outbox.task_done()
+            self.packets_sent += 1
 
     async def _read(self, ws: ClientConnection) -> None:
         try:
@@ -159,25 +179,36 @@ class RealtimeTransport:
                 if isinstance(data, bytes):
                     self._on_audio(data)
                 else:
-                    self._on_text(data)
+                    call_on(self._room_loop, self._on_text, data)
         except websockets.ConnectionClosed:
             pass
         except Exception as exc:  # a bug here must not leave the session half alive
             log.error("the realtime session's reader failed: %r", exc, exc_info=exc)
-        if self._core.closing:
-            return
         received = ws.protocol.close_rcvd
         code, reason = (received.code, received.reason) if received is not None else (1006, "")
-        self._core.remote_end(wire.close_details(code, reason, self._end_reason))
+        call_on(self._room_loop, self._closed, code, reason)
 
     def _on_audio(self, data: bytes) -> None:
         if len(data) % 2:
             self.malformed += 1
             self.ignored += 1
             log.debug("ignoring an audio frame of %d bytes (not whole samples)", len(data))
-            return
-        if data:
-            call_on(self._core.audio_loop, self._queue_audio, np.frombuffer(data, dtype=np.int16))
+        elif data and self._player is not None:
+            self._player.push(np.frombuffer(data, dtype=np.int16))
+
+    def _drop_queued(self, barge_in: bool) -> None:
+        if self._player is not None:
+            self._player.drop(barge_in=barge_in)
+
+    # -- what the agent says (room loop) ---------------------------------------------------
+    def _closed(self, code: int, reason: str) -> None:
+        if not self._core.closing:
+            self._core.remote_end(wire.close_details(code, reason, self._end_reason))
+
+    def _agent_audio(self, speaking: bool) -> None:
+        if speaking:
+            self._core.agent_speaks_again()
+        self._core.set_heard_mode(speaking)
 
     def _on_text(self, data: str) -> None:
         self.packets_received += 1
@@ -219,9 +250,9 @@ class RealtimeTransport:
     async def _call_tool(self, frame: wire.ToolCall) -> None:
         output = await run_tool(self._core.tools, frame, self.TOOL_TIMEOUT_S)
         if not self._core.closing:
-            self._post(wire.tool_result(frame.call_id, output))
+            call_on(self._core.audio_loop, self._post, wire.tool_result(frame.call_id, output))
 
-    # -- commands ----------------------------------------------------------------------
+    # -- commands (room loop) ------------------------------------------------------------
     def require_link(self) -> None:
         ws = self._ws
         if self._core.closing or ws is None or ws.close_code is not None:
@@ -238,12 +269,12 @@ class RealtimeTransport:
     async def interrupt(self) -> None:
         """Stop the agent's reply: the ``interrupt`` frame, and the speaker
         silenced within one device buffer."""
-        self._post(wire.INTERRUPT)
+        call_on(self._core.audio_loop, self._post, wire.INTERRUPT)
         call_on(self._core.audio_loop, self._drop_queued, False)
         self._core.set_heard_mode(False)
 
     async def commit(self) -> None:
-        self._post(wire.COMMIT)
+        call_on(self._core.audio_loop, self._post, wire.COMMIT)
 
     def set_muted(self, muted: bool) -> None:
         pass  # the core's microphone pump sends nothing while muted
@@ -253,21 +284,22 @@ class RealtimeTransport:
             await self._player.stop()
 
     async def close(self) -> None:
-        ws = self._ws
         for task in self._calls:
             task.cancel()
-        if ws is not None:
-            # what is queued goes first (a tool's answer), then the close
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._flush(), 1)
+        with contextlib.suppress(Exception):
+            await self._on_audio_loop(self._close())
+
+    async def _close(self) -> None:
+        """Audio loop: what is queued goes first (a tool's answer), then the close."""
+        ws, outbox = self._ws, self._outbox
+        if ws is not None and outbox is not None:
+            if not self._tasks[1].done():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(outbox.join(), 1)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(*wire.CLIENT_CLOSE), 3)
         await cancel_all(self._tasks)
         self._tasks = []
-
-    async def _flush(self) -> None:
-        if self._tasks and not self._tasks[1].done():
-            await self._outbox.join()
 
     async def release_audio(self) -> None:
         pass

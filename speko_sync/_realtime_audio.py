@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ._audio_path import AudioPath
-from ._frames import FRAME, Reframer, cancel_all, sleep_until
+from ._frames import FRAME, RatioResampler, cancel_all, sleep_until
 from ._ring import Ring
 from .audio import BARGE_IN_DROPPED, SAMPLE_RATE
 
@@ -24,8 +24,11 @@ class BurstPlayer:
     """Audio loop. ``on_speaking(bool)`` is told (on the audio loop) when the
     agent's audio starts playing and when it has stopped."""
 
-    #: the speaker's ring is kept this deep (ms); the jitter policy's slack
-    #: (:attr:`SLACK_MS`) stays above it, so nothing is ever trimmed
+    #: the speaker's ring is kept this deep (ms) for a device-clocked backend
+    #: (whose callbacks come in buffers of their own, between our ticks); a
+    #: loop-clocked one is topped up just before each tick: one tick is enough.
+    #: The jitter policy's slack (:attr:`SLACK_MS`) stays above it, so nothing
+    #: is ever trimmed
     TARGET_MS = 30
     SLACK_MS = 60
     #: the agent's audio that may wait for the speaker: a full reply and more
@@ -38,7 +41,7 @@ class BurstPlayer:
         self._on_speaking = on_speaking
         self.queue = Ring(int(SAMPLE_RATE * self.QUEUE_S))
         self._output_rate = output_rate
-        self._reframe = Reframer(output_rate, SAMPLE_RATE)
+        self._resample = RatioResampler(output_rate, SAMPLE_RATE)
         self.overflowed = 0  # samples that did not fit
         self._frame = np.zeros(FRAME, dtype=np.int16)
         self._silence = np.zeros(FRAME, dtype=np.int16)
@@ -56,13 +59,13 @@ class BurstPlayer:
 
     def push(self, samples: np.ndarray) -> None:
         """Queue agent audio (int16 at the output rate)."""
-        for frame in self._reframe.push(samples):
-            self.overflowed += len(frame) - self.queue.write(frame)
+        audio = self._resample.push(samples)
+        self.overflowed += len(audio) - self.queue.write(audio)
 
     def drop(self, *, barge_in: bool) -> None:
         """Drop what is queued and silence the speaker within one device
         buffer; a new reply starts clean. A barge-in counts what it dropped."""
-        self._reframe = Reframer(self._output_rate, SAMPLE_RATE)
+        self._resample = RatioResampler(self._output_rate, SAMPLE_RATE)
         dropped = self.queue.skip(self.queue.available())
         io = self._path.io
         if barge_in and io is not None:
@@ -81,17 +84,19 @@ class BurstPlayer:
             self.top_up()
 
     def top_up(self) -> None:
-        """Fill the speaker's ring to ``TARGET_MS`` from the queue, or with
-        silence when it is empty. The device drains the ring, so playback
-        follows the device's clock exactly."""
+        """Fill the speaker's ring to its depth from the queue, or with silence
+        when it is empty (the end of a reply, shorter than a frame, padded
+        with it). The device drains the ring, so playback follows the
+        device's clock exactly."""
         path, queue = self._path, self.queue
         io = path.io
         if io is None:
             return
-        target = io.rate * self.TARGET_MS // 1000
+        target = io.rate // 100 if path.audio.clocked_by_loop else io.rate * self.TARGET_MS // 1000
         while io.playback.available() < target:
-            if queue.available() >= FRAME:
-                queue.read_into(self._frame)
+            if queue.available():
+                got = queue.read_into(self._frame)
+                self._frame[got:] = 0
                 if self._quiet >= self.QUIET_FRAMES:
                     self._on_speaking(True)
                 self._quiet = 0

@@ -137,7 +137,9 @@ class Session:
         return conversation_id
 
     async def _start_capture(self, sink: Any) -> None:
-        self.path.start_capture(sink, self.transport.frame_clocked)
+        transport = self.transport
+        self.path.start_capture(sink, transport.frame_clocked, paced=transport.sink_paced,
+                                tick_frames=transport.tick_ms // 10)
 
     async def _on_audio_loop(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Room loop: run ``fn()`` on the audio loop and wait for it."""

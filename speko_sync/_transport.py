@@ -56,6 +56,11 @@ class Transport(Protocol):
     #: the playback jitter policy's slack (ms), for a transport that paces the
     #: agent's audio itself; ``None``: the audio path's default
     playback_slack_ms: ClassVar[int | None]
+    #: the microphone's sink sends at real time (it queues what comes faster)
+    sink_paced: ClassVar[bool]
+    #: how often the microphone pump runs (ms, a multiple of 10): the
+    #: transport's own frame length
+    tick_ms: ClassVar[int]
     packets_sent: int
 
     @property

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from . import _protocol, signals
+from ._lifecycle import Lifecycle
 from ._loop import LoopStopped
 from ._runtime import check_not_forked_after_use, runtime
 from ._session import TRANSPORTS, Session
@@ -208,15 +209,8 @@ class Conversation:
         tools = check_tools(client_tools)
         check_not_forked_after_use()
 
-        self._lock = threading.RLock()
-        self._status = Status.CONNECTING
         self._conversation_id = conversation_id or ""
         self._transport = transport
-        self._details: DisconnectionDetails | None = None
-        self._ended = threading.Event()
-        self._end_requested = False
-        self._reconnect_timeout = float(reconnect_timeout)
-        self._give_up: Any = None  # the reconnect_timeout timer (an asyncio.TimerHandle, on the loop)
         self._receivers: list[tuple[Any, Any]] = []
         self._audio = audio or PyAudioBackend(input_device, output_device)
         for name, fn in callbacks.items():
@@ -229,8 +223,10 @@ class Conversation:
         self._dispatcher = shared.dispatcher.channel(self)
         self._runner = shared.loop
         shared.open.add(self)  # ended at interpreter exit if still open
+        self._life = Lifecycle(self._emit, self._runner, lambda: self._session.close(), self._release,
+                               float(reconnect_timeout))
         self._session = Session(self._emit, self._audio, audio_constraints or AudioConstraints(),
-                                self._on_remote_end, microphone=microphone, on_link=self._on_link,
+                                self._life.remote_end, microphone=microphone, on_link=self._life.link,
                                 audio_loop=shared.audio.loop, emit_latest=self._dispatcher.post_latest,
                                 client_tools=tools, transport=transport)
         self._emit("status_changed", Status.CONNECTING)
@@ -239,15 +235,12 @@ class Conversation:
                 self._session.connect(url, token, overrides_packet, float(connect_timeout)),
                 timeout=connect_timeout + 10) or self._conversation_id
         except BaseException as exc:
-            self._abort()
+            self._life.abort()
+            self._dispatcher.wait_closed(5)
             if isinstance(exc, SpekoClientError) or not isinstance(exc, Exception):
                 raise  # KeyboardInterrupt and friends pass through unchanged
             raise SpekoClientError(ErrorCode.CONNECTION_FAILED, f"could not connect: {exc}", exc) from exc
-        with self._lock:
-            if self._transition((Status.CONNECTING,), Status.CONNECTED):
-                self._emit("connected", self._conversation_id)
-            end_now = self._end_requested
-        if end_now:  # end_session() was called while connecting
+        if self._life.connected(self._conversation_id):  # end_session() was called while connecting
             self.end_session()
 
     @classmethod
@@ -281,78 +274,17 @@ class Conversation:
     def _emit(self, kind: str, value: Any) -> None:
         self._dispatcher.post(kind, value)
 
-    def _transition(self, allowed: tuple[Status, ...], status: Status) -> bool:
-        """The one place the status changes: from one of ``allowed`` to
-        ``status``, atomically, posting ``status_changed`` in the order of the
-        changes. False (and nothing done) from any other status, so of two
-        threads racing to end the conversation exactly one wins."""
-        with self._lock:
-            if self._status not in allowed:
-                return False
-            self._status = status
-            self._emit("status_changed", status)
-        return True
-
-    def _abort(self) -> None:
-        """A failed constructor: release everything, deliver what happened."""
-        try:
-            self._runner.call(self._session.close(), timeout=10)
-        except Exception:
-            pass
-        self._transition((Status.CONNECTING, Status.CONNECTED, Status.DISCONNECTING), Status.DISCONNECTED)
-        self._runtime.open.discard(self)
-        self._ended.set()
+    def _release(self) -> None:
+        """The last event is posted: let go of the receivers and the dispatcher
+        channel (a receiver may be waiting for us: do not wait here)."""
         self._dispatcher.call(self._disconnect_receivers)
         self._dispatcher.close()
-        self._dispatcher.wait_closed(5)
+        self._runtime.open.discard(self)
 
     def _disconnect_receivers(self) -> None:
         for signal, receiver in self._receivers:
             signal.disconnect(receiver, sender=self)
         self._receivers = []
-
-    def _on_remote_end(self, details: DisconnectionDetails) -> None:
-        """On the loop: LiveKit ended the session (kick, drop, failure), or the
-        link was not recovered in time."""
-        if self._transition((Status.CONNECTING, Status.CONNECTED, Status.RECONNECTING), Status.DISCONNECTING):
-            self._runner.loop.create_task(self._finish(details))
-
-    def _on_link(self, reconnection: Reconnection | None) -> None:
-        """On the loop: LiveKit lost the link (``None``) or got it back."""
-        if reconnection is None:
-            if self._transition((Status.CONNECTED,), Status.RECONNECTING):
-                self._give_up = self._runner.loop.call_later(self._reconnect_timeout, self._on_remote_end,
-                                                             _protocol.disconnection_details("RECONNECT_TIMEOUT"))
-            return
-        self._stop_give_up_timer()
-        with self._lock:
-            if self._transition((Status.RECONNECTING,), Status.CONNECTED):
-                self._emit("reconnected", reconnection)
-
-    def _stop_give_up_timer(self) -> None:
-        """On the loop: the link is back, or the conversation is ending."""
-        if self._give_up is not None:
-            self._give_up.cancel()
-            self._give_up = None
-
-    async def _finish(self, details: DisconnectionDetails) -> None:
-        """On the loop: release everything, then report the end."""
-        self._stop_give_up_timer()
-        try:
-            await self._session.close()
-        finally:
-            with self._lock:
-                self._details = details
-            self._transition((Status.DISCONNECTING,), Status.DISCONNECTED)
-            if details.reason not in (DisconnectReason.USER, DisconnectReason.AGENT):
-                self._emit("error", SpekoClientError(
-                    ErrorCode.DISCONNECTED, f"the session ended unexpectedly ({details.reason.value}: "
-                    f"{details.message})"))
-            self._emit("disconnected", details)
-            self._dispatcher.call(self._disconnect_receivers)
-            self._dispatcher.close()  # a receiver may be waiting for us: do not wait here
-            self._runtime.open.discard(self)
-            self._ended.set()
 
     # -- public API -----------------------------------------------------------------------
     @property
@@ -368,8 +300,7 @@ class Conversation:
     @property
     def status(self) -> Status:
         """Where the conversation is (:class:`Status`); any thread."""
-        with self._lock:
-            return self._status
+        return self._life.status
 
     @property
     def mode(self) -> Mode:
@@ -428,7 +359,7 @@ class Conversation:
         yet goes out once the link is back, or fails when the session ends);
         the bound is only a safety net."""
         try:
-            return self._runner.call(coro, timeout=self._reconnect_timeout + 30)
+            return self._runner.call(coro, timeout=self._life.reconnect_timeout + 30)
         except LoopStopped as exc:  # the interpreter is shutting down
             raise SpekoClientError(ErrorCode.NOT_CONNECTED, "the conversation has ended", exc) from exc
 
@@ -652,13 +583,7 @@ class Conversation:
             TimeoutError: release took longer than ``timeout`` seconds (it goes
                 on; :meth:`wait_for_end` waits for it).
         """
-        with self._lock:
-            starting = self._transition((Status.CONNECTED, Status.RECONNECTING), Status.DISCONNECTING)
-            if not starting and self._status == Status.CONNECTING:
-                self._end_requested = True  # the constructor ends it once connected
-        if starting:
-            details = _protocol.disconnection_details("CLIENT_INITIATED")
-            self._runner.submit(self._finish(details))
+        self._life.end()
         return self.wait_for_end(timeout)
 
     def wait_for_end(self, timeout: float | None = None) -> DisconnectionDetails:
@@ -669,11 +594,11 @@ class Conversation:
             TimeoutError: ``timeout`` seconds passed first.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._ended.wait(timeout):
+        if not self._life.ended.wait(timeout):
             raise TimeoutError(f"the conversation did not end within {timeout} s")
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         self._dispatcher.wait_closed(remaining)  # every event delivered (at once on the dispatcher thread)
-        details = self._details
+        details = self._life.details
         return details if details is not None else DisconnectionDetails(DisconnectReason.UNKNOWN, "")
 
     def __enter__(self) -> Conversation:

@@ -214,7 +214,7 @@ def race(speko_server: LocalServer, speko_agent: ScriptedAgent, remote: Disconne
 
         def remote_end(conv: Conversation = conv, both: threading.Barrier = both) -> None:
             both.wait(5)
-            conv._on_remote_end(remote)  # what LiveKit's "disconnected" leads to, on the loop
+            conv._life.remote_end(remote)  # what LiveKit's "disconnected" leads to, on the loop
 
         runtime().loop.call_soon(remote_end)
         both.wait(5)

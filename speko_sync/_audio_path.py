@@ -84,6 +84,9 @@ class AudioPath:
         #: called before each tick of a loop-clocked backend (a transport that
         #: paces the agent's audio itself keeps the ring filled on that clock)
         self.before_tick: Callable[[], None] | None = None
+        #: while the microphone pump waits for more than one tick: end the wait
+        #: at the next 10 ms tick (the agent's audio just arrived)
+        self.tick_sooner: Callable[[], None] | None = None
 
     # -- devices (room loop) ------------------------------------------------------
     async def open(self, *, playback_slack_ms: int | None = None) -> None:

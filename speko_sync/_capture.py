@@ -5,13 +5,14 @@ processed 10 ms frames at 48 kHz, to the transport's sink."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from livekit import rtc
 
-from ._frames import FRAME, Reframer, sleep_until, wake
+from ._frames import FRAME, Reframer, wake
 from .audio import CAPTURE_DROPPED, CAPTURED, SAMPLE_RATE, AudioBackend
 from .errors import ErrorCode, SpekoClientError
 
@@ -59,6 +60,37 @@ class MicrophoneWatchdog:
         elif not self._reported:
             self._reported = True
             self._emit("error", SpekoClientError(ErrorCode.MICROPHONE_FAILED, reason))
+
+
+async def wait_ticks(path: AudioPath, loop: asyncio.AbstractEventLoop, first: float, most: int) -> tuple[int, float]:
+    """Wait for ``most`` 10 ms ticks, the first due at loop time ``first``;
+    ``path.tick_sooner()`` (the agent's audio starting) cuts the wait short at
+    the next tick, so a pump that ticks every 20 ms still starts playing on a
+    10 ms grid. Returns the ticks that passed and when the next one is due;
+    behind by more than ``CATCH_UP_S`` (a stall), it resumes from now rather
+    than run the ticks it missed."""
+    waiter: asyncio.Future[None] = loop.create_future()
+    steps = most
+    timer = loop.call_at(first + 0.01 * (steps - 1), wake, waiter)
+
+    def sooner() -> None:
+        nonlocal steps, timer
+        k = max(1, math.ceil((loop.time() - first) / 0.01 - 1e-9) + 1)  # the first tick at or after now
+        if k < steps:
+            steps = k
+            timer.cancel()
+            timer = loop.call_at(first + 0.01 * (k - 1), wake, waiter)
+
+    path.tick_sooner = sooner
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        path.tick_sooner = None
+    due = first + 0.01 * (steps - 1)
+    if loop.time() - due > CATCH_UP_S:
+        return steps, loop.time() + 0.01
+    return steps, due + 0.01
 
 
 async def capture_pump(path: AudioPath, sink: Sink | None, frame_clocked: Callable[[], bool], *,
@@ -109,8 +141,7 @@ async def capture_pump(path: AudioPath, sink: Sink | None, frame_clocked: Callab
             ticked = path.frames_in
         else:
             ticked = path.frames_in
-            n = tick_frames
-            next_tick = await sleep_until(loop, next_tick + 0.01 * (n - 1), CATCH_UP_S) + 0.01
+            n, next_tick = await wait_ticks(path, loop, next_tick, tick_frames)
         if audio.clocked_by_loop:
             for _ in range(n):
                 if path.before_tick is not None:

@@ -59,6 +59,10 @@ class BurstPlayer:
 
     def push(self, samples: np.ndarray) -> None:
         """Queue agent audio (int16 at the output rate)."""
+        if self._quiet >= self.QUIET_FRAMES and not self.queue.available():
+            sooner = self._path.tick_sooner  # the start of a reply: play it at the next 10 ms tick
+            if sooner is not None:
+                sooner()
         audio = self._resample.push(samples)
         self.overflowed += len(audio) - self.queue.write(audio)
 

@@ -51,6 +51,7 @@ bench: setup agent-env
 	$(PY) benchmarks/bench_server.py
 	$(PY) benchmarks/bench_conversation.py
 	$(PY) benchmarks/bench_scale.py
+	$(PY) benchmarks/bench_realtime.py
 	SPEKO_SYNC_AGENT_PYTHON=$(CURDIR)/$(AGENT_VENV)/bin/python $(PY) benchmarks/bench_agent_worker.py
 
 clean:

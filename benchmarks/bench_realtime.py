@@ -33,24 +33,35 @@ Measured, the same way for both, on one clock (CLOCK_MONOTONIC, shared by the
 processes):
 
 - CPU: ``time.process_time()`` of the client process over the ``--seconds``
-  window (taken on the device clock's ticks, after 1 s of settling), divided
+  window (read on the device clock's ticks, after 1 s of settling), divided
   by the wall time: percent of one core. The server's process is not counted.
-- mic -> server: a burst's first sample was captured ``(10 ms - its offset in
-  its block)`` before its block was handed over; until the server's
+- mic -> server: a burst's first sample was captured ``10 ms - its offset in
+  its block`` before its block was handed over; until the server's
   ``time.monotonic()`` on receiving the binary frame that holds the burst's
-  first loud sample.
+  first loud sample. A 20 ms frame leaves once its last sample is captured,
+  so 0-20 ms of this is the frame size itself, for both clients.
 - server -> speaker: the server's ``time.monotonic()`` when a reply's first
   binary frame was sent (``replies_started``); until that reply's first sample
-  left the speaker, i.e. the render moment of its block plus its offset in
-  the block. The reply is found in the recording by cross-correlation with the
-  reply's own first 250 ms, so the result does not depend on a level
-  threshold, nor on what played just before it.
+  left the speaker: the render moment of its block plus its offset in the
+  block, so the speaker's ring depth counts, as on a device. The reply is
+  found in the recording by cross-correlation with its own first 250 ms, so
+  the figure depends neither on a level threshold nor on what played just
+  before it.
+- Also: the device clock's ticks per second and the frames per second the
+  server received in the window (real time: 100 and 50), the microphone
+  frames speko_sync dropped (``stats().capture_dropped``), and the audio
+  (above 2 % of full scale) each client played in the 100 ms before a reply,
+  where the server sent silence.
 
 Latencies are pooled over the runs (median and p95). Goals: speko_sync's CPU
 at most 1.1x raw's (the median of the pairs' ratios), and at most 10 ms added
-each way at the median.
+each way at the median. ``--apm`` adds a third client, speko_sync with its
+default audio processing, for its CPU (the processing reshapes the bursts, so
+some are not found at the server).
 
-    python benchmarks/bench_realtime.py [--seconds 20] [--onsets 10] [--pairs 2] [--rate 24000]
+    python benchmarks/bench_realtime.py [--seconds 20] [--onsets 10] [--pairs 2] [--rate 24000] [--apm]
+
+(about 100 s with the defaults)
 """
 
 from __future__ import annotations
@@ -89,22 +100,24 @@ def plan(seconds: float, onsets: int) -> dict[str, Any]:
     """Reply times (from the session's start, on the server) and texts; burst
     times (in the microphone signal, from the first tick), on a 1/8000 s grid
     so they fall on a sample at 16, 24 and 48 kHz alike. Even bursts come
-    while a reply is arriving, odd ones in silence; their offsets within a
-    20 ms frame are spread evenly."""
+    while a reply is arriving, odd ones in silence. The bursts' offsets within
+    a 20 ms frame, and the replies' within a 10 ms tick of the clients'
+    clocks, are spread evenly, so no run is lucky or unlucky in its phase."""
     period = seconds / onsets
     reply_s = max(0.5, REPLY_SHARE * period)
     chars = round(reply_s * 1000 / MS_PER_CHAR)
     replies, texts, bursts = [], [], []
     for i in range(onsets):
         start = SETTLE_S + i * period
-        replies.append(start + 0.05 * period)
+        spread = (i * 0.6180339887) % 1.0  # of a 20 ms frame (bursts) or a 10 ms tick (replies)
+        replies.append(start + 0.05 * period + spread * 0.01)
         texts.append((f"reply {i} " + "la " * chars)[:chars])
         at = 0.05 * period + reply_s / 10 if i % 2 == 0 else 0.75 * period
-        phase = ((i * 0.6180339887) % 1.0) * 0.02
-        bursts.append(round((start + at + phase) * 8000) / 8000)
-    return {"seconds": seconds, "period": period, "reply_times": replies, "texts": texts, "bursts": bursts,
-            "ticks": round((SETTLE_S + seconds + TAIL_S) * 100), "window": [round(SETTLE_S * 100),
-                                                                             round((SETTLE_S + seconds) * 100)]}
+        bursts.append(round((start + at + spread * 0.02) * 8000) / 8000)
+    return {"seconds": seconds, "period": period, "reply_s": chars * MS_PER_CHAR / 1000,
+            "reply_times": replies, "texts": texts, "bursts": bursts,
+            "ticks": round((SETTLE_S + seconds + TAIL_S) * 100),
+            "window": [round(SETTLE_S * 100), round((SETTLE_S + seconds) * 100)]}
 
 
 def microphone(timeline: dict[str, Any], rate: int) -> np.ndarray:
@@ -325,7 +338,7 @@ def _best_match(segment: np.ndarray, template: np.ndarray) -> tuple[int, float]:
 def speaker_latencies(c: Any, s: Any) -> tuple[list[float], list[float]]:
     """Per reply: when its first sample left the speaker minus when the server
     sent its first frame; and how much audio (ms above 2 % of full scale)
-    played in the 30 ms just before it."""
+    played in the 100 ms just before it, where the server sent silence."""
     from speko_sync.testing._realtime_voice import speech_audio
 
     rate = int(c["rate"])
@@ -344,7 +357,7 @@ def speaker_latencies(c: Any, s: Any) -> tuple[list[float], list[float]]:
             continue
         j += k0 * block
         latencies.append(ticks[j // block] + (j % block) / rate - float(sent))
-        before = played[max(0, j - round(0.03 * rate)):j]
+        before = played[max(0, j - round(0.1 * rate)):j]
         stale.append(1000 * int(np.sum(np.abs(before) > STALE_THRESHOLD)) / rate)
     return latencies, stale
 
@@ -410,7 +423,7 @@ NAMES = {"raw": "raw websockets", "speko": "speko_sync", "speko-apm": "speko_syn
 
 def report(runs: dict[str, list[dict[str, Any]]], onsets: int) -> None:
     print(f"{'client':20s} | CPU % of one core (runs) | mic->server ms med/p95 (n) | "
-          f"server->speaker ms med/p95 (n) | ticks/s | frames/s at server | audio before a reply, ms max")
+          f"server->speaker ms med/p95 (n) | ticks/s | frames/s at server | audio before a reply ms (max)")
     for kind, results in runs.items():
         cpus = [100 * r["cpu"] for r in results]
         up = [1000 * v for r in results for v in r["up"]]
@@ -431,7 +444,7 @@ def report(runs: dict[str, list[dict[str, Any]]], onsets: int) -> None:
     raw = runs["raw"]
     for kind in [k for k in runs if k != "raw"]:
         ours = runs[kind]
-        ratio = statistics.median(o["cpu"] / r["cpu"] for o, r in zip(ours, raw, strict=False))
+        ratio = statistics.median(o["cpu"] / r["cpu"] for o, r in zip(ours, raw, strict=True))
 
         def added(key: str, ours: list[dict[str, Any]] = ours) -> float:
             return 1000 * (statistics.median(v for r in ours for v in r[key])
@@ -466,7 +479,7 @@ def main() -> int:
     timeline = plan(args.seconds, args.onsets)
     kinds = ["raw", "speko"] + (["speko-apm"] if args.apm else [])
     print(f"{os.cpu_count()} cores; {args.rate} Hz each way; window {args.seconds:g} s, {args.onsets} bursts and "
-          f"{args.onsets} replies ({REPLY_SHARE * timeline['period']:.1f} s each) per run; "
+          f"{args.onsets} replies ({timeline['reply_s']:.2f} s each) per run; "
           f"{args.pairs} run(s) per client, alternating", flush=True)
     runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     server = Server(args.rate)

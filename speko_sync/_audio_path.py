@@ -42,8 +42,9 @@ from .errors import ErrorCode, SpekoClientError
 log = logging.getLogger("speko_sync")
 
 Emit = Callable[[str, Any], None]
-#: the transport's microphone sink: one processed 10 ms frame at 48 kHz
-Sink = Callable[[rtc.AudioFrame], Awaitable[None]]
+#: the transport's microphone sink: one processed 10 ms frame at 48 kHz (int16;
+#: a view the pump reuses: copy what is kept)
+Sink = Callable[[np.ndarray], Awaitable[None]]
 
 
 class AudioPath:

@@ -174,11 +174,12 @@ async def capture_pump(path: AudioPath, sink: Sink | None, frame_clocked: Callab
                 if sent >= 100:
                     sent, least = 0, 1.0
                 queued += 0.01
-                frame = rtc.AudioFrame(samples.tobytes(), SAMPLE_RATE, 1, FRAME)
                 if path.apm is not None:
+                    frame = rtc.AudioFrame(samples.tobytes(), SAMPLE_RATE, 1, FRAME)
                     path.apm.process_stream(frame)
+                    samples = np.frombuffer(frame.data, dtype=np.int16)
                 # the user's speech as sent (echo cancelled): where it ends, a reply is timed from
                 heard_at = now - io.capture.available() / io.rate
-                if path.mic_edges.push(np.frombuffer(frame.data, dtype=np.int16), heard_at) == "end":
+                if path.mic_edges.push(samples, heard_at) == "end":
                     path.to_room_loop(path.turns.on_user_speech_end, path.mic_edges.last_voiced)
-                await sink(frame)
+                await sink(samples)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import numpy as np
 from livekit import rtc
 from livekit.rtc.participant import PublishDataError
 
@@ -139,7 +140,12 @@ class LiveKitTransport:
         for track in tracks:
             call_on(self._core.audio_loop, self.tracks.add, track)
         source = self.source
-        return source.capture_frame if source is not None else None
+        return self._capture if source is not None else None
+
+    async def _capture(self, samples: np.ndarray) -> None:
+        """Audio loop: one microphone frame to LiveKit's audio source."""
+        assert self.source is not None
+        await self.source.capture_frame(rtc.AudioFrame(samples.tobytes(), SAMPLE_RATE, 1, len(samples)))
 
     async def _publish_microphone(self) -> None:
         assert self.room is not None

@@ -130,7 +130,7 @@ class RealtimeTransport:
         return identity == AGENT
 
     # -- audio and the socket (audio loop) ---------------------------------------------------
-    async def _send_frame(self, frame: rtc.AudioFrame) -> None:
+    async def _send_frame(self, samples: np.ndarray) -> None:
         """The microphone's 10 ms frame: resampled, sent in 20 ms frames,
         straight from the pump (no task to wake). A socket that cannot take
         more (:attr:`WRITE_LIMIT` waiting in the kernel's buffer and ours) drops
@@ -138,7 +138,7 @@ class RealtimeTransport:
         the pump."""
         reframe, ws = self._mic_reframe, self._ws
         assert reframe is not None and ws is not None
-        for chunk in reframe.push(np.frombuffer(frame.data, dtype=np.int16)):
+        for chunk in reframe.push(samples):
             transport = ws.transport
             if transport is None or transport.get_write_buffer_size() > self.WRITE_LIMIT:
                 io = self._core.path.io

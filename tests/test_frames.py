@@ -63,6 +63,7 @@ class Path:
         self.audio = BufferAudio()
         self.played: list[np.ndarray] = []
         self.before_tick = None
+        self.tick_sooner = None
         self.constraints = AudioConstraints()
 
     def play(self, samples: np.ndarray) -> None:

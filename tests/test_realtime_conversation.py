@@ -205,8 +205,9 @@ def test_interrupt_stops_the_reply_and_a_30_s_reply_is_held_whole(server: LocalS
     conv, session = join(server, audio=BufferAudio())
     with conv:
         session.wait_until(lambda s: s.replies_started, timeout=5)
-        session.say("x" * 600)  # 36 s of speech
-        wait_until(lambda: conv.stats().playback_buffer_ms > 30_000, timeout=10, what="the reply queued")
+        session.say("x" * 600)  # 36 s of speech, sent at once
+        session.wait_until(lambda s: s.sent_audio_ms >= 36_000, timeout=10)
+        wait_until(lambda: conv.stats().playback_buffer_ms > 35_000, timeout=10, what="the whole reply queued")
         assert conv.stats().playback_dropped == 0 and conv.stats().overruns == 0
         conv.interrupt()
         session.wait_until(lambda s: s.interrupts == 1, timeout=5)

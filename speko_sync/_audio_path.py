@@ -82,9 +82,10 @@ class AudioPath:
         self._silence = np.zeros(FRAME, dtype=np.int16)
         self._quiet_until = 0.0  # agent audio still in flight after a barge-in plays as silence
         self.tasks: list[asyncio.Task[None]] = []
-        #: called before each tick of a loop-clocked backend (a transport that
-        #: paces the agent's audio itself keeps the ring filled on that clock)
-        self.before_tick: Callable[[], None] | None = None
+        #: called with ``n`` before ``n`` ticks of a loop-clocked backend (a
+        #: transport that paces the agent's audio itself keeps the ring filled
+        #: on that clock)
+        self.before_tick: Callable[[int], None] | None = None
         #: while the microphone pump waits for more than one tick: end the wait
         #: at the next 10 ms tick (the agent's audio just arrived)
         self.tick_sooner: Callable[[], None] | None = None
@@ -152,31 +153,34 @@ class AudioPath:
         self._echo = self.apm if self.constraints.echo_cancellation else None
 
     def play(self, samples: np.ndarray) -> None:
-        """One 10 ms frame of the agent's audio (48 kHz) to the speaker: echo
-        reference first, then the playback ring at the device rate."""
+        """Whole 10 ms frames of the agent's audio (48 kHz; one, as LiveKit
+        delivers them, or a few) to the speaker: echo reference first, then
+        the playback ring at the device rate."""
         io = self.io
         assert io is not None
         now = time.monotonic()
         if now < self._quiet_until:  # sent before the agent was interrupted: never played
             if int(samples.max()) > VOICED_PEAK or -int(samples.min()) > VOICED_PEAK:
                 io.counters[BARGE_IN_DROPPED] += len(samples) * io.rate // SAMPLE_RATE
-            samples = self._silence
-        elif self.agent_edges.push(samples, now) == "start":
+            samples = self._silence if len(samples) == FRAME else np.zeros_like(samples)
+        elif self.agent_edges.push(samples, now, len(samples) / SAMPLE_RATE) == "start":
             # when this frame leaves the speaker: behind what is queued, and the device's latency
             played_at = now + io.playback.available() / io.rate + self.audio.latency_s
             self.to_room_loop(self.turns.on_agent_audio, played_at)
         if self._echo is not None:
             volume = io.volume
             played = samples if volume == 1.0 else (samples * volume).astype(np.int16)
-            self._echo.process_reverse_stream(rtc.AudioFrame(played.tobytes(), SAMPLE_RATE, 1, FRAME))
+            for start in range(0, len(played), FRAME):  # it takes 10 ms at a time
+                self._echo.process_reverse_stream(
+                    rtc.AudioFrame(played[start:start + FRAME].tobytes(), SAMPLE_RATE, 1, FRAME))
         cushion = self._cushion
-        if cushion is not None:
+        if cushion is not None and len(samples) == FRAME:
             samples = cushion.process(samples, self.packets())
             io.cushion = cushion.extra * io.rate // SAMPLE_RATE
         for chunk in self._out_reframe.push(samples):
             if io.playback.write(chunk) < len(chunk):
                 io.counters[PLAYBACK_OVERRUNS] += 1
-        self.frames_in += 1
+        self.frames_in += len(samples) // FRAME
         waiter = self.tick_waiter
         if waiter is not None:
             wake(waiter)

@@ -114,13 +114,15 @@ async def capture_pump(path: AudioPath, sink: Sink | None, frame_clocked: Callab
     loop = asyncio.get_running_loop()
     device_frame = io.rate // 100
     backlog = int(io.rate * CAPTURE_BACKLOG_S)
-    buf = np.zeros(device_frame, dtype=np.int16)
-    reframe = Reframer(io.rate, SAMPLE_RATE)
+    unit = device_frame * tick_frames  # what one tick takes from the microphone, as one frame
+    buf = np.zeros(unit, dtype=np.int16)
+    reframe = Reframer(io.rate, SAMPLE_RATE, 10 * tick_frames)
     watchdog = MicrophoneWatchdog(path.emit)
     queued, sent_at = 0.0, loop.time()  # our estimate of what the sink holds, seconds
     sent, least = 0, 1.0  # frames, and the least estimate, over the last second
     ticks = 0
     ticked = path.frames_in  # agent frames the backend has been ticked for
+    phase = 0  # ticks since the last whole microphone frame, when a tick is shorter than the frame
     next_tick = loop.time() + 0.01
     while True:
         n = 1
@@ -141,11 +143,14 @@ async def capture_pump(path: AudioPath, sink: Sink | None, frame_clocked: Callab
             ticked = path.frames_in
         else:
             ticked = path.frames_in
-            n, next_tick = await wait_ticks(path, loop, next_tick, tick_frames)
+            # a wait cut short leaves the pump between two of its frames: the
+            # next one is shorter, so the microphone's frames stay whole
+            n, next_tick = await wait_ticks(path, loop, next_tick, tick_frames - phase)
+            phase = (phase + n) % tick_frames
         if audio.clocked_by_loop:
+            if path.before_tick is not None:
+                path.before_tick(n)
             for _ in range(n):
-                if path.before_tick is not None:
-                    path.before_tick()
                 audio.tick(device_frame)
         if sink is None:  # text-only
             io.capture.skip(io.capture.available())
@@ -156,30 +161,40 @@ async def capture_pump(path: AudioPath, sink: Sink | None, frame_clocked: Callab
         stale = io.capture.available() - backlog
         if stale > 0 and paced:
             io.counters[CAPTURE_DROPPED] += io.capture.skip(stale)
-        while io.capture.available() >= device_frame:
+        while io.capture.available() >= unit:
             io.capture.read_into(buf)
             if path.muted:
                 continue  # a muted microphone feeds nothing
             for samples in reframe.push(buf):
                 now = loop.time()
-                queued = max(0.0, queued - (now - sent_at))
-                sent_at = now
-                least = min(least, queued)
-                sent += 1
-                if paced and (queued >= SOURCE_BACKLOG_S or (sent >= 100 and least >= 0.0099)):
-                    # a burst, or a frame of standing backlog for a whole second
-                    io.counters[CAPTURE_DROPPED] += device_frame
-                    sent, least = 0, 1.0
-                    continue
-                if sent >= 100:
-                    sent, least = 0, 1.0
-                queued += 0.01
+                if paced:
+                    queued = max(0.0, queued - (now - sent_at))
+                    sent_at = now
+                    least = min(least, queued)
+                    sent += 1
+                    if queued >= SOURCE_BACKLOG_S or (sent >= 100 and least >= 0.0099):
+                        # a burst, or a frame of standing backlog for a whole second
+                        io.counters[CAPTURE_DROPPED] += device_frame
+                        sent, least = 0, 1.0
+                        continue
+                    if sent >= 100:
+                        sent, least = 0, 1.0
+                    queued += 0.01
                 if path.apm is not None:
-                    frame = rtc.AudioFrame(samples.tobytes(), SAMPLE_RATE, 1, FRAME)
-                    path.apm.process_stream(frame)
-                    samples = np.frombuffer(frame.data, dtype=np.int16)
+                    samples = _processed(path.apm, samples)
                 # the user's speech as sent (echo cancelled): where it ends, a reply is timed from
                 heard_at = now - io.capture.available() / io.rate
-                if path.mic_edges.push(samples, heard_at) == "end":
+                if path.mic_edges.push(samples, heard_at, len(samples) / SAMPLE_RATE) == "end":
                     path.to_room_loop(path.turns.on_user_speech_end, path.mic_edges.last_voiced)
                 await sink(samples)
+
+
+def _processed(apm: rtc.AudioProcessingModule, samples: np.ndarray) -> np.ndarray:
+    """``samples`` (whole 10 ms frames at 48 kHz) through the audio processing,
+    which takes 10 ms at a time."""
+    parts = []
+    for start in range(0, len(samples), FRAME):
+        frame = rtc.AudioFrame(samples[start:start + FRAME].tobytes(), SAMPLE_RATE, 1, FRAME)
+        apm.process_stream(frame)
+        parts.append(np.frombuffer(frame.data, dtype=np.int16))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)

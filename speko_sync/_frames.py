@@ -72,7 +72,7 @@ class Reframer:
     def push(self, samples: np.ndarray) -> list[np.ndarray]:
         if self._ratio is None and self._resampler is None and not len(self._pending) \
                 and len(samples) == self._frame:
-            return [samples]
+            return [samples]  # nothing to do: the caller's frame as it is
         if self._ratio is not None:
             parts = [self._ratio.push(samples)]
         elif self._resampler is not None:

@@ -101,6 +101,10 @@ class RealtimeTransport:
         """Audio loop: the socket, then its reader and writer. The player
         queues the agent's audio from here on; it plays once started."""
         ws, ready = await open_session(url, token, timeout)
+        if self._core.closing:  # ended while connecting (an interrupt, a give-up): leave at once
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(*wire.CLIENT_CLOSE), 2)
+            raise SpekoClientError(ErrorCode.CONNECTION_FAILED, "the conversation ended while connecting")
         self._ws = ws
         self.input_rate, self.output_rate = ready.input_rate, ready.output_rate
         self._player = BurstPlayer(self._core.path, self.output_rate,

@@ -43,8 +43,8 @@ class BurstPlayer:
         self._output_rate = output_rate
         self._resample = RatioResampler(output_rate, SAMPLE_RATE)
         self.overflowed = 0  # samples that did not fit
-        self._frame = np.zeros(FRAME, dtype=np.int16)
-        self._silence = np.zeros(FRAME, dtype=np.int16)
+        self._frame = np.zeros(2 * FRAME, dtype=np.int16)  # up to 20 ms a frame
+        self._silence = np.zeros(2 * FRAME, dtype=np.int16)
         self._quiet = self.QUIET_FRAMES  # frames of silence played since the agent's audio
         self._feeder: asyncio.Task[None] | None = None
 
@@ -87,29 +87,34 @@ class BurstPlayer:
             next_tick = await sleep_until(loop, next_tick + 0.01, 0.1)
             self.top_up()
 
-    def top_up(self) -> None:
-        """Fill the speaker's ring to its depth from the queue, or with silence
-        when it is empty (the end of a reply, shorter than a frame, padded
-        with it). The device drains the ring, so playback follows the
-        device's clock exactly."""
+    def top_up(self, ticks: int = 1) -> None:
+        """Fill the speaker's ring to its depth (a loop-clocked backend: the
+        ``ticks`` about to come) from the queue, or with silence when it is
+        empty (the end of a reply, shorter than a frame, padded with it), in
+        one frame of up to 20 ms. The device drains the ring, so playback
+        follows the device's clock exactly."""
         path, queue = self._path, self.queue
         io = path.io
         if io is None:
             return
-        target = io.rate // 100 if path.audio.clocked_by_loop else io.rate * self.TARGET_MS // 1000
-        while io.playback.available() < target:
+        target = ticks * io.rate // 100 if path.audio.clocked_by_loop else io.rate * self.TARGET_MS // 1000
+        while (missing := target - io.playback.available()) > 0:
+            frames = max(1, min(2, -(-missing * SAMPLE_RATE // io.rate) // FRAME))
+            n = frames * FRAME
+            quiet = self._quiet
             if queue.available():
-                got = queue.read_into(self._frame)
-                self._frame[got:] = 0
-                if self._quiet >= self.QUIET_FRAMES:
+                frame = self._frame[:n]
+                got = queue.read_into(frame)
+                frame[got:] = 0
+                if quiet >= self.QUIET_FRAMES:
                     self._on_speaking(True)
                 self._quiet = 0
-                path.play(self._frame)
             else:
-                self._quiet += 1
-                if self._quiet == self.QUIET_FRAMES:
+                frame = self._silence[:n]
+                self._quiet = quiet + frames
+                if quiet < self.QUIET_FRAMES <= self._quiet:
                     self._on_speaking(False)
-                path.play(self._silence)
+            path.play(frame)
 
     async def stop(self) -> None:
         self._path.before_tick = None

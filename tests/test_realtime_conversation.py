@@ -307,3 +307,36 @@ def test_a_text_only_realtime_session_sends_no_audio_and_still_plays(server: Loc
         assert session.received_audio_ms == 0
         events = conv.poll_events()
         assert any(e.kind == "message" for e in events)
+
+
+INTERRUPTED_JOIN = """
+import json, signal, sys, time
+from speko_sync import BufferAudio, Conversation
+
+def interrupt(*_):
+    raise KeyboardInterrupt
+
+signal.signal(signal.SIGALRM, interrupt)
+signal.setitimer(signal.ITIMER_REAL, 0.5)  # Ctrl-C half a second into the constructor
+try:
+    Conversation.from_session(json.loads(sys.argv[1]), audio=BufferAudio(), connect_timeout=10.0)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+time.sleep(12)  # long after the held ready: the session must be gone before
+print("alive", flush=True)
+"""
+
+
+def test_ctrl_c_while_waiting_for_ready_leaves_no_session_behind(server: LocalServer) -> None:
+    import json
+    import subprocess
+    import sys
+
+    server.realtime.ready_delay_s = 2.0  # the socket is open; ready comes 2 s later
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_JOIN, json.dumps(server.realtime_session())],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    session = server.realtime.wait_for_session(10)
+    assert session.closed.wait(5), "the interrupted client kept its session open"
+    assert session.client_close == (1000, "client_stopped")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and out.split() == ["interrupted", "alive"], err[-2000:]

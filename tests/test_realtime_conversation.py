@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conv import Recorder
+from test_runtime import INTERRUPTED_JOIN as LIVEKIT_JOIN
 
 from speko_sync import BufferAudio, Conversation, DisconnectReason, ErrorCode, Mode, SpekoClientError, Status
 from speko_sync.testing import LocalServer
@@ -309,22 +310,11 @@ def test_a_text_only_realtime_session_sends_no_audio_and_still_plays(server: Loc
         assert any(e.kind == "message" for e in events)
 
 
-INTERRUPTED_JOIN = """
-import json, signal, sys, time
-from speko_sync import BufferAudio, Conversation
-
-def interrupt(*_):
-    raise KeyboardInterrupt
-
-signal.signal(signal.SIGALRM, interrupt)
-signal.setitimer(signal.ITIMER_REAL, 0.5)  # Ctrl-C half a second into the constructor
-try:
-    Conversation.from_session(json.loads(sys.argv[1]), audio=BufferAudio(), connect_timeout=10.0)
-except KeyboardInterrupt:
-    print("interrupted", flush=True)
-time.sleep(12)  # long after the held ready: the session must be gone before
-print("alive", flush=True)
-"""
+# the LiveKit test's script, joining the realtime session answer given as JSON
+INTERRUPTED_JOIN = LIVEKIT_JOIN.replace("import signal, sys, time", "import json, signal, sys, time").replace(
+    "Conversation(sys.argv[1], sys.argv[2], audio=NullAudio(),",
+    "Conversation.from_session(json.loads(sys.argv[1]), audio=NullAudio(),")
+assert "from_session" in INTERRUPTED_JOIN and "import json" in INTERRUPTED_JOIN
 
 
 def test_ctrl_c_while_waiting_for_ready_leaves_no_session_behind(server: LocalServer) -> None:
@@ -336,7 +326,7 @@ def test_ctrl_c_while_waiting_for_ready_leaves_no_session_behind(server: LocalSe
     proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_JOIN, json.dumps(server.realtime_session())],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     session = server.realtime.wait_for_session(10)
-    assert session.closed.wait(5), "the interrupted client kept its session open"
+    assert session.closed.wait(5), "the interrupted client kept its session open"  # long before it exits
     assert session.client_close == (1000, "client_stopped")
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0 and out.split() == ["interrupted", "alive"], err[-2000:]

@@ -29,6 +29,14 @@ def call_on(loop: asyncio.AbstractEventLoop | None, fn: Callable[..., Any], *arg
         loop.call_soon_threadsafe(fn, *args)
 
 
+async def run_on(loop: asyncio.AbstractEventLoop | None, coro: Coroutine[Any, Any, T]) -> T:
+    """Await ``coro`` run on ``loop`` (at once when that is the loop running
+    here, or ``None``); cancelling the wait cancels it there too."""
+    if loop is None or loop is asyncio.get_running_loop():
+        return await coro
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+
 class LoopThread:
     """Owns one event loop running on its own thread.
 

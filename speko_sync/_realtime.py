@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
-from typing import Any, ClassVar, TypeVar
+from typing import ClassVar
 
 import numpy as np
 import websockets
@@ -29,7 +28,7 @@ from websockets.typing import Subprotocol
 from . import _realtime_protocol as wire
 from ._audio_path import Sink
 from ._frames import Reframer, cancel_all
-from ._loop import call_on
+from ._loop import call_on, run_on
 from ._realtime_audio import BurstPlayer
 from ._tools import ToolHost
 from ._transport import Core, unsupported
@@ -39,7 +38,6 @@ from .events import Interruption, MessageSource, ModelUsage
 
 log = logging.getLogger("speko_sync")
 
-T = TypeVar("T")
 #: who calls client tools on a realtime session: the session's agent
 AGENT = "agent"
 
@@ -82,19 +80,12 @@ class RealtimeTransport:
         self.session_messages = 0
         self.session_ignored = 0
 
-    async def _on_audio_loop(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Room loop: run ``coro`` on the audio loop; cancelling this cancels it."""
-        loop = self._core.audio_loop
-        if loop is None or loop is asyncio.get_running_loop():
-            return await coro
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
-
     # -- joining --------------------------------------------------------------------
     async def join(self, url: str, token: str, timeout: float) -> str:
         """Open the socket and wait for ``ready`` (see :func:`open_session`)."""
         self._room_loop = asyncio.get_running_loop()
         self._core.tools.attach(None)  # tool calls come as frames: the host needs only this loop
-        await self._on_audio_loop(self._open(url, token, timeout))
+        await run_on(self._core.audio_loop, self._open(url, token, timeout))
         return ""
 
     async def _open(self, url: str, token: str, timeout: float) -> None:
@@ -291,7 +282,7 @@ class RealtimeTransport:
         for task in self._calls:
             task.cancel()
         with contextlib.suppress(Exception):
-            await self._on_audio_loop(self._close())
+            await run_on(self._core.audio_loop, self._close())
 
     async def _close(self) -> None:
         """Audio loop: what is queued goes first (a tool's answer), then the close."""

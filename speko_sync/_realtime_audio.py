@@ -17,7 +17,7 @@ import numpy as np
 from ._audio_path import AudioPath
 from ._frames import FRAME, RatioResampler, cancel_all, sleep_until
 from ._ring import Ring
-from .audio import BARGE_IN_DROPPED, SAMPLE_RATE
+from .audio import BARGE_IN_DROPPED, PLAYBACK_OVERRUNS, SAMPLE_RATE
 
 
 class BurstPlayer:
@@ -42,7 +42,6 @@ class BurstPlayer:
         self.queue = Ring(int(SAMPLE_RATE * self.QUEUE_S))
         self._output_rate = output_rate
         self._resample = RatioResampler(output_rate, SAMPLE_RATE)
-        self.overflowed = 0  # samples that did not fit
         self._frame = np.zeros(2 * FRAME, dtype=np.int16)  # up to 20 ms a frame
         self._silence = np.zeros(2 * FRAME, dtype=np.int16)
         self._quiet = self.QUIET_FRAMES  # frames of silence played since the agent's audio
@@ -64,7 +63,9 @@ class BurstPlayer:
             if sooner is not None:
                 sooner()
         audio = self._resample.push(samples)
-        self.overflowed += len(audio) - self.queue.write(audio)
+        io = self._path.io
+        if self.queue.write(audio) < len(audio) and io is not None:  # over a minute queued: reported, as a full ring
+            io.counters[PLAYBACK_OVERRUNS] += 1
 
     def drop(self, *, barge_in: bool) -> None:
         """Drop what is queued and silence the speaker within one device

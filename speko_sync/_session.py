@@ -19,12 +19,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._audio_path import AudioPath, Emit
 from ._livekit import LiveKitTransport
-from ._loop import call_on
+from ._loop import call_on, run_on
 from ._realtime import RealtimeTransport
 from ._stats import session_stats
 from ._tools import Tool, ToolHost
@@ -123,7 +123,7 @@ class Session:
                                            exc) from exc
             try:
                 sink = await asyncio.wait_for(transport.start(timeout), max(0.1, deadline - loop.time()))
-                await self._on_audio_loop(lambda: self._start_capture(sink))
+                await run_on(self.audio_loop, self._start_capture(sink))
             except BaseException as exc:
                 if isinstance(exc, SpekoClientError) or not isinstance(exc, Exception):
                     raise
@@ -140,14 +140,6 @@ class Session:
         transport = self.transport
         self.path.start_capture(sink, transport.frame_clocked, paced=transport.sink_paced,
                                 tick_frames=transport.tick_ms // 10)
-
-    async def _on_audio_loop(self, fn: Callable[[], Awaitable[None]]) -> None:
-        """Room loop: run ``fn()`` on the audio loop and wait for it."""
-        loop = self.audio_loop
-        if loop is None or loop is asyncio.get_running_loop():
-            await fn()
-        else:
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(fn(), loop))  # type: ignore[arg-type]
 
     def _to_room_loop(self, fn: Callable[..., None], *args: Any) -> None:
         """Audio loop: have ``fn(*args)`` called on the room loop, in order."""
@@ -313,11 +305,11 @@ class Session:
     async def _release(self) -> None:
         self.turns.close()
         with contextlib.suppress(Exception):  # the audio loop is gone only at interpreter exit
-            await self._on_audio_loop(self._stop_audio)
+            await run_on(self.audio_loop, self._stop_audio())
         await self.path.close()
         await self.transport.close()
         with contextlib.suppress(Exception):
-            await self._on_audio_loop(self.transport.release_audio)
+            await run_on(self.audio_loop, self.transport.release_audio())
 
     async def _stop_audio(self) -> None:
         """Audio loop: stop the pumps and the playback."""

@@ -7,7 +7,7 @@ import pytest
 
 from speko_sync._frames import RatioResampler, Reframer
 from speko_sync._realtime_audio import BurstPlayer
-from speko_sync.audio import BARGE_IN_DROPPED, AudioConstraints, AudioIO, BufferAudio
+from speko_sync.audio import BARGE_IN_DROPPED, PLAYBACK_OVERRUNS, AudioConstraints, AudioIO, BufferAudio
 
 
 def sine(freq: float, rate: int, seconds: float, amplitude: float = 0.5) -> np.ndarray:
@@ -98,3 +98,12 @@ def test_drop_empties_the_queue_and_counts_a_barge_in() -> None:
     player.drop(barge_in=True)
     assert player.queued_ms() == 0
     assert path.io.counters[BARGE_IN_DROPPED] == 96000  # at the device rate
+
+
+def test_more_than_the_queue_holds_is_reported_as_an_overrun() -> None:
+    path = Path()
+    player = BurstPlayer(path, 24000, lambda _: None)  # type: ignore[arg-type]
+    player.push(sine(500, 24000, BurstPlayer.QUEUE_S))
+    assert path.io.counters[PLAYBACK_OVERRUNS] == 0
+    player.push(sine(500, 24000, 0.1))  # past a full minute
+    assert path.io.counters[PLAYBACK_OVERRUNS] == 1 and player.queued_ms() == pytest.approx(60_000, abs=1)

@@ -20,12 +20,12 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from livekit import rtc
 
-from ._capture import capture_pump
+from ._capture import TimedPump, capture_pump
 from ._flood import FloodCushion
 from ._frames import FRAME, Reframer, cancel_all, wake
 from ._turns import VOICED_PEAK, TurnTracker, VoiceEdges
@@ -45,6 +45,8 @@ Emit = Callable[[str, Any], None]
 #: the transport's microphone sink: one processed 10 ms frame at 48 kHz (int16;
 #: a view the pump reuses: copy what is kept)
 Sink = Callable[[np.ndarray], Awaitable[None]]
+#: a sink that takes the frame in a plain call (never blocks)
+PlainSink = Callable[[np.ndarray], None]
 
 
 class AudioPath:
@@ -82,6 +84,7 @@ class AudioPath:
         self._silence = np.zeros(FRAME, dtype=np.int16)
         self._quiet_until = 0.0  # agent audio still in flight after a barge-in plays as silence
         self.tasks: list[asyncio.Task[None]] = []
+        self._timed: TimedPump | None = None
         #: called with ``n`` before ``n`` ticks of a loop-clocked backend (a
         #: transport that paces the agent's audio itself keeps the ring filled
         #: on that clock)
@@ -152,10 +155,11 @@ class AudioPath:
         self._cushion = FloodCushion() if cushion else None
         self._echo = self.apm if self.constraints.echo_cancellation else None
 
-    def play(self, samples: np.ndarray) -> None:
+    def play(self, samples: np.ndarray, *, silent: bool = False) -> None:
         """Whole 10 ms frames of the agent's audio (48 kHz; one, as LiveKit
         delivers them, or a few) to the speaker: echo reference first, then
-        the playback ring at the device rate."""
+        the playback ring at the device rate. ``silent``: the caller knows
+        the frames are silence (nothing to measure)."""
         io = self.io
         assert io is not None
         now = time.monotonic()
@@ -163,7 +167,7 @@ class AudioPath:
             if int(samples.max()) > VOICED_PEAK or -int(samples.min()) > VOICED_PEAK:
                 io.counters[BARGE_IN_DROPPED] += len(samples) * io.rate // SAMPLE_RATE
             samples = self._silence if len(samples) == FRAME else np.zeros_like(samples)
-        elif self.agent_edges.push(samples, now, len(samples) / SAMPLE_RATE) == "start":
+        elif self.agent_edges.push(None if silent else samples, now, len(samples) / SAMPLE_RATE) == "start":
             # when this frame leaves the speaker: behind what is queued, and the device's latency
             played_at = now + io.playback.available() / io.rate + self.audio.latency_s
             self.to_room_loop(self.turns.on_agent_audio, played_at)
@@ -198,21 +202,35 @@ class AudioPath:
         self._quiet_until = 0.0
 
     # -- microphone (audio loop) ------------------------------------------------------
-    def start_capture(self, sink: Sink | None, frame_clocked: Callable[[], bool] = lambda: False, *,
-                      paced: bool = True, tick_frames: int = 1) -> None:
+    def start_capture(self, sink: Sink | PlainSink | None, frame_clocked: Callable[[], bool] = lambda: False, *,
+                      paced: bool = True, tick_frames: int = 1, awaits: bool = True) -> None:
         """Start the microphone pump (``sink`` ``None``: a text-only session,
         which still clocks a loop-clocked backend). ``frame_clocked()``: one
         agent stream delivers frames at real time, so a loop-clocked backend
         is clocked by them. ``paced``: the sink sends at real time;
         ``tick_frames``: 10 ms frames a tick (see
-        :func:`~speko_sync._capture.capture_pump`)."""
+        :func:`~speko_sync._capture.capture_pump`); ``awaits`` false: the
+        sink is a plain call, and the pump runs on the loop's timer
+        (:class:`~speko_sync._capture.TimedPump`)."""
         io = self.io
         assert io is not None
         io.capture.skip(io.capture.available())  # what the device heard while we joined
-        if sink is not None or self.audio.clocked_by_loop:
+        if sink is not None and not awaits:
+            self._timed = TimedPump(self, cast(PlainSink, sink), tick_frames)
+        elif sink is not None or self.audio.clocked_by_loop:
+            awaited = cast("Sink | None", sink)
             self.tasks.append(asyncio.get_running_loop().create_task(
-                self.supervised("microphone", lambda: capture_pump(self, sink, frame_clocked, paced=paced,
+                self.supervised("microphone", lambda: capture_pump(self, awaited, frame_clocked, paced=paced,
                                                           tick_frames=tick_frames))))
+
+    def pump_failed(self, what: str, exc: Exception, *, last: bool) -> None:
+        """An audio pump raised: logged, and a microphone's reported as
+        MICROPHONE_FAILED; ``last``: it is not started again."""
+        log.error("the %s audio path failed (%s): %r", what, "giving up" if last else "restarting it", exc,
+                  exc_info=exc)
+        if what == "microphone":
+            self.emit("error", SpekoClientError(ErrorCode.MICROPHONE_FAILED,
+                                                 f"the microphone audio path failed: {exc}", exc))
 
     async def supervised(self, what: str, pump: Callable[[], Awaitable[None]]) -> None:
         """Run an audio pump. One that raises is logged and started again (at
@@ -225,17 +243,16 @@ class AudioPath:
                 return
             except Exception as exc:
                 last = attempt == self.PUMP_RESTARTS
-                log.error("the %s audio path failed (%s): %r", what, "giving up" if last else "restarting it", exc,
-                          exc_info=exc)
-                if what == "microphone":
-                    self.emit("error", SpekoClientError(ErrorCode.MICROPHONE_FAILED,
-                                                         f"the microphone audio path failed: {exc}", exc))
+                self.pump_failed(what, exc, last=last)
                 if last:
                     return
                 await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         """Stop the pumps started here."""
+        timed, self._timed = self._timed, None
+        if timed is not None:
+            timed.stop()
         tasks, self.tasks = self.tasks, []
         await cancel_all(tasks)
 

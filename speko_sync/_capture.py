@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,7 +17,7 @@ from .audio import CAPTURE_DROPPED, CAPTURED, SAMPLE_RATE, AudioBackend
 from .errors import ErrorCode, SpekoClientError
 
 if TYPE_CHECKING:
-    from ._audio_path import AudioPath, Sink
+    from ._audio_path import AudioPath, PlainSink, Sink
 
 #: Microphone audio older than this when the loop gets to it is dropped
 #: (counted), and so is a frame that would queue more than
@@ -75,7 +75,7 @@ async def wait_ticks(path: AudioPath, loop: asyncio.AbstractEventLoop, first: fl
 
     def sooner() -> None:
         nonlocal steps, timer
-        k = max(1, math.ceil((loop.time() - first) / 0.01 - 1e-9) + 1)  # the first tick at or after now
+        k = _sooner_steps(loop, first)
         if k < steps:
             steps = k
             timer.cancel()
@@ -87,10 +87,91 @@ async def wait_ticks(path: AudioPath, loop: asyncio.AbstractEventLoop, first: fl
     finally:
         timer.cancel()
         path.tick_sooner = None
-    due = first + 0.01 * (steps - 1)
-    if loop.time() - due > CATCH_UP_S:
-        return steps, loop.time() + 0.01
-    return steps, due + 0.01
+    return steps, _next_due(loop, first + 0.01 * (steps - 1))
+
+
+def _sooner_steps(loop: asyncio.AbstractEventLoop, first: float) -> int:
+    """The ticks from ``first`` to the first tick at or after now."""
+    return max(1, math.ceil((loop.time() - first) / 0.01 - 1e-9) + 1)
+
+
+def _next_due(loop: asyncio.AbstractEventLoop, due: float) -> float:
+    """After the tick due at ``due``: when the next one is (from now after a stall)."""
+    return loop.time() + 0.01 if loop.time() - due > CATCH_UP_S else due + 0.01
+
+
+class CaptureStep:
+    """What each tick of the microphone pump does, after its wait: clock a
+    loop-clocked backend, check the microphone, and take what it captured
+    as frames for the sink (see :func:`capture_pump` for the rules)."""
+
+    def __init__(self, path: AudioPath, *, sending: bool, paced: bool, tick_frames: int) -> None:
+        io = path.io
+        assert io is not None
+        self.path, self.io, self.audio = path, io, path.audio
+        self.sending, self.paced = sending, paced
+        self.device_frame = io.rate // 100
+        self.backlog = int(io.rate * CAPTURE_BACKLOG_S)
+        self.unit = self.device_frame * tick_frames  # what one tick takes from the microphone, as one frame
+        self.buf = np.zeros(self.unit, dtype=np.int16)
+        self.reframe = Reframer(io.rate, SAMPLE_RATE, 10 * tick_frames)
+        self.watchdog = MicrophoneWatchdog(path.emit)
+        self.loop = asyncio.get_running_loop()
+        self.queued, self.sent_at = 0.0, self.loop.time()  # our estimate of what the sink holds, seconds
+        self.sent, self.least = 0, 1.0  # frames, and the least estimate, over the last second
+        self.ticks = 0
+
+    def frames(self, n: int) -> Iterator[np.ndarray]:
+        """Tick ``n`` 10 ms frames; then each processed frame for the sink
+        (a view of a buffer the next frame reuses: send it before asking for
+        the next)."""
+        path, io, audio = self.path, self.io, self.audio
+        if audio.clocked_by_loop:
+            if path.before_tick is not None:
+                path.before_tick(n)
+            for _ in range(n):
+                audio.tick(self.device_frame)
+        if not self.sending:  # text-only
+            io.capture.skip(io.capture.available())
+            return
+        self.ticks += 1
+        if self.ticks % 50 == 0:  # twice a second
+            self.watchdog.check(audio, int(io.counters[CAPTURED]), self.loop.time())
+        stale = io.capture.available() - self.backlog
+        if stale > 0 and self.paced:
+            io.counters[CAPTURE_DROPPED] += io.capture.skip(stale)
+        buf = self.buf
+        while io.capture.available() >= self.unit:
+            io.capture.read_into(buf)
+            if path.muted:
+                continue  # a muted microphone feeds nothing
+            for samples in self.reframe.push(buf):
+                now = self.loop.time()
+                if self.paced and self._over_backlog(now):
+                    io.counters[CAPTURE_DROPPED] += self.device_frame
+                    continue
+                if path.apm is not None:
+                    samples = _processed(path.apm, samples)
+                # the user's speech as sent (echo cancelled): where it ends, a reply is timed from
+                heard_at = now - io.capture.available() / io.rate
+                if path.mic_edges.push(samples, heard_at, len(samples) / SAMPLE_RATE) == "end":
+                    path.to_room_loop(path.turns.on_user_speech_end, path.mic_edges.last_voiced)
+                yield samples
+
+    def _over_backlog(self, now: float) -> bool:
+        """A paced sink: would this 10 ms frame queue a burst, or is a frame of
+        standing backlog queued for a whole second? Then it is dropped."""
+        self.queued = max(0.0, self.queued - (now - self.sent_at))
+        self.sent_at = now
+        self.least = min(self.least, self.queued)
+        self.sent += 1
+        if self.queued >= SOURCE_BACKLOG_S or (self.sent >= 100 and self.least >= 0.0099):
+            self.sent, self.least = 0, 1.0
+            return True
+        if self.sent >= 100:
+            self.sent, self.least = 0, 1.0
+        self.queued += 0.01
+        return False
 
 
 async def capture_pump(path: AudioPath, sink: Sink | None, frame_clocked: Callable[[], bool], *,
@@ -109,24 +190,14 @@ async def capture_pump(path: AudioPath, sink: Sink | None, frame_clocked: Callab
     nowhere, so they add no latency after the stall. The timer ticks every
     ``tick_frames`` 10 ms frames (a transport whose frames are 20 ms long
     needs no more; each tick of the loop costs about as much as its work)."""
-    io, audio = path.io, path.audio
-    assert io is not None
-    loop = asyncio.get_running_loop()
-    device_frame = io.rate // 100
-    backlog = int(io.rate * CAPTURE_BACKLOG_S)
-    unit = device_frame * tick_frames  # what one tick takes from the microphone, as one frame
-    buf = np.zeros(unit, dtype=np.int16)
-    reframe = Reframer(io.rate, SAMPLE_RATE, 10 * tick_frames)
-    watchdog = MicrophoneWatchdog(path.emit)
-    queued, sent_at = 0.0, loop.time()  # our estimate of what the sink holds, seconds
-    sent, least = 0, 1.0  # frames, and the least estimate, over the last second
-    ticks = 0
+    step = CaptureStep(path, sending=sink is not None, paced=paced, tick_frames=tick_frames)
+    loop = step.loop
     ticked = path.frames_in  # agent frames the backend has been ticked for
     phase = 0  # ticks since the last whole microphone frame, when a tick is shorter than the frame
     next_tick = loop.time() + 0.01
     while True:
         n = 1
-        if audio.clocked_by_loop and frame_clocked():
+        if step.audio.clocked_by_loop and frame_clocked():
             # clocked by the agent's frames: tick as each arrives (nothing waits
             # for a timer), or by the timer when one is late
             if path.frames_in == ticked:
@@ -147,46 +218,68 @@ async def capture_pump(path: AudioPath, sink: Sink | None, frame_clocked: Callab
             # next one is shorter, so the microphone's frames stay whole
             n, next_tick = await wait_ticks(path, loop, next_tick, tick_frames - phase)
             phase = (phase + n) % tick_frames
-        if audio.clocked_by_loop:
-            if path.before_tick is not None:
-                path.before_tick(n)
-            for _ in range(n):
-                audio.tick(device_frame)
-        if sink is None:  # text-only
-            io.capture.skip(io.capture.available())
-            continue
-        ticks += 1
-        if ticks % 50 == 0:  # twice a second
-            watchdog.check(audio, int(io.counters[CAPTURED]), loop.time())
-        stale = io.capture.available() - backlog
-        if stale > 0 and paced:
-            io.counters[CAPTURE_DROPPED] += io.capture.skip(stale)
-        while io.capture.available() >= unit:
-            io.capture.read_into(buf)
-            if path.muted:
-                continue  # a muted microphone feeds nothing
-            for samples in reframe.push(buf):
-                now = loop.time()
-                if paced:
-                    queued = max(0.0, queued - (now - sent_at))
-                    sent_at = now
-                    least = min(least, queued)
-                    sent += 1
-                    if queued >= SOURCE_BACKLOG_S or (sent >= 100 and least >= 0.0099):
-                        # a burst, or a frame of standing backlog for a whole second
-                        io.counters[CAPTURE_DROPPED] += device_frame
-                        sent, least = 0, 1.0
-                        continue
-                    if sent >= 100:
-                        sent, least = 0, 1.0
-                    queued += 0.01
-                if path.apm is not None:
-                    samples = _processed(path.apm, samples)
-                # the user's speech as sent (echo cancelled): where it ends, a reply is timed from
-                heard_at = now - io.capture.available() / io.rate
-                if path.mic_edges.push(samples, heard_at, len(samples) / SAMPLE_RATE) == "end":
-                    path.to_room_loop(path.turns.on_user_speech_end, path.mic_edges.last_voiced)
-                await sink(samples)
+        for samples in step.frames(n):
+            assert sink is not None
+            await sink(samples)
+
+
+class TimedPump:
+    """The microphone pump for a sink that is a plain call (the realtime
+    socket's): run by the loop's timer itself, so a tick costs one pass of
+    the loop, not the two a coroutine's wake-up takes (a timer wakes the
+    task, the task runs on the next pass). The same ticks, rules and
+    restarts as :func:`capture_pump` with a timer clock."""
+
+    def __init__(self, path: AudioPath, sink: PlainSink, tick_frames: int) -> None:
+        self._path, self._sink, self._tick_frames = path, sink, tick_frames
+        self._loop = asyncio.get_running_loop()
+        self._step = CaptureStep(path, sending=True, paced=False, tick_frames=tick_frames)
+        self._first = self._loop.time() + 0.01  # when the next tick is due
+        self._steps = tick_frames  # the ticks this wait covers
+        self._phase = 0
+        self._failures = 0
+        self._handle: asyncio.TimerHandle | None = None
+        self._schedule()
+        path.tick_sooner = self._sooner
+
+    def _schedule(self, delay: float = 0.0) -> None:
+        self._handle = self._loop.call_at(self._first + 0.01 * (self._steps - 1) + delay, self._tick)
+
+    def _sooner(self) -> None:
+        k = _sooner_steps(self._loop, self._first)
+        if k < self._steps and self._handle is not None:
+            self._steps = k
+            self._handle.cancel()
+            self._schedule()
+
+    def _tick(self) -> None:
+        n = self._steps
+        self._first = _next_due(self._loop, self._first + 0.01 * (n - 1))
+        self._phase = (self._phase + n) % self._tick_frames
+        self._steps = self._tick_frames - self._phase
+        try:
+            for samples in self._step.frames(n):
+                self._sink(samples)
+        except Exception as exc:
+            self._failures += 1
+            last = self._failures > self._path.PUMP_RESTARTS
+            self._path.pump_failed("microphone", exc, last=last)
+            if last:
+                self._handle = None
+                return
+            self._step = CaptureStep(self._path, sending=True, paced=False, tick_frames=self._tick_frames)
+            self._first, self._steps, self._phase = self._loop.time() + 0.01, self._tick_frames, 0
+            self._schedule(0.05)
+            return
+        self._schedule()
+
+    def stop(self) -> None:
+        """Audio loop: no more ticks."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._path.tick_sooner == self._sooner:
+            self._path.tick_sooner = None
 
 
 def _processed(apm: rtc.AudioProcessingModule, samples: np.ndarray) -> np.ndarray:

@@ -34,26 +34,39 @@ class RatioResampler:
         taps /= taps.sum()
         if self.up > 1:
             self._phases = [np.ascontiguousarray(taps[p::self.up] * self.up) for p in range(self.up)]
-            self._history = np.zeros(self.TAPS_PER_PHASE - 1, dtype=np.float32)
+            self._keep = self.TAPS_PER_PHASE - 1
         else:
             self._taps = taps
-            self._history = np.zeros(n - 1, dtype=np.float32)
+            self._keep = n - 1
+        self._buf = np.zeros(self._keep + 4800, dtype=np.float64)  # the history, then each push's input
         self._phase = 0  # decimating: where in the next input the next output sample is
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         """int16 in, int16 out: ``len(samples) * up // down`` samples (give
-        or take one when decimating a length that is not a multiple)."""
-        history = self._history
-        buf = np.concatenate([history, samples.astype(np.float32)])
-        self._history = buf[len(buf) - len(history):]
+        or take one when decimating a length that is not a multiple). Few
+        numpy calls: each costs more than its arithmetic at these sizes."""
+        keep, n = self._keep, len(samples)
+        if not n:
+            return np.zeros(0, dtype=np.int16)
+        if keep + n > len(self._buf):
+            grown = np.zeros(keep + n, dtype=np.float64)
+            grown[:keep] = self._buf[:keep]
+            self._buf = grown
+        buf = self._buf
+        buf[keep:keep + n] = samples
+        window = buf[:keep + n]
         if self.up > 1:
-            out = np.empty(len(samples) * self.up, dtype=np.float64)
+            out = np.empty(n * self.up, dtype=np.float64)
             for p, phase in enumerate(self._phases):
-                out[p::self.up] = np.convolve(buf, phase, "valid")
+                out[p::self.up] = np.convolve(window, phase, "valid")
         else:
-            out = np.convolve(buf, self._taps, "valid")[self._phase::self.down]
-            self._phase = (self._phase - len(samples)) % self.down
-        return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+            out = np.convolve(window, self._taps, "valid")[self._phase::self.down]
+            self._phase = (self._phase - n) % self.down
+        buf[:keep] = buf[n:keep + n]  # the next push's history
+        np.rint(out, out=out)
+        np.minimum(out, 32767, out=out)
+        np.maximum(out, -32768, out=out)
+        return out.astype(np.int16)
 
 
 class Reframer:
@@ -70,21 +83,22 @@ class Reframer:
         self._frame = rate_out * frame_ms // 1000
 
     def push(self, samples: np.ndarray) -> list[np.ndarray]:
-        if self._ratio is None and self._resampler is None and not len(self._pending) \
-                and len(samples) == self._frame:
-            return [samples]  # nothing to do: the caller's frame as it is
+        """Samples (int16) in, whole frames out. The frames are valid until the
+        caller's ``samples`` change (they may be views of them)."""
         if self._ratio is not None:
-            parts = [self._ratio.push(samples)]
+            part = self._ratio.push(samples)
         elif self._resampler is not None:
             frames = self._resampler.push(rtc.AudioFrame(samples.tobytes(), self._rate_in, 1, len(samples)))
-            parts = [np.frombuffer(f.data, dtype=np.int16) for f in frames]
+            part = np.concatenate([np.frombuffer(f.data, dtype=np.int16) for f in frames]) if frames else samples[:0]
         else:
-            parts = [samples]
-        self._pending = np.concatenate([self._pending, *parts])
-        out = []
-        while len(self._pending) >= self._frame:
-            out.append(self._pending[:self._frame].copy())
-            self._pending = self._pending[self._frame:]
+            part = samples
+        frame = self._frame
+        if not len(self._pending) and not len(part) % frame:  # whole frames, nothing pending: no copies
+            return [part] if len(part) == frame else [part[i:i + frame] for i in range(0, len(part), frame)]
+        pending = self._pending = np.concatenate([self._pending, part])
+        whole = len(pending) - len(pending) % frame
+        out = [pending[i:i + frame] for i in range(0, whole, frame)]
+        self._pending = pending[whole:].copy()
         return out
 
 

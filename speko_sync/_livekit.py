@@ -53,6 +53,7 @@ class LiveKitTransport:
     playback_slack_ms: ClassVar[int | None] = None  # frames arrive at real time: the default policy
     sink_paced: ClassVar[bool] = True  # LiveKit's audio source sends at exactly real time
     tick_ms: ClassVar[int] = 10  # LiveKit's audio frames
+    sink_awaits: ClassVar[bool] = True  # LiveKit's audio source takes a frame asynchronously
 
     def __init__(self, core: Core) -> None:
         self._core = core

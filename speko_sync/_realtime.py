@@ -23,10 +23,11 @@ import numpy as np
 import websockets
 from livekit import rtc
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from . import _realtime_protocol as wire
-from ._audio_path import Sink
+from ._audio_path import PlainSink
 from ._frames import Reframer, cancel_all
 from ._loop import call_on, run_on
 from ._realtime_audio import BurstPlayer
@@ -52,6 +53,7 @@ class RealtimeTransport:
     playback_slack_ms: ClassVar[int | None] = BurstPlayer.SLACK_MS
     sink_paced: ClassVar[bool] = False  # a frame goes out as it comes
     tick_ms: ClassVar[int] = 20  # the microphone's frames on the wire
+    sink_awaits: ClassVar[bool] = False  # the socket takes a frame in a plain call
     #: what a client tool may take before the agent is told it failed (seconds)
     TOOL_TIMEOUT_S = 30.0
     #: text frames waiting for the socket
@@ -104,7 +106,7 @@ class RealtimeTransport:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._read(ws)), loop.create_task(self._write(ws, self._outbox))]
 
-    async def start(self, timeout: float) -> Sink | None:
+    async def start(self, timeout: float) -> PlainSink | None:
         path, player = self._core.path, self._player
         assert player is not None
         if self._core.microphone:
@@ -125,25 +127,29 @@ class RealtimeTransport:
         return identity == AGENT
 
     # -- audio and the socket (audio loop) ---------------------------------------------------
-    async def _send_frame(self, samples: np.ndarray) -> None:
-        """The microphone's 10 ms frame: resampled, sent in 20 ms frames,
-        straight from the pump (no task to wake). A socket that cannot take
-        more (:attr:`WRITE_LIMIT` waiting in the kernel's buffer and ours) drops
-        the frame, counted in ``stats().capture_dropped``, rather than stall
-        the pump."""
+    def _send_frame(self, samples: np.ndarray) -> None:
+        """The microphone's 20 ms frame (48 kHz): resampled and sent, in a
+        plain call from the pump's timer (the frame goes to the socket's
+        protocol and transport at once: no task to wake, no await). A socket
+        that cannot take more (:attr:`WRITE_LIMIT` waiting in its buffer)
+        drops the frame, counted in ``stats().capture_dropped``, rather than
+        queue latency; a closing one takes nothing (the reader reports the
+        end)."""
         reframe, ws = self._mic_reframe, self._ws
         assert reframe is not None and ws is not None
         for chunk in reframe.push(samples):
             transport = ws.transport
-            if transport is None or transport.get_write_buffer_size() > self.WRITE_LIMIT:
+            if ws.protocol.state is not State.OPEN or transport is None or transport.is_closing():
+                return
+            if transport.get_write_buffer_size() > self.WRITE_LIMIT:
                 io = self._core.path.io
                 if io is not None:
                     io.counters[CAPTURE_DROPPED] += 2 * io.rate // 100
                 continue
-            try:
-                await ws.send(chunk.tobytes())
-            except websockets.ConnectionClosed:
-                return  # the reader reports the end
+            ws.protocol.send_binary(chunk.tobytes())
+            for data in ws.protocol.data_to_send():
+                if data:  # (an empty one means end of stream: only after a close, never while open)
+                    transport.write(data)
 
     def _post(self, data: str) -> None:
         """A text frame, sent in order by the writer task."""

@@ -103,7 +103,8 @@ class BurstPlayer:
             frames = max(1, min(2, -(-missing * SAMPLE_RATE // io.rate) // FRAME))
             n = frames * FRAME
             quiet = self._quiet
-            if queue.available():
+            silent = not queue.available()
+            if not silent:
                 frame = self._frame[:n]
                 got = queue.read_into(frame)
                 frame[got:] = 0
@@ -115,7 +116,7 @@ class BurstPlayer:
                 self._quiet = quiet + frames
                 if quiet < self.QUIET_FRAMES <= self._quiet:
                     self._on_speaking(False)
-            path.play(frame)
+            path.play(frame, silent=silent)
 
     async def stop(self) -> None:
         self._path.before_tick = None

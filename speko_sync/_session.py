@@ -139,7 +139,7 @@ class Session:
     async def _start_capture(self, sink: Any) -> None:
         transport = self.transport
         self.path.start_capture(sink, transport.frame_clocked, paced=transport.sink_paced,
-                                tick_frames=transport.tick_ms // 10)
+                                tick_frames=transport.tick_ms // 10, awaits=transport.sink_awaits)
 
     def _to_room_loop(self, fn: Callable[..., None], *args: Any) -> None:
         """Audio loop: have ``fn(*args)`` called on the room loop, in order."""

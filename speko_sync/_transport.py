@@ -20,7 +20,7 @@ from .events import AgentState, DisconnectionDetails, Interruption, Message, Mes
 if TYPE_CHECKING:
     import asyncio
 
-    from ._audio_path import AudioPath, Sink
+    from ._audio_path import AudioPath, PlainSink, Sink
     from ._tools import ToolHost
     from ._turns import TurnTracker
 
@@ -61,6 +61,9 @@ class Transport(Protocol):
     #: how often the microphone pump runs (ms, a multiple of 10): the
     #: transport's own frame length
     tick_ms: ClassVar[int]
+    #: the microphone's sink is a coroutine function (else a plain call,
+    #: which the pump makes from the loop's timer)
+    sink_awaits: ClassVar[bool]
     packets_sent: int
 
     @property
@@ -78,7 +81,7 @@ class Transport(Protocol):
     async def join(self, url: str, token: str, timeout: float) -> str:
         """Connect within ``timeout`` seconds; the conversation id. Raises
         :class:`SpekoClientError` CONNECTION_FAILED."""
-    async def start(self, timeout: float) -> Sink | None:
+    async def start(self, timeout: float) -> Sink | PlainSink | None:
         """After the join, with the devices open: publish what the microphone
         needs and start the agent's audio; the microphone's sink (``None``
         for a text-only session)."""

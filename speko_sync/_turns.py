@@ -52,8 +52,10 @@ class VoiceEdges:
         self.talking = False
         self.last_voiced = -1e9
 
-    def push(self, frame: np.ndarray, now: float, frame_s: float = 0.01) -> str | None:
-        voiced = len(frame) > 0 and (int(frame.max()) > self.peak or -int(frame.min()) > self.peak)
+    def push(self, frame: np.ndarray | None, now: float, frame_s: float = 0.01) -> str | None:
+        """``frame`` None: a frame known to be silent (nothing to measure)."""
+        voiced = frame is not None and len(frame) > 0 and (int(frame.max()) > self.peak
+                                                          or -int(frame.min()) > self.peak)
         if voiced:
             edge = None
             # after a gap (quiet frames, or none at all: an agent track sends nothing between turns)

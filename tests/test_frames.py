@@ -66,7 +66,8 @@ class Path:
         self.tick_sooner = None
         self.constraints = AudioConstraints()
 
-    def play(self, samples: np.ndarray) -> None:
+    def play(self, samples: np.ndarray, *, silent: bool = False) -> None:
+        assert not silent or not samples.any(), "frames said to be silent are not"
         self.played.append(samples.copy())
         self.io.playback.write(samples)
 

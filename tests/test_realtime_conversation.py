@@ -118,6 +118,44 @@ def test_the_microphone_goes_out_in_20_ms_frames_at_real_time_and_not_while_mute
         wait_until(lambda: session.received_audio_ms > muted_at + 200, what="audio after unmuting")
 
 
+class FailingTicks(BufferAudio):
+    """A loop-clocked backend whose ticks raise from the ``first``-th on, ``count`` times."""
+
+    def __init__(self, first: int, count: int) -> None:
+        super().__init__()
+        self.first, self.count, self.ticks = first, count, 0
+
+    def tick(self, samples: int) -> None:
+        self.ticks += 1
+        if self.first <= self.ticks < self.first + self.count:
+            raise RuntimeError(f"device hiccup {self.ticks - self.first + 1}")
+        super().tick(samples)
+
+
+def test_a_microphone_path_that_raises_is_reported_and_started_again_then_given_up(server: LocalServer) -> None:
+    """The realtime pump runs on the loop's timer, not in a task: its failures
+    are reported and it restarts as the LiveKit one does, and after too many
+    it stops (the session goes on)."""
+    rec, audio = Recorder(), FailingTicks(first=30, count=1)
+    conv, session = join(server, rec, audio=audio)
+    with conv:
+        error = rec.wait_for("error")
+        assert error.code == ErrorCode.MICROPHONE_FAILED and "device hiccup 1" in error.message
+        ticks, received = audio.ticks, session.received_audio_ms
+        wait_until(lambda: audio.ticks > ticks + 20 and session.received_audio_ms > received + 200,
+                   what="the microphone path running again")
+        assert conv.is_open() and len(rec.of("error")) == 1
+    rec, audio = Recorder(), FailingTicks(first=30, count=100)
+    conv, session = join(server, rec, audio=audio)
+    with conv:
+        restarts = conv._session.path.PUMP_RESTARTS
+        wait_until(lambda: len(rec.of("error")) == restarts + 1, what="every restart failing")
+        given_up_at = audio.ticks
+        time.sleep(0.3)  # (no condition to wait for: what is checked is that nothing more happens)
+        assert audio.ticks == given_up_at and len(rec.of("error")) == restarts + 1
+        assert conv.is_open()
+
+
 def test_a_spoken_turn_is_answered_transcribed_and_timed(server: LocalServer) -> None:
     rec = Recorder()
     server.realtime.will_hear("what is the weather")

@@ -26,7 +26,7 @@ import numpy as np
 from livekit import rtc
 
 from ._capture import TimedPump, capture_pump
-from ._flood import FloodCushion
+from ._elastic import ElasticPlayback
 from ._frames import FRAME, Reframer, cancel_all, wake
 from ._turns import VOICED_PEAK, TurnTracker, VoiceEdges
 from .audio import (
@@ -75,7 +75,7 @@ class AudioPath:
         self.apm: rtc.AudioProcessingModule | None = None
         self._echo: rtc.AudioProcessingModule | None = None
         self._out_reframe = Reframer(SAMPLE_RATE, SAMPLE_RATE)
-        self._cushion: FloodCushion | None = None
+        self._elastic: ElasticPlayback | None = None
         self.packets: Callable[[], int] = lambda: 0
         self.frames_in = 0  # agent frames played so far
         self.tick_waiter: asyncio.Future[None] | None = None  # the capture pump, waiting for one
@@ -146,13 +146,16 @@ class AudioPath:
             self.apm.set_stream_delay_ms(int(self.audio.latency_s * 1000) + 40)
 
     # -- speaker (audio loop) -------------------------------------------------------
-    def start_playback(self, *, cushion: bool) -> None:
-        """Before the first :meth:`play`: ``cushion`` builds depth ahead of a
-        packet flood's gaps (for agent audio that arrives at real time)."""
+    def start_playback(self, *, elastic: bool) -> None:
+        """Before the first :meth:`play`: ``elastic`` (agent audio that
+        arrives at the sender's clock, a device with a clock of its own)
+        resamples it very slightly to follow the device's clock, and builds
+        depth ahead of a packet flood's gaps (``speko_sync._elastic``)."""
         io = self.io
         assert io is not None
         self._out_reframe = Reframer(SAMPLE_RATE, io.rate)
-        self._cushion = FloodCushion() if cushion else None
+        self._elastic = ElasticPlayback() if elastic else None
+        io.elastic = elastic
         self._echo = self.apm if self.constraints.echo_cancellation else None
 
     def play(self, samples: np.ndarray, *, silent: bool = False) -> None:
@@ -177,10 +180,11 @@ class AudioPath:
             for start in range(0, len(played), FRAME):  # it takes 10 ms at a time
                 self._echo.process_reverse_stream(
                     rtc.AudioFrame(played[start:start + FRAME].tobytes(), SAMPLE_RATE, 1, FRAME))
-        cushion = self._cushion
-        if cushion is not None and len(samples) == FRAME:
-            samples = cushion.process(samples, self.packets())
-            io.cushion = cushion.extra * io.rate // SAMPLE_RATE
+        elastic = self._elastic
+        if elastic is not None and len(samples) == FRAME:
+            elastic.watch(io, now)
+            samples = elastic.process(samples, self.packets())
+            io.cushion = elastic.extra * io.rate // SAMPLE_RATE
         for chunk in self._out_reframe.push(samples):
             if io.playback.write(chunk) < len(chunk):
                 io.counters[PLAYBACK_OVERRUNS] += 1

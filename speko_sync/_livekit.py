@@ -133,7 +133,7 @@ class LiveKitTransport:
         # Agent tracks subscribed while joining start playing only now, so no
         # stale audio queues up before the speaker is open.
         # a device clock does not wait for the agent's frames: build depth before a flood's gaps
-        path.start_playback(cushion=not path.audio.clocked_by_loop)
+        path.start_playback(elastic=not path.audio.clocked_by_loop)
         self.tracks.playing = True
         tracks = [publication.track for participant in room.remote_participants.values()
                   for publication in participant.track_publications.values()

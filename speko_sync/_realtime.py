@@ -112,7 +112,7 @@ class RealtimeTransport:
         if self._core.microphone:
             path.make_processing()
             self._mic_reframe = Reframer(SAMPLE_RATE, self.input_rate, 20)
-        path.start_playback(cushion=False)
+        path.start_playback(elastic=False)
         call_on(self._core.audio_loop, player.start)
         return self._send_frame if self._core.microphone else None
 

@@ -24,6 +24,16 @@ class Ring:
         """Samples ready to read."""
         return self._w - self._r
 
+    @property
+    def total_read(self) -> int:
+        """Samples ever read or skipped."""
+        return self._r
+
+    @property
+    def total_written(self) -> int:
+        """Samples ever written."""
+        return self._w
+
     def space(self) -> int:
         """Samples that can be written without overwriting unread ones."""
         return self.capacity - (self._w - self._r)

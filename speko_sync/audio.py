@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 import wave
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,7 +75,14 @@ class AudioIO:
     buffer instead of repeated gaps. More than ``playback_max_ms`` queued is
     dropped at once. ``cushion`` (samples, written by the conversation's audio
     loop) is depth the conversation built on purpose by playing slower (see
-    ``speko_sync._flood``): it adds to the slack, so it is not trimmed.
+    ``speko_sync._elastic``): it adds to the slack, so it is not trimmed.
+
+    ``elastic`` (set by the conversation for a device with a clock of its own
+    and agent audio that arrives at the sender's clock): no trims at all. At
+    the end of each second the least headroom beyond the cushion is published
+    instead (``low_spare``, samples; ``windows`` counts the seconds), and the
+    conversation resamples the agent's audio very slightly to hold it at the
+    slack (``speko_sync._elastic``): clock drift costs no cut and no gap.
     """
 
     def __init__(self, rate: int, *, playback_slack_ms: int = 10, playback_max_slack_ms: int = 60,
@@ -91,6 +99,9 @@ class AudioIO:
         self.max_slack = max(self.min_slack, rate * playback_max_slack_ms // 1000)
         self.slack = self.min_slack
         self.cushion = 0
+        self.elastic = False
+        self.read_clock = np.zeros(2)  # [read count, clock()] after the last buffer
+        self.clock = time.monotonic  # (a simulation may give its own)
         self._flush_mark = 0  # written by the loop (flush), read by render
         self._window = rate  # one second of rendered audio
         self._window_left = self._window
@@ -103,6 +114,11 @@ class AudioIO:
         speaker's side drops it at its next buffer, so the speaker goes quiet
         within one device buffer; the ring keeps one writer and one reader."""
         self._flush_mark = self.playback.mark()
+
+    @property
+    def playing(self) -> bool:
+        """The speaker is playing from the ring (not waiting for it to fill)."""
+        return self._started
 
     def playback_depth_ms(self) -> float:
         return 1000.0 * self.playback.available() / self.rate
@@ -118,6 +134,9 @@ class AudioIO:
             self.counters[BARGE_IN_DROPPED] += flushed
             self._started = False
         need = len(out)
+        if self.elastic and not self._started and ring.available() < need + self.slack:
+            out[:] = 0  # (re)starting: the ring fills to the slack first, the depth the controller holds
+            return
         headroom = ring.available() - need
         cushion = self.cushion
         if headroom > self.playback_max:  # a burst (the loop was stalled): drop at once
@@ -129,7 +148,7 @@ class AudioIO:
             self._window_min = spare
         self._window_left -= need
         if self._window_left <= 0:  # one second without underrun
-            if self._started and self._window_min > self.slack:
+            if self._started and not self.elastic and self._window_min > self.slack:
                 ring.skip(self._window_min - self.slack)
                 self.counters[PLAYBACK_DROPPED] += 1
             self._clean += 1
@@ -139,6 +158,7 @@ class AudioIO:
             self._window_left = self._window
             self._window_min = ring.capacity
         n = ring.read_into(out)
+        restart = False
         if n < need:
             out[n:] = 0
             if self._started:
@@ -147,9 +167,15 @@ class AudioIO:
                 self._clean = 0
                 self._window_left = self._window
                 self._window_min = ring.capacity
+                restart = self.elastic  # start again once the ring holds the (wider) slack
         if n:
             self._started = True
             self.counters[PLAYED] += n
+        if restart:
+            self._started = False
+        clock = self.read_clock
+        clock[1] = self.clock()
+        clock[0] = ring.total_read
         volume = self.volume
         if volume != 1.0:  # three unbuffered in-place passes: no temporaries
             np.copyto(scratch, out, casting="unsafe")

@@ -95,9 +95,9 @@ def sine_frames(count: int, start: float = 0.0) -> tuple[list[np.ndarray], float
 
 
 def test_flood_cushion_builds_depth_while_packets_pour_in_and_gives_it_back() -> None:
-    from speko_sync._flood import FloodCushion
+    from speko_sync._elastic import ElasticPlayback
 
-    cushion = FloodCushion()
+    cushion = ElasticPlayback()
     frames, _ = sine_frames(700)
     packets, position, played, extras = 0, -1.0, [], []
     for i, frame in enumerate(frames):
@@ -110,7 +110,7 @@ def test_flood_cushion_builds_depth_while_packets_pour_in_and_gives_it_back() ->
         extras.append(cushion.extra)
     assert max(extras) == 1920 and extras[150] == 1920  # 40 ms built within the first second, then held
     assert extras[-1] == 0 and not cushion.flooding  # given back once two calm seconds passed
-    assert all(abs(b - a) <= FloodCushion.STEP for a, b in itertools.pairwise(extras))
+    assert all(abs(b - a) <= ElasticPlayback.STEP for a, b in itertools.pairwise(extras))
     out = np.concatenate([o for o, _ in played])
     at = np.concatenate([p for _, p in played])
     assert len(out) == 700 * 480  # everything that came in went out: nothing dropped, nothing added
@@ -120,9 +120,9 @@ def test_flood_cushion_builds_depth_while_packets_pour_in_and_gives_it_back() ->
 
 
 def test_flood_cushion_leaves_a_normal_sessions_frames_alone() -> None:
-    from speko_sync._flood import FloodCushion
+    from speko_sync._elastic import ElasticPlayback
 
-    cushion = FloodCushion()
+    cushion = ElasticPlayback()
     frames, _ = sine_frames(500)
     for i, frame in enumerate(frames):
         assert cushion.process(frame, i // 5) is frame  # 20 packets a second: a chatty agent, no flood

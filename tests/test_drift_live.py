@@ -1,0 +1,81 @@
+"""Clock drift in a real conversation: a device-clocked backend whose clock
+runs 500 ppm fast or slow against the agent's (the LiveKit server and the
+agent in a process of their own, the audio over real WebRTC). Half a minute
+of it is 15 ms of drift, more than the speaker's 10 ms slack: the trim policy
+alone cut the waveform (slow device) or ran the ring dry (fast device)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from test_runtime import wait_until
+
+from speko_sync import AudioBackend, AudioConstraints, Conversation
+from speko_sync.audio import AudioIO
+from speko_sync.testing import ServerProcess
+
+RAW = AudioConstraints(False, False, False)
+
+
+class SkewedDevice(AudioBackend):
+    """A device with a clock of its own that runs ``ppm`` fast (negative:
+    slow): every ``buffer`` samples of its clock, its thread captures silence
+    and plays from the ring, noting the ring's depth (ms) as it finds it."""
+
+    clocked_by_loop = False
+
+    def __init__(self, ppm: float, buffer: int = 960) -> None:
+        self.ppm, self.buffer = ppm, buffer
+        self.depths: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def open(self, io: AudioIO) -> None:
+        super().open(io)
+        self._thread = threading.Thread(target=self._run, name="skewed-device", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        io = self.io
+        out = np.zeros(self.buffer, dtype=np.int16)
+        scratch = np.zeros(self.buffer, dtype=np.float32)
+        silence = np.zeros(self.buffer, dtype=np.int16)
+        period = self.buffer / (io.rate * (1 + self.ppm * 1e-6))
+        due = time.monotonic()
+        while not self._stop.is_set():
+            due += period
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # (the device's clock: absolute deadlines, so it keeps its rate)
+            io.capture_samples(silence)
+            self.depths.append((time.monotonic(), io.playback_depth_ms()))
+            io.render(out, scratch)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+@pytest.mark.parametrize("ppm", [500.0, -500.0])
+def test_a_device_clock_500_ppm_off_plays_without_cuts_or_gaps_at_a_flat_depth(ppm: float) -> None:
+    device = SkewedDevice(ppm)
+    with ServerProcess() as server:
+        server.add_agent("drift")
+        with Conversation(server.token("user", "drift"), server.url, audio=device, audio_constraints=RAW) as conv:
+            server.say_tone("drift", 40.0)
+            wait_until(lambda: conv.stats().frames_played > 300, timeout=15, what="the speaker playing")
+            start = conv.stats()
+            started = time.monotonic()
+            wait_until(lambda: time.monotonic() - started > 30, timeout=40, what="half a minute of playback")
+            end = conv.stats()
+    assert end.playback_dropped == start.playback_dropped == 0  # nothing cut
+    assert end.underruns == start.underruns  # no gap after the start
+    assert (end.frames_played - start.frames_played) / 100 > 29.5  # the speaker played all the while
+    depths = np.array([d for t, d in device.depths if t >= started + 5])
+    median = float(np.median(depths))
+    assert np.abs(depths - median).max() < 10 + 1000 * device.buffer / 48000  # flat within +-10 ms (plus a buffer)
+    assert median < 60  # and bounded: no drift piled up

@@ -241,11 +241,11 @@ def instrument(conv: Any) -> tuple[Detector, Detector]:
     """Marker onsets where LiveKit hands the agent's audio to speko_sync (the
     ``AudioStream``) and where speko_sync hands the microphone to LiveKit
     (``AudioSource.capture_frame``): what the library itself adds each way."""
-    session = conv._session
+    transport = conv._session.transport
     deadline = time.monotonic() + 10
-    while not session._streams and time.monotonic() < deadline:
+    while not transport.tracks.streams and time.monotonic() < deadline:
         time.sleep(0.01)
-    stream = next(iter(session._streams.values()))
+    stream = next(iter(transport.tracks.streams.values()))
     from_stream, to_source = Detector(), Detector()
 
     class ProbedStream(type(stream)):  # type: ignore[misc]
@@ -255,7 +255,7 @@ def instrument(conv: Any) -> tuple[Detector, Detector]:
             return event
 
     stream.__class__ = ProbedStream
-    source = session._source
+    source = transport.source
     original = source.capture_frame
 
     async def capture_frame(frame: Any) -> None:

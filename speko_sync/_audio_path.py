@@ -207,11 +207,12 @@ class AudioPath:
 
     # -- microphone (audio loop) ------------------------------------------------------
     def start_capture(self, sink: Sink | PlainSink | None, frame_clocked: Callable[[], bool] = lambda: False, *,
-                      paced: bool = True, tick_frames: int = 1, awaits: bool = True) -> None:
+                      drop_stale: bool = True, tick_frames: int = 1, awaits: bool = True) -> None:
         """Start the microphone pump (``sink`` ``None``: a text-only session,
         which still clocks a loop-clocked backend). ``frame_clocked()``: one
         agent stream delivers frames at real time, so a loop-clocked backend
-        is clocked by them. ``paced``: the sink sends at real time;
+        is clocked by them. ``drop_stale``: after a stall, microphone audio
+        older than ``CAPTURE_BACKLOG_S`` is dropped;
         ``tick_frames``: 10 ms frames a tick (see
         :func:`~speko_sync._capture.capture_pump`); ``awaits`` false: the
         sink is a plain call, and the pump runs on the loop's timer
@@ -224,7 +225,7 @@ class AudioPath:
         elif sink is not None or self.audio.clocked_by_loop:
             awaited = cast("Sink | None", sink)
             self.tasks.append(asyncio.get_running_loop().create_task(
-                self.supervised("microphone", lambda: capture_pump(self, awaited, frame_clocked, paced=paced,
+                self.supervised("microphone", lambda: capture_pump(self, awaited, frame_clocked, drop_stale=drop_stale,
                                                           tick_frames=tick_frames))))
 
     def pump_failed(self, what: str, exc: Exception, *, last: bool) -> None:

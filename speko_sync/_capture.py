@@ -20,13 +20,10 @@ if TYPE_CHECKING:
     from ._audio_path import AudioPath, PlainSink, Sink
 
 #: Microphone audio older than this when the loop gets to it is dropped
-#: (counted), and so is a frame that would queue more than
-#: ``SOURCE_BACKLOG_S`` in the sink, or one frame when a whole frame has
-#: stood queued there for a second: the sink sends at exactly real time,
-#: so whatever is queued in it after a stall would stay as latency for
-#: the rest of the call.
+#: (counted) for a sink that drops stale audio (LiveKit's): after a stall of
+#: the loop, what reaches the network in a burst is at most this much, so the
+#: agent's jitter buffer is not left holding the rest as latency.
 CAPTURE_BACKLOG_S = 0.04
-SOURCE_BACKLOG_S = 0.02
 #: Behind by more than this (a long stall), the pump resumes from now
 #: instead of running the missed ticks.
 CATCH_UP_S = 0.1
@@ -105,11 +102,11 @@ class CaptureStep:
     loop-clocked backend, check the microphone, and take what it captured
     as frames for the sink (see :func:`capture_pump` for the rules)."""
 
-    def __init__(self, path: AudioPath, *, sending: bool, paced: bool, tick_frames: int) -> None:
+    def __init__(self, path: AudioPath, *, sending: bool, drop_stale: bool, tick_frames: int) -> None:
         io = path.io
         assert io is not None
         self.path, self.io, self.audio = path, io, path.audio
-        self.sending, self.paced = sending, paced
+        self.sending, self.drop_stale = sending, drop_stale
         self.device_frame = io.rate // 100
         self.backlog = int(io.rate * CAPTURE_BACKLOG_S)
         self.unit = self.device_frame * tick_frames  # what one tick takes from the microphone, as one frame
@@ -117,8 +114,6 @@ class CaptureStep:
         self.reframe = Reframer(io.rate, SAMPLE_RATE, 10 * tick_frames)
         self.watchdog = MicrophoneWatchdog(path.emit)
         self.loop = asyncio.get_running_loop()
-        self.queued, self.sent_at = 0.0, self.loop.time()  # our estimate of what the sink holds, seconds
-        self.sent, self.least = 0, 1.0  # frames, and the least estimate, over the last second
         self.ticks = 0
 
     def frames(self, n: int) -> Iterator[np.ndarray]:
@@ -138,7 +133,7 @@ class CaptureStep:
         if self.ticks % 50 == 0:  # twice a second
             self.watchdog.check(audio, int(io.counters[CAPTURED]), self.loop.time())
         stale = io.capture.available() - self.backlog
-        if stale > 0 and self.paced:
+        if stale > 0 and self.drop_stale:
             io.counters[CAPTURE_DROPPED] += io.capture.skip(stale)
         buf = self.buf
         while io.capture.available() >= self.unit:
@@ -147,9 +142,6 @@ class CaptureStep:
                 continue  # a muted microphone feeds nothing
             for samples in self.reframe.push(buf):
                 now = self.loop.time()
-                if self.paced and self._over_backlog(now):
-                    io.counters[CAPTURE_DROPPED] += self.device_frame
-                    continue
                 if path.apm is not None:
                     samples = _processed(path.apm, samples)
                 # the user's speech as sent (echo cancelled): where it ends, a reply is timed from
@@ -158,39 +150,25 @@ class CaptureStep:
                     path.to_room_loop(path.turns.on_user_speech_end, path.mic_edges.last_voiced)
                 yield samples
 
-    def _over_backlog(self, now: float) -> bool:
-        """A paced sink: would this 10 ms frame queue a burst, or is a frame of
-        standing backlog queued for a whole second? Then it is dropped."""
-        self.queued = max(0.0, self.queued - (now - self.sent_at))
-        self.sent_at = now
-        self.least = min(self.least, self.queued)
-        self.sent += 1
-        if self.queued >= SOURCE_BACKLOG_S or (self.sent >= 100 and self.least >= 0.0099):
-            self.sent, self.least = 0, 1.0
-            return True
-        if self.sent >= 100:
-            self.sent, self.least = 0, 1.0
-        self.queued += 0.01
-        return False
-
 
 async def capture_pump(path: AudioPath, sink: Sink | None, frame_clocked: Callable[[], bool], *,
-                       paced: bool = True, tick_frames: int = 1) -> None:
+                       drop_stale: bool = True, tick_frames: int = 1) -> None:
     """Every 10 ms: clock a loop-clocked backend, and send what the microphone
     captured (a text-only session just discards it).
 
     While one agent stream plays, a loop-clocked backend is clocked by its
     frames (they arrive at real time), so playback adds nothing to what
     the stream delivers; otherwise by a timer whose ticks, when a little
-    late, are caught up, so the backend keeps real time under load. The
-    microphone audio never reaches a ``paced`` sink (one that sends at real
-    time, as LiveKit's audio source) in a burst (see ``CAPTURE_BACKLOG_S``), so
-    its latency is back to normal as soon as the loop is; a sink that sends at
-    once (the realtime socket) gets everything, late frames late: they queue
-    nowhere, so they add no latency after the stall. The timer ticks every
+    late, are caught up, so the backend keeps real time under load. Every
+    sink sends a frame at once (LiveKit's audio source is made without a
+    queue of its own, so nothing stands between the microphone and the
+    network); after a stall, one that ``drop_stale`` gets at most
+    ``CAPTURE_BACKLOG_S`` of what waited, the rest dropped and counted, so the
+    far end's jitter buffer is not left holding it; otherwise (the realtime
+    socket) late frames go out late. The timer ticks every
     ``tick_frames`` 10 ms frames (a transport whose frames are 20 ms long
     needs no more; each tick of the loop costs about as much as its work)."""
-    step = CaptureStep(path, sending=sink is not None, paced=paced, tick_frames=tick_frames)
+    step = CaptureStep(path, sending=sink is not None, drop_stale=drop_stale, tick_frames=tick_frames)
     loop = step.loop
     ticked = path.frames_in  # agent frames the backend has been ticked for
     phase = 0  # ticks since the last whole microphone frame, when a tick is shorter than the frame
@@ -233,7 +211,7 @@ class TimedPump:
     def __init__(self, path: AudioPath, sink: PlainSink, tick_frames: int) -> None:
         self._path, self._sink, self._tick_frames = path, sink, tick_frames
         self._loop = asyncio.get_running_loop()
-        self._step = CaptureStep(path, sending=True, paced=False, tick_frames=tick_frames)
+        self._step = CaptureStep(path, sending=True, drop_stale=False, tick_frames=tick_frames)
         self._first = self._loop.time() + 0.01  # when the next tick is due
         self._steps = tick_frames  # the ticks this wait covers
         self._phase = 0
@@ -267,7 +245,7 @@ class TimedPump:
             if last:
                 self._handle = None
                 return
-            self._step = CaptureStep(self._path, sending=True, paced=False, tick_frames=self._tick_frames)
+            self._step = CaptureStep(self._path, sending=True, drop_stale=False, tick_frames=self._tick_frames)
             self._first, self._steps, self._phase = self._loop.time() + 0.01, self._tick_frames, 0
             self._schedule(0.05)
             return

@@ -51,7 +51,7 @@ class LiveKitTransport:
 
     name: ClassVar[str] = "livekit"
     playback_slack_ms: ClassVar[int | None] = None  # frames arrive at real time: the default policy
-    sink_paced: ClassVar[bool] = True  # LiveKit's audio source sends at exactly real time
+    drop_stale_capture: ClassVar[bool] = True  # a burst would stand in the agent's jitter buffer
     tick_ms: ClassVar[int] = 10  # LiveKit's audio frames
     sink_awaits: ClassVar[bool] = True  # LiveKit's audio source takes a frame asynchronously
 
@@ -151,8 +151,11 @@ class LiveKitTransport:
     async def _publish_microphone(self) -> None:
         assert self.room is not None
         self._core.path.make_processing()
-        # fed on the audio loop (its timers run there)
-        self.source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=200, loop=self._core.audio_loop)
+        # fed on the audio loop (its timers run there). No queue (0 ms): each 10 ms frame goes to
+        # WebRTC as it is captured. A queue is drained by a 10 ms timer of its own, whose phase
+        # against ours is arbitrary: a frame that misses a tick by a hair waits a whole tick, and
+        # the depth ratchets up by a frame each time, never to come down (a standing backlog).
+        self.source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=0, loop=self._core.audio_loop)
         self._track = rtc.LocalAudioTrack.create_audio_track("microphone", self.source)
         try:
             await self.room.local_participant.publish_track(

@@ -51,7 +51,7 @@ class RealtimeTransport:
     name: ClassVar[str] = "realtime"
     #: the jitter policy's slack, above the depth the burst player keeps
     playback_slack_ms: ClassVar[int | None] = BurstPlayer.SLACK_MS
-    sink_paced: ClassVar[bool] = False  # a frame goes out as it comes
+    drop_stale_capture: ClassVar[bool] = False  # late frames go out late: the socket queues nothing
     tick_ms: ClassVar[int] = 20  # the microphone's frames on the wire
     sink_awaits: ClassVar[bool] = False  # the socket takes a frame in a plain call
     #: what a client tool may take before the agent is told it failed (seconds)

@@ -138,7 +138,7 @@ class Session:
 
     async def _start_capture(self, sink: Any) -> None:
         transport = self.transport
-        self.path.start_capture(sink, transport.frame_clocked, paced=transport.sink_paced,
+        self.path.start_capture(sink, transport.frame_clocked, drop_stale=transport.drop_stale_capture,
                                 tick_frames=transport.tick_ms // 10, awaits=transport.sink_awaits)
 
     def _to_room_loop(self, fn: Callable[..., None], *args: Any) -> None:

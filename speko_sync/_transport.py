@@ -56,8 +56,9 @@ class Transport(Protocol):
     #: the playback jitter policy's slack (ms), for a transport that paces the
     #: agent's audio itself; ``None``: the audio path's default
     playback_slack_ms: ClassVar[int | None]
-    #: the microphone's sink sends at real time (it queues what comes faster)
-    sink_paced: ClassVar[bool]
+    #: after a stall, microphone audio older than the capture backlog is
+    #: dropped rather than sent in a burst
+    drop_stale_capture: ClassVar[bool]
     #: how often the microphone pump runs (ms, a multiple of 10): the
     #: transport's own frame length
     tick_ms: ClassVar[int]

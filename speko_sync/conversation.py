@@ -113,8 +113,13 @@ class Conversation:
             the constructor returns). See :meth:`register_tool` for the rules.
         connect_timeout: seconds the constructor may take.
         reconnect_timeout: seconds the conversation may stay ``reconnecting``
-            after LiveKit loses the link (default 15, LiveKit's ping timeout;
-            a realtime session does not reconnect: a lost socket ends it).
+            after LiveKit notices the link is lost (default 60: about the
+            whole retry schedule of LiveKit's own clients, 10 attempts with
+            backoff to 7 s, so a minute's outage on flaky Wi-Fi is survived;
+            livekit-server keeps a silent participant about 20 s, after which
+            LiveKit joins again as a new participant, and a LiveKit Agents
+            worker keeps its session for it. A realtime session does not
+            reconnect: a lost socket ends it).
             Past it the session ends with reason ``timeout``
             (``RECONNECT_TIMEOUT``) and an ``on_error`` ``DISCONNECTED``: a
             server that went away is reported this way within that time.
@@ -162,7 +167,7 @@ class Conversation:
                  on_interruption: Callable[[Interruption], Any] | None = None,
                  on_usage: Callable[[tuple[ModelUsage, ...]], Any] | None = None,
                  client_tools: Mapping[str, Tool] | None = None,
-                 connect_timeout: float = 15.0, reconnect_timeout: float = 15.0,
+                 connect_timeout: float = 15.0, reconnect_timeout: float = 60.0,
                  transport: str = "livekit", conversation_id: str | None = None) -> None:
         # Validate everything before any thread or device is taken.
         if transport not in TRANSPORTS:

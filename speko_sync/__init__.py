@@ -52,6 +52,7 @@ _EXPORTS = {
     "Overrides": "overrides",
     "PyAudioBackend": "audio",
     "Reconnection": "events",
+    "UnconfirmedSend": "events",
     "SessionCredentials": "sessions",
     "create_session": "sessions",
     "session_credentials": "sessions",
@@ -98,6 +99,7 @@ __all__ = [
     "TtsOverrides",
     "Turn",
     "TurnMetrics",
+    "UnconfirmedSend",
     "UserState",
     "__version__",
     "create_session",
@@ -142,6 +144,7 @@ if TYPE_CHECKING:
         ToolCallStatus,
         Turn,
         TurnMetrics,
+        UnconfirmedSend,
         UserState,
     )
     from .overrides import AgentOverrides, Overrides, TtsOverrides

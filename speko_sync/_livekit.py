@@ -26,6 +26,7 @@ from livekit.rtc.participant import PublishDataError
 from . import _protocol
 from ._agent_session import SessionStream
 from ._audio_path import Sink
+from ._lk_link import LinkWatch
 from ._lk_text import RoomText
 from ._lk_tracks import TrackPlayer
 from ._loop import call_on
@@ -69,6 +70,7 @@ class LiveKitTransport:
         self._sid_before = ""  # our participant sid when the link was lost
         self._republished = False  # LiveKit published our tracks again: a full rejoin
         self.packets_sent = 0
+        self.link_watch = LinkWatch(lambda: self.reconnecting)
 
     @property
     def packets_received(self) -> int:
@@ -122,6 +124,7 @@ class LiveKitTransport:
         self._core.tools.attach(room)  # before anything else: the agent may call a tool from its first turn
         for participant in room.remote_participants.values():
             self._on_participant(participant)
+        self.link_watch.start(room)
         return room.name
 
     async def start(self, timeout: float) -> Sink | None:
@@ -247,7 +250,11 @@ class LiveKitTransport:
         self.reconnecting = False
         # a full rejoin is a new participant (and republishes the microphone)
         resumed = not self._republished and self.room.local_participant.sid == self._sid_before
-        self._core.link(Reconnection(resumed=resumed, outage_s=time.monotonic() - self._outage_started))
+        # a new session: what the old one had not delivered is gone, and the app is told what that may be
+        unconfirmed = () if resumed else self._core.sends.between(self.link_watch.unsure_since(),
+                                                                   self._outage_started)
+        self._core.link(Reconnection(resumed=resumed, outage_s=time.monotonic() - self._outage_started,
+                                     unconfirmed=unconfirmed))
 
     # -- commands ----------------------------------------------------------------------
     def require_link(self) -> None:
@@ -295,6 +302,7 @@ class LiveKitTransport:
         await self.tracks.stop()
 
     async def close(self) -> None:
+        await self.link_watch.stop()
         self.tracks.playing = False
         await self.agent_session.close()
         self.text.close()

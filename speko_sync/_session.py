@@ -26,6 +26,7 @@ from ._audio_path import AudioPath, Emit
 from ._livekit import LiveKitTransport
 from ._loop import call_on, run_on
 from ._realtime import RealtimeTransport
+from ._sent import SendLog
 from ._stats import session_stats
 from ._tools import Tool, ToolHost
 from ._transcript import SegmentUpdates, Transcript, reconcile
@@ -92,6 +93,7 @@ class Session:
         self.usage: tuple[ModelUsage, ...] = ()
         self.transcript = Transcript()
         self._updates = SegmentUpdates()
+        self.sends = SendLog()  # messages sent lately (a full rejoin lists the ones it may have lost)
         self.closing = False
         self._closed: asyncio.Task[None] | None = None
         self._barged = False  # this speaking turn of the agent was cut off already
@@ -253,14 +255,17 @@ class Session:
             self.deliver(message)
 
     # -- commands ----------------------------------------------------------------------
-    async def send(self, payload: bytes) -> None:
+    async def send(self, payload: bytes, kind: str, text: str) -> None:
+        """A packet of the message ``text``, sent by the method ``kind``."""
         await self.transport.send_packet(payload)
+        self.sends.sent(kind, text)
 
     async def send_chat(self, text: str) -> None:
         """A typed user turn; it joins the transcript as the user's (agents do
         not transcribe typed turns back)."""
         started = time.time()  # the user's turn began when it was sent, before the agent could answer it
         await self.transport.send_chat(text)
+        self.sends.sent("send_chat_message", text)
         self.deliver(Message(source=MessageSource.USER, text=text, is_final=True, started_at=started))
 
     async def ask(self, text: str) -> concurrent.futures.Future[Reply]:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from ._audio_path import AudioPath, PlainSink, Sink
+    from ._sent import SendLog
     from ._tools import ToolHost
     from ._turns import TurnTracker
 
@@ -34,6 +35,7 @@ class Core(Protocol):
     microphone: bool
     closing: bool
     audio_loop: asyncio.AbstractEventLoop | None
+    sends: SendLog
 
     def deliver(self, message: Message) -> None: ...
     def transcribed(self, source: MessageSource, segment_id: str, text: str, is_final: bool, *,

@@ -430,7 +430,7 @@ class Conversation:
         """
         payload = _protocol.encode_user_message(text)
         self._require_connected()
-        self._call(self._session.send(payload))
+        self._call(self._session.send(payload, "send_user_message", text))
 
     def send_contextual_update(self, text: str) -> None:
         """Send an invisible hint to the agent as the v0.0.3 JSON packet
@@ -441,7 +441,7 @@ class Conversation:
         """
         payload = _protocol.encode_contextual_update(text)
         self._require_connected()
-        self._call(self._session.send(payload))
+        self._call(self._session.send(payload, "send_contextual_update", text))
 
     # -- client tools ---------------------------------------------------------------------
     def register_tool(self, name: str, fn: Tool) -> None:

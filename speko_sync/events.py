@@ -33,6 +33,7 @@ __all__ = [
     "ToolCallStatus",
     "Turn",
     "TurnMetrics",
+    "UnconfirmedSend",
     "UserState",
 ]
 
@@ -145,14 +146,36 @@ class Reconnection:
 
     ``resumed``: true when LiveKit resumed the same session (same participant,
     subscriptions kept; reliable packets sent meanwhile are resent by LiveKit,
-    once); false after a full rejoin: a new participant joined the room, the
-    microphone was published again, and data sent before the outage was
-    noticed may not have reached the agent. ``outage_s``: seconds spent
+    once); false after a full rejoin: a new participant joined the room and
+    the microphone was published again. ``outage_s``: seconds spent
     ``reconnecting``.
+
+    ``unconfirmed`` (a full rejoin only; empty after a resume): the messages
+    sent while the link was already down but LiveKit had not noticed yet.
+    Their sends returned normally, but a full rejoin starts a new session, and
+    what LiveKit had not delivered on the old one is gone: resend those that
+    must arrive. Listed is every message sent after the last time the room's
+    traffic was seen flowing (checked every 2 s) less a second, in the order
+    sent; so a message sent in the last seconds before the outage may be
+    listed though it arrived.
     """
 
     resumed: bool
     outage_s: float
+    unconfirmed: tuple[UnconfirmedSend, ...] = ()
+
+
+@dataclass(frozen=True)
+class UnconfirmedSend:
+    """A message a full rejoin may have lost (:attr:`Reconnection.unconfirmed`).
+    ``kind``: the method that sent it (``"send_chat_message"``,
+    ``"send_user_message"``, ``"send_contextual_update"``; ``ask`` sends with
+    ``send_chat_message``); ``text`` as given; ``sent_at``: ``time.time()``
+    when its send returned."""
+
+    kind: str
+    text: str
+    sent_at: float
 
 
 @dataclass(frozen=True)

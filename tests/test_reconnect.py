@@ -22,6 +22,7 @@ from speko_sync import (
     SpekoClientError,
     Status,
 )
+from speko_sync._lk_link import LinkWatch
 from speko_sync.testing import LocalServer, NetworkFaultUnavailable, ScriptedAgent, link_outage, packet_loss, tone
 
 pytestmark = [pytest.mark.webrtc, pytest.mark.speko_agent(greeting=None)]
@@ -160,6 +161,56 @@ def test_an_outage_longer_than_the_ping_timeout_resumes_and_delivers_each_messag
         assert sent == ["sent into the outage", "after the outage"]  # once each, in order
         assert [m.text for m in rec.of("message")].count("said during the outage") == 1
         agent_hears(speko_agent)  # the same microphone track carries on
+    finally:
+        conv.end_session()
+
+
+@pytest.mark.speko_server(ping_interval=1, ping_timeout=5)
+def test_a_30_s_outage_rejoins_fully_with_the_defaults_and_lists_what_it_may_have_lost(
+        speko_server: LocalServer, speko_agent: ScriptedAgent) -> None:
+    """The link goes silent for 30 s: LiveKit notices after its ping timeout,
+    the server gives the participant up, and LiveKit joins again as a new one
+    (within the default ``reconnect_timeout``). What was sent into the outage
+    before LiveKit noticed returned normally and never arrived: it is listed
+    on ``on_reconnect``, nothing else is, and sent again it arrives once."""
+    rec = Recorder()
+    conv = talking_conversation(speko_server, speko_agent, rec)
+    try:
+        agent_hears(speko_agent)
+        conv.send_user_message("well before the outage")
+        sent_at = time.monotonic()
+        speko_agent.wait_for_packet(lambda p: p.data.get("text") == "well before the outage")
+        watch = conv._session.transport.link_watch
+        wait_until(lambda: watch.unsure_since() > sent_at, timeout=4 * LinkWatch.POLL_S,
+                   what="the link seen flowing after the first message")
+        accepted: list[str] = []
+        with link_outage():
+            started = time.monotonic()
+            i = 0
+            while conv.status == Status.CONNECTED:
+                try:
+                    conv.send_user_message(f"into the outage {i}")
+                    accepted.append(f"into the outage {i}")
+                except SpekoClientError as exc:
+                    assert exc.code == ErrorCode.NOT_CONNECTED
+                i += 1
+                time.sleep(0.2)  # (a message every 200 ms until LiveKit notices)
+            assert accepted, "nothing was sent before LiveKit noticed"
+            wait_until(lambda: time.monotonic() - started > 30, timeout=40, what="30 s of outage")
+            assert conv.status == Status.RECONNECTING
+        reconnection = rec.wait_for("reconnected", timeout=60)
+        assert reconnection.resumed is False  # the server had given the participant up
+        delivered = [p.data.get("text") for p in speko_agent.packets() if p.data.get("type") == "user_message"]
+        lost = [text for text in accepted if text not in delivered]
+        listed = [u.text for u in reconnection.unconfirmed]
+        assert lost and listed == lost  # exactly what was lost, in order
+        assert {u.kind for u in reconnection.unconfirmed} == {"send_user_message"}
+        assert all(u.sent_at <= time.time() for u in reconnection.unconfirmed)
+        for text in listed:  # the application sends them again
+            conv.send_user_message(text)
+        speko_agent.wait_for_packet(lambda p: p.data.get("text") == listed[-1])
+        delivered = [p.data.get("text") for p in speko_agent.packets() if p.data.get("type") == "user_message"]
+        assert delivered == ["well before the outage", *accepted]  # each once, in order
     finally:
         conv.end_session()
 

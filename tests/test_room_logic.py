@@ -130,6 +130,27 @@ def test_paced_source_sends_queued_audio_then_silence() -> None:
     asyncio.run(scenario())
 
 
+def test_paced_source_sends_at_a_skewed_clock_without_a_jump_when_it_changes() -> None:
+    """5 % fast, then 5 % slow (exaggerated, so a second shows it): 50 frames
+    (1 s of audio) take 1/1.05 s, then 1/0.95 s, of the loop's clock."""
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        source = PacedSource()
+        await source.next_frame()
+        source.set_clock_ppm(50_000)
+        start = loop.time()
+        for _ in range(50):
+            await source.next_frame()
+        fast = loop.time() - start
+        source.set_clock_ppm(-50_000)
+        start = loop.time()
+        for _ in range(50):
+            await source.next_frame()
+        slow = loop.time() - start
+        assert abs(fast - 1 / 1.05) < 0.015 and abs(slow - 1 / 0.95) < 0.015, (fast, slow)
+    asyncio.run(scenario())
+
+
 def test_fanout_drops_oldest_frames_for_a_stalled_subscriber() -> None:
     async def scenario() -> None:
         frames = iter([mono_to_frame(np.full(FRAME_SAMPLES, i, dtype=np.int16), i) for i in range(30)])

@@ -640,6 +640,12 @@ class ScriptedAgent:
         if wait:
             self.wait_until_quiet(timeout if timeout is not None else len(pcm) / SAMPLE_RATE + 5.0)
 
+    def set_clock_ppm(self, ppm: float) -> None:
+        """Send the agent's audio as if its clock ran ``ppm`` parts per
+        million fast (negative: slow), from its next frame on."""
+        peer = self._peer_or_raise()
+        self.server._require()[0].call_soon(peer.source.set_clock_ppm, float(ppm))
+
     def say_tone(self, freq_hz: float, seconds: float, amplitude: float = 0.3, *,
                  wait: bool = False) -> None:
         """Speak a sine tone of ``freq_hz`` for ``seconds`` (amplitude 0..1)."""

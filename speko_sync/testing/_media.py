@@ -167,6 +167,8 @@ class PacedSource:
         self._pending = np.zeros(0, dtype=np.int16)
         self._start = 0.0
         self._pts = 0
+        self._base_pts = 0  # where the clock's current rate took over
+        self._rate = float(SAMPLE_RATE)  # samples a second of the loop's clock: the sender's clock
         self._silence = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -196,12 +198,21 @@ class PacedSource:
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
+    def set_clock_ppm(self, ppm: float) -> None:
+        """From the next frame on, send as a sender whose clock runs ``ppm``
+        parts per million fast (negative: slow): 48 kHz of its samples take
+        ``1 / (1 + ppm / 1e6)`` seconds of the loop's clock."""
+        if self._pts:
+            self._start += (self._pts - self._base_pts) / self._rate
+            self._base_pts = self._pts
+        self._rate = SAMPLE_RATE * (1 + ppm * 1e-6)
+
     async def next_frame(self) -> AudioFrame:
         now = time.monotonic()
         if self._pts == 0:
             self._start = now
         else:
-            due = self._start + self._pts / SAMPLE_RATE
+            due = self._start + (self._pts - self._base_pts) / self._rate
             if due > now:
                 await asyncio.sleep(due - now)
         if len(self._pending):

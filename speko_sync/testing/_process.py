@@ -61,6 +61,11 @@ class ServerProcess:
         """``room``'s agent speaks a 440 Hz tone for ``seconds`` (returns at once)."""
         self.ask("speak", room, seconds)
 
+    def set_agent_clock(self, room: str, ppm: float) -> None:
+        """``room``'s agent sends as if its clock ran ``ppm`` parts per million
+        fast (negative: slow)."""
+        self.ask("clock", room, ppm)
+
     def flood(self, room: str, count: int, payload: bytes = b'{"type":"flood"}') -> float:
         """``room``'s agent sends ``payload`` ``count`` times back to back to
         everyone in it; returns the seconds the server took to hand them to
@@ -106,6 +111,9 @@ def _serve() -> None:
                     answer = server.token(args[0], args[1])
                 elif command == "speak":
                     agents[args[0]].say_tone(440, float(args[1]), 0.3)
+                    answer = "ok"
+                elif command == "clock":
+                    agents[args[0]].set_clock_ppm(float(args[1]))
                     answer = "ok"
                 elif command == "flood":
                     started = time.monotonic()

@@ -1,0 +1,191 @@
+"""A long call whose agent's clock is off: playback depth, cuts, gaps, memory.
+
+The agent (the local server's scripted agent, in a child process) speaks
+without a pause, its clock ``--ppm`` parts per million fast for the first half
+of ``--minutes`` and as slow for the second. The conversation plays through
+real PortAudio on virtual PulseAudio devices (20 ms device buffers) with its
+microphone open, in this process. Every second: the playback ring's depth
+(ms, as the device's callbacks find it), the elastic playback's rate change,
+the process's resident memory; at the end, the trims, dropped microphone
+frames and underruns after the first 10 s.
+
+    python benchmarks/bench_drift.py [--minutes 30] [--ppm 300] [--raw]
+
+``--raw``: the raw ``livekit.rtc`` client side by side instead: its
+``AudioStream`` written into a PortAudio output stream's queue as its examples
+do (no jitter policy), the depth and memory the same way.
+
+Where the agent's drift goes: LiveKit's receiver (WebRTC's NetEq, in the
+native library) plays the agent's audio out on its own 10 ms clock, which is
+this machine's, and absorbs a sender's clock by stretching or squeezing the
+audio itself; so the agent's ppm reaches the speaker's ring as nothing. What
+speko_sync absorbs is the sound card's clock against this machine's (the
+PulseAudio null sink runs on the machine's clock, so it is not off here; the
+test with a device clock 500 ppm off is ``tests/test_drift_live.py``). The
+run shows the whole path staying flat for half an hour either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+SAMPLE_RATE = 48_000
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def keep_talking(child: Any, room: str, until: float) -> None:
+    """The agent's speech in minute-long pieces, queued before the last ends."""
+    while time.monotonic() < until:
+        child.say_tone(room, 60.0)
+        time.sleep(55.0)
+
+
+def speko_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, Any]:
+    from speko_sync import Conversation
+
+    conv = Conversation(child.token("user", room), child.url)
+    try:
+        started = time.monotonic()
+        threading.Thread(target=keep_talking, args=(child, room, started + seconds), daemon=True).start()
+        child.set_agent_clock(room, ppm)
+        io = conv._session.path.io
+        assert io is not None
+        samples: list[tuple[float, float, float, float]] = []  # t, depth ms, rate ppm, rss MB
+        flipped = False
+        while (now := time.monotonic()) < started + seconds:
+            if not flipped and now > started + seconds / 2:
+                child.set_agent_clock(room, -ppm)
+                flipped = True
+            elastic = conv._session.path._elastic
+            samples.append((now - started, io.playback_depth_ms(), elastic.ppm if elastic else float("nan"),
+                            rss_mb()))
+            if len(samples) == 10:
+                base = conv.stats()
+            time.sleep(1.0)
+        end = conv.stats()
+    finally:
+        conv.end_session()
+    return {"samples": samples, "trims": end.playback_dropped, "capture_dropped": end.capture_dropped,
+            "underruns_after_start": end.underruns - base.underruns,
+            "played_s": (end.frames_played - base.frames_played) / 100}
+
+
+def raw_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, Any]:
+    """The raw client: LiveKit's stream into a PortAudio callback's queue."""
+    import collections
+
+    import pyaudio
+    from livekit import rtc
+
+    queue: collections.deque[bytes] = collections.deque()
+    pending = bytearray()
+    underruns = [0]
+
+    def callback(_: Any, frames: int, __: Any, ___: int) -> tuple[bytes, int]:
+        need = 2 * frames
+        while len(pending) < need and queue:
+            pending.extend(queue.popleft())
+        if len(pending) < need:
+            underruns[0] += 1
+            out = bytes(pending) + bytes(need - len(pending))
+            pending.clear()
+            return out, pyaudio.paContinue
+        out = bytes(pending[:need])
+        del pending[:need]
+        return out, pyaudio.paContinue
+
+    pa = pyaudio.PyAudio()
+    stream = pa.open(format=pyaudio.paInt16, channels=1, rate=SAMPLE_RATE, output=True,
+                     frames_per_buffer=960, stream_callback=callback)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    room_obj = rtc.Room(loop)
+    tasks: set[asyncio.Task[None]] = set()  # kept referenced while they run
+
+    async def join() -> None:
+        def on_track(track: rtc.Track, *_: Any) -> None:
+            async def play() -> None:
+                async for event in rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1):
+                    queue.append(bytes(event.frame.data))
+            tasks.add(loop.create_task(play()))
+        room_obj.on("track_subscribed", on_track)
+        await room_obj.connect(child.url, child.token("raw", room))
+    asyncio.run_coroutine_threadsafe(join(), loop).result(30)
+    started = time.monotonic()
+    threading.Thread(target=keep_talking, args=(child, room, started + seconds), daemon=True).start()
+    child.set_agent_clock(room, ppm)
+    samples = []
+    flipped = False
+    base = 0
+    try:
+        while (now := time.monotonic()) < started + seconds:
+            if not flipped and now > started + seconds / 2:
+                child.set_agent_clock(room, -ppm)
+                flipped = True
+            depth = (len(pending) + sum(len(b) for b in list(queue))) / 2 / SAMPLE_RATE * 1000
+            samples.append((now - started, depth, float("nan"), rss_mb()))
+            if len(samples) == 10:
+                base = underruns[0]
+            time.sleep(1.0)
+    finally:
+        asyncio.run_coroutine_threadsafe(room_obj.disconnect(), loop).result(10)
+        stream.stop_stream()
+        stream.close()
+        pa.terminate()
+    return {"samples": samples, "trims": 0, "capture_dropped": 0, "underruns_after_start": underruns[0] - base,
+            "played_s": float("nan")}
+
+
+def report(name: str, r: dict[str, Any]) -> None:
+    samples = np.array(r["samples"])
+    settled = samples[samples[:, 0] >= 10]
+    depth, rate, rss = settled[:, 1], settled[:, 2], settled[:, 3]
+    median = float(np.median(depth))
+    print(f"{name}: {len(samples)} s; trims {r['trims']}, microphone frames dropped {r['capture_dropped']}, "
+          f"underruns after the first 10 s {r['underruns_after_start']}; playback depth median {median:.1f} ms, "
+          f"range {depth.min() - median:+.1f}/{depth.max() - median:+.1f} ms; "
+          f"rate change {np.nanmin(rate) if np.isfinite(rate).any() else float('nan'):+.0f}.."
+          f"{np.nanmax(rate) if np.isfinite(rate).any() else float('nan'):+.0f} ppm; "
+          f"RSS {rss[0]:.1f} -> {rss[-1]:.1f} MB (max {rss.max():.1f})", flush=True)
+    minutes = samples[:, 0] // 60
+    for m in np.unique(minutes)[:: max(1, len(np.unique(minutes)) // 10)]:
+        row = samples[minutes == m]
+        print(f"  minute {int(m):3d}: depth {row[:, 1].min():5.1f}..{row[:, 1].max():5.1f} ms, "
+              f"rate {np.nanmean(row[:, 2]):+6.0f} ppm, RSS {row[:, 3].max():6.1f} MB", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--ppm", type=float, default=300.0, help="the agent's clock: this fast, then this slow")
+    parser.add_argument("--raw", action="store_true", help="the raw livekit.rtc client instead")
+    args = parser.parse_args()
+    from speko_sync.testing import ServerProcess, reexec_isolated
+    from speko_sync.testing._pulse import VirtualSoundDevices
+
+    reexec_isolated()
+    with ServerProcess() as child, VirtualSoundDevices():
+        room = f"drift-{os.getpid()}"
+        child.add_agent(room)
+        run = raw_run if args.raw else speko_run
+        report("raw livekit.rtc" if args.raw else "speko_sync", run(child, room, args.minutes * 60, args.ppm))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -84,9 +84,11 @@ def _echo_level(server: LocalServer, agent: ScriptedAgent, constraints: AudioCon
     with open_conversation(server, agent, audio=None, audio_constraints=constraints):
         # PortAudio's streams through the pulse plugin take up to ~2 s to start
         agent.wait_for(lambda: len(agent.received_audio()) > RATE, timeout=20)
-        agent.say(speechlike(1.5), wait=True)  # the canceller converges on this
+        # (the in-process agent's sending shares the interpreter with the client: on a loaded
+        # machine it can fall seconds behind, which says nothing of the echo canceller)
+        agent.say(speechlike(1.5), wait=True, timeout=20)  # the canceller converges on this
         agent.clear_audio()
-        agent.say(speechlike(4.0), wait=True)
+        agent.say(speechlike(4.0), wait=True, timeout=30)
         agent.wait_for(lambda: len(agent.received_audio()) > 4 * RATE, timeout=20)
         return rms(agent.received_audio()[-3 * RATE:])
 

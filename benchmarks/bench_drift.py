@@ -47,6 +47,23 @@ def rss_mb() -> float:
     return float("nan")
 
 
+class Child:
+    """The server process, one command at a time (its pipe is not shared
+    safely between threads)."""
+
+    def __init__(self, process: Any) -> None:
+        self._process, self._lock = process, threading.Lock()
+        self.url = process.url
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._process, name)
+
+        def locked(*args: Any) -> Any:
+            with self._lock:
+                return method(*args)
+        return locked
+
+
 def keep_talking(child: Any, room: str, until: float) -> None:
     """The agent's speech in minute-long pieces, queued before the last ends."""
     while time.monotonic() < until:
@@ -65,21 +82,34 @@ def speko_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, An
         io = conv._session.path.io
         assert io is not None
         samples: list[tuple[float, float, float, float]] = []  # t, depth ms, rate ppm, rss MB
+        spares: list[tuple[float, float]] = []  # (t, ms) the elastic playback's measure, each frame
+        elastic = conv._session.path._elastic
+        if elastic is not None:
+            observe = elastic.observe
+
+            def noted(spare: float, at: float, slack: int, rate: int) -> None:
+                spares.append((at - started, 1000 * spare / rate))
+                observe(spare, at, slack, rate)
+            elastic.observe = noted  # type: ignore[method-assign]
         flipped = False
         while (now := time.monotonic()) < started + seconds:
             if not flipped and now > started + seconds / 2:
                 child.set_agent_clock(room, -ppm)
                 flipped = True
             elastic = conv._session.path._elastic
+            t0 = time.monotonic()
             samples.append((now - started, io.playback_depth_ms(), elastic.ppm if elastic else float("nan"),
                             rss_mb()))
+            if os.environ.get("DRIFT_DEBUG"):
+                print(f"{now - started:.2f} sample took {time.monotonic() - t0:.3f}", flush=True)
             if len(samples) == 10:
                 base = conv.stats()
             time.sleep(1.0)
         end = conv.stats()
     finally:
         conv.end_session()
-    return {"samples": samples, "trims": end.playback_dropped, "capture_dropped": end.capture_dropped,
+    return {"samples": samples, "spares": spares, "trims": end.playback_dropped - base.playback_dropped,
+            "capture_dropped": end.capture_dropped - base.capture_dropped,
             "underruns_after_start": end.underruns - base.underruns,
             "played_s": (end.frames_played - base.frames_played) / 100}
 
@@ -147,7 +177,8 @@ def raw_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, Any]
         stream.stop_stream()
         stream.close()
         pa.terminate()
-    return {"samples": samples, "trims": 0, "capture_dropped": 0, "underruns_after_start": underruns[0] - base,
+    return {"samples": samples, "spares": [], "trims": 0, "capture_dropped": 0,
+            "underruns_after_start": underruns[0] - base,
             "played_s": float("nan")}
 
 
@@ -156,12 +187,20 @@ def report(name: str, r: dict[str, Any]) -> None:
     settled = samples[samples[:, 0] >= 10]
     depth, rate, rss = settled[:, 1], settled[:, 2], settled[:, 3]
     median = float(np.median(depth))
-    print(f"{name}: {len(samples)} s; trims {r['trims']}, microphone frames dropped {r['capture_dropped']}, "
-          f"underruns after the first 10 s {r['underruns_after_start']}; playback depth median {median:.1f} ms, "
+    print(f"{name}: {len(samples)} samples; after the first 10 s: trims {r['trims']}, microphone frames "
+          f"dropped {r['capture_dropped']}, underruns {r['underruns_after_start']}; "
+          f"playback depth median {median:.1f} ms, "
           f"range {depth.min() - median:+.1f}/{depth.max() - median:+.1f} ms; "
           f"rate change {np.nanmin(rate) if np.isfinite(rate).any() else float('nan'):+.0f}.."
-          f"{np.nanmax(rate) if np.isfinite(rate).any() else float('nan'):+.0f} ppm; "
+          f"{np.nanmax(rate) if np.isfinite(rate).any() else float('nan'):+.0f} ppm; last sample at "
+          f"{samples[-1, 0]:.0f} s; "
           f"RSS {rss[0]:.1f} -> {rss[-1]:.1f} MB (max {rss.max():.1f})", flush=True)
+    if r["spares"]:
+        spares = np.array(r["spares"])
+        seconds = spares[:, 0].astype(int)
+        lows = np.array([spares[seconds == k, 1].min() for k in np.unique(seconds) if k >= 10])
+        print(f"  least headroom each second (the controller's measure): median {np.median(lows):.1f} ms, "
+              f"range {lows.min() - np.median(lows):+.1f}/{lows.max() - np.median(lows):+.1f} ms", flush=True)
     minutes = samples[:, 0] // 60
     for m in np.unique(minutes)[:: max(1, len(np.unique(minutes)) // 10)]:
         row = samples[minutes == m]
@@ -179,7 +218,8 @@ def main() -> int:
     from speko_sync.testing._pulse import VirtualSoundDevices
 
     reexec_isolated()
-    with ServerProcess() as child, VirtualSoundDevices():
+    with ServerProcess() as process, VirtualSoundDevices():
+        child = Child(process)
         room = f"drift-{os.getpid()}"
         child.add_agent(room)
         run = raw_run if args.raw else speko_run

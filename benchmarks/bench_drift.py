@@ -97,11 +97,8 @@ def speko_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, An
                 child.set_agent_clock(room, -ppm)
                 flipped = True
             elastic = conv._session.path._elastic
-            t0 = time.monotonic()
             samples.append((now - started, io.playback_depth_ms(), elastic.ppm if elastic else float("nan"),
                             rss_mb()))
-            if os.environ.get("DRIFT_DEBUG"):
-                print(f"{now - started:.2f} sample took {time.monotonic() - t0:.3f}", flush=True)
             if len(samples) == 10:
                 base = conv.stats()
             time.sleep(1.0)

@@ -82,13 +82,14 @@ def speko_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, An
         io = conv._session.path.io
         assert io is not None
         samples: list[tuple[float, float, float, float]] = []  # t, depth ms, rate ppm, rss MB
-        spares: list[tuple[float, float]] = []  # (t, ms) the elastic playback's measure, each frame
+        lows: dict[int, float] = {}  # second -> the least of the elastic playback's measure in it (ms)
         elastic = conv._session.path._elastic
         if elastic is not None:
             observe = elastic.observe
 
             def noted(spare: float, at: float, slack: int, rate: int) -> None:
-                spares.append((at - started, 1000 * spare / rate))
+                second = int(at - started)
+                lows[second] = min(lows.get(second, float("inf")), 1000 * spare / rate)
                 observe(spare, at, slack, rate)
             elastic.observe = noted  # type: ignore[method-assign]
         flipped = False
@@ -105,7 +106,7 @@ def speko_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, An
         end = conv.stats()
     finally:
         conv.end_session()
-    return {"samples": samples, "spares": spares, "trims": end.playback_dropped - base.playback_dropped,
+    return {"samples": samples, "lows": lows, "trims": end.playback_dropped - base.playback_dropped,
             "capture_dropped": end.capture_dropped - base.capture_dropped,
             "underruns_after_start": end.underruns - base.underruns,
             "played_s": (end.frames_played - base.frames_played) / 100}
@@ -174,7 +175,7 @@ def raw_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, Any]
         stream.stop_stream()
         stream.close()
         pa.terminate()
-    return {"samples": samples, "spares": [], "trims": 0, "capture_dropped": 0,
+    return {"samples": samples, "lows": {}, "trims": 0, "capture_dropped": 0,
             "underruns_after_start": underruns[0] - base,
             "played_s": float("nan")}
 
@@ -192,10 +193,8 @@ def report(name: str, r: dict[str, Any]) -> None:
           f"{np.nanmax(rate) if np.isfinite(rate).any() else float('nan'):+.0f} ppm; last sample at "
           f"{samples[-1, 0]:.0f} s; "
           f"RSS {rss[0]:.1f} -> {rss[-1]:.1f} MB (max {rss.max():.1f})", flush=True)
-    if r["spares"]:
-        spares = np.array(r["spares"])
-        seconds = spares[:, 0].astype(int)
-        lows = np.array([spares[seconds == k, 1].min() for k in np.unique(seconds) if k >= 10])
+    if r["lows"]:
+        lows = np.array([low for second, low in sorted(r["lows"].items()) if second >= 10])
         print(f"  least headroom each second (the controller's measure): median {np.median(lows):.1f} ms, "
               f"range {lows.min() - np.median(lows):+.1f}/{lows.max() - np.median(lows):+.1f} ms", flush=True)
     minutes = samples[:, 0] // 60

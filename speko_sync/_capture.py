@@ -211,14 +211,18 @@ class TimedPump:
     def __init__(self, path: AudioPath, sink: PlainSink, tick_frames: int) -> None:
         self._path, self._sink, self._tick_frames = path, sink, tick_frames
         self._loop = asyncio.get_running_loop()
-        self._step = CaptureStep(path, sending=True, drop_stale=False, tick_frames=tick_frames)
-        self._first = self._loop.time() + 0.01  # when the next tick is due
-        self._steps = tick_frames  # the ticks this wait covers
-        self._phase = 0
         self._failures = 0
         self._handle: asyncio.TimerHandle | None = None
-        self._schedule()
+        self._begin()
         path.tick_sooner = self._sooner
+
+    def _begin(self, delay: float = 0.0) -> None:
+        """(Re)start: a fresh step, the first tick 10 ms (and ``delay``) from now."""
+        self._step = CaptureStep(self._path, sending=True, drop_stale=False, tick_frames=self._tick_frames)
+        self._first = self._loop.time() + 0.01  # when the next tick is due
+        self._steps = self._tick_frames  # the ticks this wait covers
+        self._phase = 0
+        self._schedule(delay)
 
     def _schedule(self, delay: float = 0.0) -> None:
         self._handle = self._loop.call_at(self._first + 0.01 * (self._steps - 1) + delay, self._tick)
@@ -245,9 +249,7 @@ class TimedPump:
             if last:
                 self._handle = None
                 return
-            self._step = CaptureStep(self._path, sending=True, drop_stale=False, tick_frames=self._tick_frames)
-            self._first, self._steps, self._phase = self._loop.time() + 0.01, self._tick_frames, 0
-            self._schedule(0.05)
+            self._begin(0.05)
             return
         self._schedule()
 

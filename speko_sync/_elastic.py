@@ -42,8 +42,8 @@ FRAME = 480  # 10 ms at 48 kHz: the unit the agent's audio arrives in
 
 class ElasticPlayback:
     """Audio loop. Stretches or squeezes each 10 ms frame of the agent's audio
-    (48 kHz int16): by the drift controller's rate (:attr:`ppm`, set from
-    :meth:`measured`), by 5 % while playing out an excess, and by 5 % to move
+    (48 kHz int16): by the drift controller's rate (:attr:`ppm`, set by
+    :meth:`observe`), by 5 % while playing out an excess, and by 5 % to move
     the cushion towards a target that is :attr:`TARGET_MS` while inbound
     packets arrive faster than :attr:`RATE_PER_S` (measured over
     :attr:`WINDOW_FRAMES` frames) and for :attr:`HOLD_FRAMES` frames after,
@@ -145,20 +145,21 @@ class ElasticPlayback:
                 self._hold = self.HOLD_FRAMES
         if self._hold:
             self._hold -= 1
+        if len(samples) != FRAME:
+            if len(samples):
+                self._last = float(samples[-1])
+            return samples
         target = self._target if self._hold else 0
         change = max(-self.STEP, min(self.STEP, target - self.extra))
-        if len(samples) != FRAME:
-            change = 0
         self.extra += change
-        fast = min(self._excess, self.STEP - max(0, -change)) if len(samples) == FRAME else 0
+        fast = min(self._excess, self.STEP - max(0, -change))
         self._excess -= fast
         self._fraction += FRAME * self.ppm * 1e-6
         drift = int(self._fraction)  # towards zero: whole samples only
         self._fraction -= drift
-        n = len(samples) + change - fast + drift if len(samples) == FRAME else len(samples)
-        if n == len(samples):
-            if len(samples):
-                self._last = float(samples[-1])
+        n = FRAME + change - fast + drift
+        if n == FRAME:
+            self._last = float(samples[-1])
             return samples
         return self._rescale(samples, n)
 

@@ -19,8 +19,8 @@ class SendLog:
     def __init__(self) -> None:
         self._sent: collections.deque[tuple[float, UnconfirmedSend]] = collections.deque(maxlen=self.MOST)
 
-    def sent(self, kind: str, text: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
+    def sent(self, kind: str, text: str) -> None:
+        now = time.monotonic()
         self._sent.append((now, UnconfirmedSend(kind=kind, text=text, sent_at=time.time())))
         while self._sent and self._sent[0][0] < now - self.KEEP_S:
             self._sent.popleft()

@@ -78,11 +78,16 @@ class AudioIO:
     ``speko_sync._elastic``): it adds to the slack, so it is not trimmed.
 
     ``elastic`` (set by the conversation for a device with a clock of its own
-    and agent audio that arrives at the sender's clock): no trims at all. At
-    the end of each second the least headroom beyond the cushion is published
-    instead (``low_spare``, samples; ``windows`` counts the seconds), and the
-    conversation resamples the agent's audio very slightly to hold it at the
-    slack (``speko_sync._elastic``): clock drift costs no cut and no gap.
+    and agent audio that arrives at the sender's clock): no trims at all. The
+    conversation resamples the agent's audio very slightly to hold the depth
+    at the slack instead (``speko_sync._elastic``), so clock drift costs no
+    cut and no gap. ``read_clock`` is what it measures the depth with: the
+    ring's read count after the speaker's last buffer and that buffer's
+    ``clock()`` (``time.monotonic``), the count written last (a reader that
+    finds the count equal to the ring's has the time that goes with it).
+    Playback (re)starts, at the beginning and after a barge-in or an
+    underrun, once the ring holds the slack; silence plays until then
+    (``playing`` is false).
     """
 
     def __init__(self, rate: int, *, playback_slack_ms: int = 10, playback_max_slack_ms: int = 60,

@@ -19,11 +19,16 @@ from .errors import ErrorCode, SpekoClientError
 if TYPE_CHECKING:
     from ._audio_path import AudioPath, PlainSink, Sink
 
-#: Microphone audio older than this when the loop gets to it is dropped
-#: (counted) for a sink that drops stale audio (LiveKit's): after a stall of
-#: the loop, what reaches the network in a burst is at most this much, so the
-#: agent's jitter buffer is not left holding the rest as latency.
+#: For a sink that drops stale audio (LiveKit's): after a stall of the loop,
+#: what reaches the network in a burst is at most this much (and, from a
+#: loop-clocked backend, half a frame more for timer jitter); the oldest of
+#: the rest is dropped and counted, so the agent's jitter buffer is not left
+#: holding it as latency.
 CAPTURE_BACKLOG_S = 0.04
+#: How much faster than real time a loop-clocked backend's lead over real
+#: time is forgotten (1 % of elapsed time): the lead a burst leaves is gone
+#: after a few seconds, as the far end's jitter buffer catches up with it.
+LEAD_LEAK = 0.01
 #: Behind by more than this (a long stall), the pump resumes from now
 #: instead of running the missed ticks.
 CATCH_UP_S = 0.1
@@ -108,8 +113,11 @@ class CaptureStep:
         self.path, self.io, self.audio = path, io, path.audio
         self.sending, self.drop_stale = sending, drop_stale
         self.device_frame = io.rate // 100
-        self.backlog = int(io.rate * CAPTURE_BACKLOG_S)
         self.unit = self.device_frame * tick_frames  # what one tick takes from the microphone, as one frame
+        self.backlog = int(io.rate * CAPTURE_BACKLOG_S)
+        # a loop-clocked backend captures as the pump ticks it, and a stall's
+        # catch-up ticks it faster than real time; a device cannot run ahead
+        self.lead = SendLead(self.unit / io.rate) if drop_stale and self.audio.clocked_by_loop else None
         self.buf = np.zeros(self.unit, dtype=np.int16)
         self.reframe = Reframer(io.rate, SAMPLE_RATE, 10 * tick_frames)
         self.watchdog = MicrophoneWatchdog(path.emit)
@@ -132,14 +140,15 @@ class CaptureStep:
         self.ticks += 1
         if self.ticks % 50 == 0:  # twice a second
             self.watchdog.check(audio, int(io.counters[CAPTURED]), self.loop.time())
-        stale = io.capture.available() - self.backlog
-        if stale > 0 and self.drop_stale:
-            io.counters[CAPTURE_DROPPED] += io.capture.skip(stale)
+        if self.drop_stale:
+            self._drop_stale()
         buf = self.buf
         while io.capture.available() >= self.unit:
             io.capture.read_into(buf)
             if path.muted:
                 continue  # a muted microphone feeds nothing
+            if self.lead is not None:
+                self.lead.sent()
             for samples in self.reframe.push(buf):
                 now = self.loop.time()
                 if path.apm is not None:
@@ -149,6 +158,41 @@ class CaptureStep:
                 if path.mic_edges.push(samples, heard_at, len(samples) / SAMPLE_RATE) == "end":
                     path.to_room_loop(path.turns.on_user_speech_end, path.mic_edges.last_voiced)
                 yield samples
+
+    def _drop_stale(self) -> None:
+        """Drop (and count) the oldest captured audio beyond ``CAPTURE_BACKLOG_S``
+        waiting, or beyond what keeps a loop-clocked backend's lead over real
+        time within it."""
+        io = self.io
+        keep = self.backlog if self.lead is None else min(self.backlog, self.lead.room(self.loop.time()) * self.unit)
+        stale = io.capture.available() - keep
+        if stale > 0:
+            io.counters[CAPTURE_DROPPED] += io.capture.skip(stale)
+
+
+class SendLead:
+    """How far the microphone audio a loop-clocked backend sent is ahead of
+    real time: audio sent, less time elapsed, never below nothing (what
+    LiveKit's own queue estimate measures), forgotten ``LEAD_LEAK`` faster
+    than real time. Counted across ticks, not only from what one tick finds
+    waiting, it bounds a stall's catch-up, whose missed ticks run back to back
+    and would each send a frame. Times in seconds; pure arithmetic."""
+
+    def __init__(self, frame_s: float) -> None:
+        self.frame_s = frame_s
+        self.lead = 0.0
+        self._at = 0.0
+
+    def room(self, now: float) -> int:
+        """The frames that may be sent at ``now`` (loop time) and keep the lead
+        within ``CAPTURE_BACKLOG_S`` and half a frame (timer jitter)."""
+        self.lead = max(0.0, self.lead - (now - self._at) * (1 + LEAD_LEAK))
+        self._at = now
+        return max(0, math.floor((CAPTURE_BACKLOG_S - self.lead) / self.frame_s + 0.5))
+
+    def sent(self) -> None:
+        """One frame went out."""
+        self.lead += self.frame_s
 
 
 async def capture_pump(path: AudioPath, sink: Sink | None, frame_clocked: Callable[[], bool], *,
@@ -163,8 +207,9 @@ async def capture_pump(path: AudioPath, sink: Sink | None, frame_clocked: Callab
     sink sends a frame at once (LiveKit's audio source is made without a
     queue of its own, so nothing stands between the microphone and the
     network); after a stall, one that ``drop_stale`` gets at most
-    ``CAPTURE_BACKLOG_S`` of what waited, the rest dropped and counted, so the
-    far end's jitter buffer is not left holding it; otherwise (the realtime
+    ``CAPTURE_BACKLOG_S`` ahead of real time, counted across the ticks that
+    catch up, the oldest of the rest dropped and counted, so the far end's
+    jitter buffer is not left holding it; otherwise (the realtime
     socket) late frames go out late. The timer ticks every
     ``tick_frames`` 10 ms frames (a transport whose frames are 20 ms long
     needs no more; each tick of the loop costs about as much as its work)."""

@@ -71,8 +71,9 @@ class AudioIO:
     is dropped, so latency cannot creep up after a burst. An underrun (the
     speaker found too little) widens the slack by 10 ms, up to
     ``playback_max_slack_ms``; thirty seconds without one narrow it again by
-    10 ms, down to ``playback_slack_ms``: a jittery source buys itself a deeper
-    buffer instead of repeated gaps. More than ``playback_max_ms`` queued is
+    10 ms, down to ``playback_slack_ms`` (:attr:`ELASTIC_CALM_S`, longer, for
+    an elastic playback, whose narrowing costs no cut): a jittery source buys
+    itself a deeper buffer instead of repeated gaps. More than ``playback_max_ms`` queued is
     dropped at once. ``cushion`` (samples, written by the conversation's audio
     loop) is depth the conversation built on purpose by playing slower (see
     ``speko_sync._elastic``): it adds to the slack, so it is not trimmed.
@@ -89,6 +90,10 @@ class AudioIO:
     underrun, once the ring holds the slack; silence plays until then
     (``playing`` is false).
     """
+
+    #: calm seconds after which an elastic playback's slack narrows by a frame:
+    #: it remembers a stall for two minutes, as the next one may come as late
+    ELASTIC_CALM_S = 120
 
     def __init__(self, rate: int, *, playback_slack_ms: int = 10, playback_max_slack_ms: int = 60,
                  playback_max_ms: int = 200, microphone: bool = True) -> None:
@@ -157,7 +162,8 @@ class AudioIO:
                 ring.skip(self._window_min - self.slack)
                 self.counters[PLAYBACK_DROPPED] += 1
             self._clean += 1
-            if self._clean >= 30 and self.slack > self.min_slack:  # thirty calm seconds: narrow again
+            if self._clean >= (self.ELASTIC_CALM_S if self.elastic else 30) and self.slack > self.min_slack:
+                # calm seconds: narrow again
                 self.slack = max(self.min_slack, self.slack - self._frame)
                 self._clean = 0
             self._window_left = self._window

@@ -16,13 +16,16 @@ RATE = 48000
 
 
 def simulate(device_ppm: float, seconds: float, *, elastic: bool = True, buffer: int = 960,
-             jitter_s: float = 0.004, seed: int = 1, lead_ms: int = 0) -> dict[str, object]:
+             jitter_s: float = 0.004, seed: int = 1, lead_ms: int = 0,
+             stalls: tuple[tuple[float, float], ...] = ()) -> dict[str, object]:
     """The agent's 10 ms frames (a 440 Hz sine) arrive every 10 ms of the
     network's clock, each up to ``jitter_s`` late (in order); the device takes
     ``buffer`` samples at a clock ``device_ppm`` fast (negative: slow).
-    ``lead_ms`` of audio is queued at the start (a burst). Returns the
-    counters, the least headroom of each second (ms, as the controller
-    measures it), the controller's rate each second, and what was played."""
+    ``lead_ms`` of audio is queued at the start (a burst); each of ``stalls``
+    (start, seconds) holds back the frames due in it until it ends. Returns
+    the counters, the least headroom of each second (ms, as the controller
+    measures it), the controller's rate each second, the slack each second,
+    and what was played."""
     rng = np.random.default_rng(seed)
     io = AudioIO(RATE, playback_slack_ms=10, playback_max_slack_ms=60)
     io.elastic = elastic
@@ -32,11 +35,15 @@ def simulate(device_ppm: float, seconds: float, *, elastic: bool = True, buffer:
     out, scratch = np.zeros(buffer, dtype=np.int16), np.zeros(buffer, dtype=np.float32)
     phase = 2 * np.pi * 440 / RATE
     n_frames = int(seconds * 100)
-    arrivals = np.maximum.accumulate(np.arange(n_frames) * 0.01 + rng.uniform(0, jitter_s, n_frames))
+    arrivals = np.arange(n_frames) * 0.01 + rng.uniform(0, jitter_s, n_frames)
+    for start, length in stalls:
+        held = (arrivals >= start) & (arrivals < start + length)
+        arrivals[held] = start + length
+    arrivals = np.maximum.accumulate(arrivals)
     io.playback.write(np.zeros(RATE * lead_ms // 1000, dtype=np.int16))
     k, t_device = 0, 0.015
     spares: list[tuple[float, float]] = []
-    rates, played = [], []
+    rates, played, slacks = [], [], []
     observe = control.observe
 
     def noted(spare: float, at: float, slack: int, rate: int) -> None:
@@ -53,6 +60,7 @@ def simulate(device_ppm: float, seconds: float, *, elastic: bool = True, buffer:
                 frame = control.process(frame, 0)
                 if not k % 100:
                     rates.append(control.ppm)
+                    slacks.append(1000 * io.slack / RATE)
             io.playback.write(frame)
             k += 1
         else:
@@ -64,7 +72,8 @@ def simulate(device_ppm: float, seconds: float, *, elastic: bool = True, buffer:
     for at, spare in spares:
         lows[int(at)] = min(lows[int(at)], spare)
     return {"dropped": int(io.counters[PLAYBACK_DROPPED]), "underruns": int(io.counters[UNDERRUNS]),
-            "lows": lows[np.isfinite(lows)], "rates": np.array(rates), "played": np.concatenate(played)}
+            "lows": lows[np.isfinite(lows)], "rates": np.array(rates), "slacks": np.array(slacks),
+            "played": np.concatenate(played)}
 
 
 def period(device_ppm: float, buffer: int) -> float:
@@ -117,3 +126,15 @@ def test_an_excess_after_a_burst_is_played_out_faster_not_cut() -> None:
     assert lows[0] > 70  # the excess, measured
     assert lows[-1] < 25  # and played out
     assert run["dropped"] == 0 and run["underruns"] == 0
+
+
+def test_a_stall_widens_the_slack_for_minutes_so_the_next_like_it_plays_without_a_gap() -> None:
+    """A 35 ms stall of the agent's frames underruns once and widens the slack;
+    the same stall a minute later finds it still wide (a loop-clocked trim
+    policy narrows after 30 s and would gap again); two minutes after that,
+    it has narrowed back to 10 ms without a cut."""
+    run = simulate(0.0, 300.0, stalls=((20.0, 0.035), (80.0, 0.035)))
+    assert run["underruns"] == 1 and run["dropped"] == 0
+    slacks = run["slacks"]
+    assert isinstance(slacks, np.ndarray)
+    assert slacks[30] == 20.0 and slacks[90] == 20.0 and slacks[-1] == 10.0

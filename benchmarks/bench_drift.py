@@ -4,9 +4,10 @@ The agent (the local server's scripted agent, in a child process) speaks
 without a pause, its clock ``--ppm`` parts per million fast for the first half
 of ``--minutes`` and as slow for the second. The conversation plays through
 real PortAudio on virtual PulseAudio devices (20 ms device buffers) with its
-microphone open, in this process. Every second: the playback ring's depth
-(ms, as the device's callbacks find it), the elastic playback's rate change,
-the process's resident memory; at the end, the trims, dropped microphone
+microphone open, in this process. Every second: the least depth a device
+callback found queued beyond the buffer it takes (ms), the ring's depth as
+sampled from the main thread, the elastic playback's rate change, the
+process's resident memory; at the end, the trims, dropped microphone
 frames and underruns after the first 10 s.
 
     python benchmarks/bench_drift.py [--minutes 30] [--ppm 300] [--raw]
@@ -64,6 +65,14 @@ class Child:
         return locked
 
 
+def note_floor(floors: dict[int, float], started: float, depth_ms: float) -> None:
+    """In a device callback: the depth it found (beyond the buffer it takes),
+    kept as each second's least."""
+    second = int(time.monotonic() - started)
+    if depth_ms < floors.get(second, float("inf")):
+        floors[second] = depth_ms
+
+
 def keep_talking(child: Any, room: str, until: float) -> None:
     """The agent's speech in minute-long pieces, queued before the last ends."""
     while time.monotonic() < until:
@@ -83,6 +92,13 @@ def speko_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, An
         assert io is not None
         samples: list[tuple[float, float, float, float]] = []  # t, depth ms, rate ppm, rss MB
         lows: dict[int, float] = {}  # second -> the least of the elastic playback's measure in it (ms)
+        floors: dict[int, float] = {}  # second -> the least depth a device callback found in it (ms)
+        render = io.render
+
+        def rendered(out: Any, scratch: Any) -> None:
+            note_floor(floors, started, 1000 * io.playback.available() / io.rate - 1000 * len(out) / io.rate)
+            render(out, scratch)
+        io.render = rendered  # type: ignore[method-assign]
         elastic = conv._session.path._elastic
         if elastic is not None:
             observe = elastic.observe
@@ -91,7 +107,7 @@ def speko_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, An
                 second = int(at - started)
                 lows[second] = min(lows.get(second, float("inf")), 1000 * spare / rate)
                 observe(spare, at, slack, rate)
-            elastic.observe = noted  # type: ignore[method-assign]
+            elastic.observe = noted  # type: ignore[method-assign,assignment]
         flipped = False
         while (now := time.monotonic()) < started + seconds:
             if not flipped and now > started + seconds / 2:
@@ -106,7 +122,8 @@ def speko_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, An
         end = conv.stats()
     finally:
         conv.end_session()
-    return {"samples": samples, "lows": lows, "trims": end.playback_dropped - base.playback_dropped,
+    return {"samples": samples, "lows": lows, "floors": floors,
+            "trims": end.playback_dropped - base.playback_dropped,
             "capture_dropped": end.capture_dropped - base.capture_dropped,
             "underruns_after_start": end.underruns - base.underruns,
             "played_s": (end.frames_played - base.frames_played) / 100}
@@ -123,8 +140,12 @@ def raw_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, Any]
     pending = bytearray()
     underruns = [0]
 
+    floors: dict[int, float] = {}
+    started = time.monotonic()  # (again once joined)
+
     def callback(_: Any, frames: int, __: Any, ___: int) -> tuple[bytes, int]:
         need = 2 * frames
+        note_floor(floors, started, (len(pending) + sum(len(b) for b in list(queue)) - need) / 2 / SAMPLE_RATE * 1000)
         while len(pending) < need and queue:
             pending.extend(queue.popleft())
         if len(pending) < need:
@@ -155,6 +176,7 @@ def raw_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, Any]
         await room_obj.connect(child.url, child.token("raw", room))
     asyncio.run_coroutine_threadsafe(join(), loop).result(30)
     started = time.monotonic()
+    floors.clear()
     threading.Thread(target=keep_talking, args=(child, room, started + seconds), daemon=True).start()
     child.set_agent_clock(room, ppm)
     samples = []
@@ -175,7 +197,7 @@ def raw_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, Any]
         stream.stop_stream()
         stream.close()
         pa.terminate()
-    return {"samples": samples, "lows": {}, "trims": 0, "capture_dropped": 0,
+    return {"samples": samples, "lows": {}, "floors": floors, "trims": 0, "capture_dropped": 0,
             "underruns_after_start": underruns[0] - base,
             "played_s": float("nan")}
 
@@ -193,6 +215,13 @@ def report(name: str, r: dict[str, Any]) -> None:
           f"{np.nanmax(rate) if np.isfinite(rate).any() else float('nan'):+.0f} ppm; last sample at "
           f"{samples[-1, 0]:.0f} s; "
           f"RSS {rss[0]:.1f} -> {rss[-1]:.1f} MB (max {rss.max():.1f})", flush=True)
+    floors = np.array([low for second, low in sorted(r["floors"].items()) if second >= 10])
+    if len(floors):
+        med = float(np.median(floors))
+        print(f"  depth each device callback found (beyond its buffer), each second's least: median {med:.1f} ms, "
+              f"range {floors.min() - med:+.1f}/{floors.max() - med:+.1f} ms, "
+              f"seconds outside +-10 ms of the median {int(np.sum(np.abs(floors - med) > 10))} of {len(floors)}",
+              flush=True)
     if r["lows"]:
         lows = np.array([low for second, low in sorted(r["lows"].items()) if second >= 10])
         print(f"  least headroom each second (the controller's measure): median {np.median(lows):.1f} ms, "

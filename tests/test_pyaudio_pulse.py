@@ -241,10 +241,16 @@ def test_a_packet_flood_gets_a_playback_cushion_that_is_given_back_without_dropp
             io = conv._session.path.io
             assert io is not None and io.cushion == 0
             before = conv.stats()
+            path = conv._session.path
+            elastic = path._elastic
+            assert elastic is not None
             started = time.monotonic()
             server.flood("flood", 20_000)
-            wait_until(lambda: io.cushion == io.rate * 40 // 1000, timeout=5, what="a 40 ms cushion")
-            built_in = time.monotonic() - started
+            wait_until(lambda: elastic.flooding, timeout=10, what="the flood seen")
+            frames_before = path.frames_in
+            wait_until(lambda: io.cushion == io.rate * 40 // 1000, timeout=10, what="a 40 ms cushion")
+            built_over = path.frames_in - frames_before  # the agent's frames it took (they come slower while a
+            # busy machine delivers the flood, so no wall-clock bound)
             wait_until(lambda: conv.stats().packets_received - before.packets_received == 20_000, timeout=20,
                        what="the flood")
             assert io.cushion > 0  # held while the flood lasted
@@ -252,6 +258,6 @@ def test_a_packet_flood_gets_a_playback_cushion_that_is_given_back_without_dropp
             after = conv.stats()
             elapsed = time.monotonic() - started
     played = (after.frames_played - before.frames_played) / 100
-    assert built_in < 2.0  # 100 ms to notice the flood, 0.8 s to build at 5 %
+    assert built_over <= 90  # 80 frames to build at 5 %
     assert played > elapsed - 0.3, (played, elapsed)  # the speaker kept playing the whole time
     assert after.playback_dropped == before.playback_dropped  # given back by playing faster, not by skipping

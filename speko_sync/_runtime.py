@@ -16,6 +16,7 @@ switches; on one loop it costs what the raw ``livekit.rtc`` client costs.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures.thread  # noqa: F401  (its exit hook must be registered before ours; see _on_exit)
 import logging
 import os
@@ -24,6 +25,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _livekit_exit  # noqa: F401  (LiveKit's callbacks quiesced at exit)
 from ._dispatch import Dispatcher
 from ._loop import LoopThread
 
@@ -101,8 +103,6 @@ _register_exit = getattr(threading, "_register_atexit", None)
 if _register_exit is not None:
     _register_exit(_on_exit)
 else:  # pragma: no cover - an interpreter without threading's exit hooks
-    import atexit
-
     atexit.register(_on_exit)
 
 

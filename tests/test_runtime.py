@@ -321,6 +321,40 @@ def test_interpreter_exit_ends_open_conversations(speko_server: LocalServer, spe
     assert "exiter" not in speko_server.participants(speko_agent.room)
 
 
+SLOW_CALLBACKS_AT_EXIT = """
+import ctypes, sys, time
+import livekit.rtc._ffi_client as ffi
+
+original = ffi.ffi_event_callback
+
+@ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_uint8), ctypes.c_size_t)
+def slow(data, length):  # each native event takes 2 ms in Python (a slow log handler, say)
+    time.sleep(0.002)
+    original(data, length)
+
+ffi.ffi_event_callback = slow  # (before the FFI client exists: it registers this one)
+from speko_sync import Conversation, NullAudio
+conv = Conversation(sys.argv[1], sys.argv[2], audio=NullAudio())
+print(conv.status.value, flush=True)
+"""
+
+
+def test_exit_waits_for_livekits_callbacks_under_way(speko_server: LocalServer, speko_agent: ScriptedAgent) -> None:
+    """LiveKit's native threads still call into Python as the interpreter
+    exits (libwebrtc's teardown logs after the room is left); one that wants
+    the GIL once finalizing has begun is ended by pthread_exit() and the
+    process aborts ("panic in a function that cannot unwind"). With slow
+    callbacks, that was most exits (8 of 12); each exit here must be clean."""
+    import subprocess
+
+    for i in range(4):
+        proc = subprocess.run([sys.executable, "-c", SLOW_CALLBACKS_AT_EXIT,
+                               speko_server.token(f"slow-exit-{i}", speko_agent.room), speko_server.url],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.strip() == "connected"
+
+
 INTERRUPTED_JOIN = """
 import signal, sys, time
 from speko_sync import Conversation, NullAudio

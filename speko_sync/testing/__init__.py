@@ -22,6 +22,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .. import _livekit_exit  # noqa: F401  (a process that runs the offline agents quiesces LiveKit at exit)
+
 _EXPORTS = {
     "AGENT_REQUIREMENTS": "_worker_process",
     "AgentEnvUnavailable": "_worker_process",

@@ -70,7 +70,7 @@ class AudioIO:
     minus the buffer being filled) exceeds the slack, the excess, oldest first,
     is dropped, so latency cannot creep up after a burst. An underrun (the
     speaker found too little) widens the slack by 10 ms, up to
-    ``playback_max_slack_ms``; thirty seconds without one narrow it again by
+    ``playback_max_slack_ms``; thirty seconds without one (:attr:`CALM_S`) narrow it again by
     10 ms, down to ``playback_slack_ms`` (:attr:`ELASTIC_CALM_S`, longer, for
     an elastic playback, whose narrowing costs no cut): a jittery source buys
     itself a deeper buffer instead of repeated gaps. More than ``playback_max_ms`` queued is
@@ -91,8 +91,10 @@ class AudioIO:
     (``playing`` is false).
     """
 
-    #: calm seconds after which an elastic playback's slack narrows by a frame:
-    #: it remembers a stall for two minutes, as the next one may come as late
+    #: calm seconds after which the slack narrows by a frame
+    CALM_S = 30
+    #: the same for an elastic playback: it remembers a stall for two
+    #: minutes, as the next one may come as late
     ELASTIC_CALM_S = 120
 
     def __init__(self, rate: int, *, playback_slack_ms: int = 10, playback_max_slack_ms: int = 60,
@@ -162,8 +164,7 @@ class AudioIO:
                 ring.skip(self._window_min - self.slack)
                 self.counters[PLAYBACK_DROPPED] += 1
             self._clean += 1
-            if self._clean >= (self.ELASTIC_CALM_S if self.elastic else 30) and self.slack > self.min_slack:
-                # calm seconds: narrow again
+            if self._clean >= (self.ELASTIC_CALM_S if self.elastic else self.CALM_S) and self.slack > self.min_slack:
                 self.slack = max(self.min_slack, self.slack - self._frame)
                 self._clean = 0
             self._window_left = self._window

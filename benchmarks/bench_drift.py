@@ -4,11 +4,19 @@ The agent (the local server's scripted agent, in a child process) speaks
 without a pause, its clock ``--ppm`` parts per million fast for the first half
 of ``--minutes`` and as slow for the second. The conversation plays through
 real PortAudio on virtual PulseAudio devices (20 ms device buffers) with its
-microphone open, in this process. Every second: the least depth a device
-callback found queued beyond the buffer it takes (ms), the ring's depth as
-sampled from the main thread, the elastic playback's rate change, the
-process's resident memory; at the end, the trims, dropped microphone
-frames and underruns after the first 10 s.
+microphone open, in this process. Every device callback notes the depth it
+finds queued beyond the buffer it takes (ms), and every agent frame reaching
+the speaker's queue its arrival. Per second: the depth (the median of what
+the callbacks found: the level the jitter policy holds), its floor (the
+least they found), the longest gap between two agent frames, the elastic
+playback's rate change and the process's resident memory; at the end, the
+trims, dropped microphone frames and underruns after the first 10 s.
+
+The floor dips by as much as a frame is late: a frame 20 ms late leaves the
+callback before it 20 ms less, whatever the slack. So the floor measures the
+arrival jitter the policy absorbs (and the gaps column shows where it comes
+from: LiveKit's stream hands frames over late for the raw client too); the
+depth is what must stay flat.
 
     python benchmarks/bench_drift.py [--minutes 30] [--ppm 300] [--raw]
 
@@ -65,12 +73,41 @@ class Child:
         return locked
 
 
-def note_floor(floors: dict[int, float], started: float, depth_ms: float) -> None:
-    """In a device callback: the depth it found (beyond the buffer it takes),
-    kept as each second's least."""
-    second = int(time.monotonic() - started)
-    if depth_ms < floors.get(second, float("inf")):
-        floors[second] = depth_ms
+class Log:
+    """Preallocated (time, value) pairs, appended from any one thread without
+    allocating: the device callbacks' depths, the agent frames' arrivals."""
+
+    def __init__(self, capacity: int) -> None:
+        self.t = np.zeros(capacity)
+        self.v = np.zeros(capacity)
+        self.n = 0
+        self.started = time.monotonic()
+
+    def note(self, value: float = 0.0) -> None:
+        n = self.n
+        if n < len(self.t):
+            self.t[n] = time.monotonic() - self.started
+            self.v[n] = value
+            self.n = n + 1
+
+    def restart(self) -> None:
+        self.n, self.started = 0, time.monotonic()
+
+    def per_second(self) -> dict[str, np.ndarray]:
+        """After the first 10 s, for each whole second: the median and least
+        value; the longest gap between notes."""
+        t, v = self.t[:self.n], self.v[:self.n]
+        seconds = t.astype(int)
+        keep = np.unique(seconds[seconds >= 10])[:-1]  # (the last second is cut short)
+        gaps = np.diff(t, prepend=t[0] if len(t) else 0.0)
+        out: dict[str, list[float]] = {"second": [], "median": [], "least": [], "gap": []}
+        for second in keep:
+            out["second"].append(float(second))
+            mask = seconds == second
+            out["median"].append(float(np.median(v[mask])))
+            out["least"].append(float(v[mask].min()))
+            out["gap"].append(float(gaps[mask].max()))
+        return {k: np.array(x) for k, x in out.items()}
 
 
 def keep_talking(child: Any, room: str, until: float) -> None:
@@ -92,13 +129,20 @@ def speko_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, An
         assert io is not None
         samples: list[tuple[float, float, float, float]] = []  # t, depth ms, rate ppm, rss MB
         lows: dict[int, float] = {}  # second -> the least of the elastic playback's measure in it (ms)
-        floors: dict[int, float] = {}  # second -> the least depth a device callback found in it (ms)
-        render = io.render
+        callbacks, arrivals = Log(int(seconds * 60) + 6000), Log(int(seconds * 150) + 6000)
+        callbacks.started = arrivals.started = started
+        render, path = io.render, conv._session.path
+        play = path.play
 
         def rendered(out: Any, scratch: Any) -> None:
-            note_floor(floors, started, 1000 * io.playback.available() / io.rate - 1000 * len(out) / io.rate)
+            callbacks.note(1000 * (io.playback.available() - len(out)) / io.rate)
             render(out, scratch)
+
+        def played(samples: Any, *, silent: bool = False) -> None:
+            arrivals.note()
+            play(samples, silent=silent)
         io.render = rendered  # type: ignore[method-assign]
+        path.play = played  # type: ignore[method-assign]
         elastic = conv._session.path._elastic
         if elastic is not None:
             observe = elastic.observe
@@ -122,7 +166,7 @@ def speko_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, An
         end = conv.stats()
     finally:
         conv.end_session()
-    return {"samples": samples, "lows": lows, "floors": floors,
+    return {"samples": samples, "lows": lows, "callbacks": callbacks, "arrivals": arrivals,
             "trims": end.playback_dropped - base.playback_dropped,
             "capture_dropped": end.capture_dropped - base.capture_dropped,
             "underruns_after_start": end.underruns - base.underruns,
@@ -139,15 +183,21 @@ def raw_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, Any]
     queue: collections.deque[bytes] = collections.deque()
     pending = bytearray()
     underruns = [0]
+    # bytes ever queued (by the loop) and ever taken from the queue (by the
+    # callback): each counter has one writer, so the depth needs no lock
+    queued, taken = [0], [0]
+    callbacks, arrivals = Log(int(seconds * 60) + 6000), Log(int(seconds * 150) + 6000)
 
-    floors: dict[int, float] = {}
-    started = time.monotonic()  # (again once joined)
+    def depth_bytes() -> int:
+        return queued[0] - taken[0] + len(pending)
 
     def callback(_: Any, frames: int, __: Any, ___: int) -> tuple[bytes, int]:
         need = 2 * frames
-        note_floor(floors, started, (len(pending) + sum(len(b) for b in list(queue)) - need) / 2 / SAMPLE_RATE * 1000)
+        callbacks.note((depth_bytes() - need) / 2 / SAMPLE_RATE * 1000)
         while len(pending) < need and queue:
-            pending.extend(queue.popleft())
+            chunk = queue.popleft()
+            taken[0] += len(chunk)
+            pending.extend(chunk)
         if len(pending) < need:
             underruns[0] += 1
             out = bytes(pending) + bytes(need - len(pending))
@@ -170,13 +220,17 @@ def raw_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, Any]
         def on_track(track: rtc.Track, *_: Any) -> None:
             async def play() -> None:
                 async for event in rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1):
-                    queue.append(bytes(event.frame.data))
+                    arrivals.note()
+                    chunk = bytes(event.frame.data)
+                    queue.append(chunk)
+                    queued[0] += len(chunk)
             tasks.add(loop.create_task(play()))
         room_obj.on("track_subscribed", on_track)
         await room_obj.connect(child.url, child.token("raw", room))
     asyncio.run_coroutine_threadsafe(join(), loop).result(30)
     started = time.monotonic()
-    floors.clear()
+    callbacks.restart()
+    arrivals.restart()
     threading.Thread(target=keep_talking, args=(child, room, started + seconds), daemon=True).start()
     child.set_agent_clock(room, ppm)
     samples = []
@@ -187,7 +241,7 @@ def raw_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, Any]
             if not flipped and now > started + seconds / 2:
                 child.set_agent_clock(room, -ppm)
                 flipped = True
-            depth = (len(pending) + sum(len(b) for b in list(queue))) / 2 / SAMPLE_RATE * 1000
+            depth = depth_bytes() / 2 / SAMPLE_RATE * 1000
             samples.append((now - started, depth, float("nan"), rss_mb()))
             if len(samples) == 10:
                 base = underruns[0]
@@ -197,8 +251,8 @@ def raw_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, Any]
         stream.stop_stream()
         stream.close()
         pa.terminate()
-    return {"samples": samples, "lows": {}, "floors": floors, "trims": 0, "capture_dropped": 0,
-            "underruns_after_start": underruns[0] - base,
+    return {"samples": samples, "lows": {}, "callbacks": callbacks, "arrivals": arrivals, "trims": 0,
+            "capture_dropped": 0, "underruns_after_start": underruns[0] - base,
             "played_s": float("nan")}
 
 
@@ -207,21 +261,33 @@ def report(name: str, r: dict[str, Any]) -> None:
     settled = samples[samples[:, 0] >= 10]
     depth, rate, rss = settled[:, 1], settled[:, 2], settled[:, 3]
     median = float(np.median(depth))
+    rates = f"{np.nanmin(rate):+.0f}..{np.nanmax(rate):+.0f} ppm" if np.isfinite(rate).any() else "none"
     print(f"{name}: {len(samples)} samples; after the first 10 s: trims {r['trims']}, microphone frames "
           f"dropped {r['capture_dropped']}, underruns {r['underruns_after_start']}; "
           f"playback depth median {median:.1f} ms, "
           f"range {depth.min() - median:+.1f}/{depth.max() - median:+.1f} ms; "
-          f"rate change {np.nanmin(rate) if np.isfinite(rate).any() else float('nan'):+.0f}.."
-          f"{np.nanmax(rate) if np.isfinite(rate).any() else float('nan'):+.0f} ppm; last sample at "
+          f"rate change {rates}; "
+          f"last sample at "
           f"{samples[-1, 0]:.0f} s; "
           f"RSS {rss[0]:.1f} -> {rss[-1]:.1f} MB (max {rss.max():.1f})", flush=True)
-    floors = np.array([low for second, low in sorted(r["floors"].items()) if second >= 10])
-    if len(floors):
-        med = float(np.median(floors))
-        print(f"  depth each device callback found (beyond its buffer), each second's least: median {med:.1f} ms, "
-              f"range {floors.min() - med:+.1f}/{floors.max() - med:+.1f} ms, "
-              f"seconds outside +-10 ms of the median {int(np.sum(np.abs(floors - med) > 10))} of {len(floors)}",
-              flush=True)
+    per, arrived = r["callbacks"].per_second(), r["arrivals"].per_second()
+    gaps = 1000 * arrived["gap"]
+    for what, values in (("depth (each second's median)", per["median"]),
+                         ("floor (each second's least)", per["least"])):
+        if len(values):
+            med = float(np.median(values))
+            print(f"  {what} of what the device callbacks found beyond their buffer: median {med:.1f} ms, "
+                  f"range {values.min() - med:+.1f}/{values.max() - med:+.1f} ms, "
+                  f"seconds outside +-10 ms of the median {int(np.sum(np.abs(values - med) > 10))} of {len(values)}",
+                  flush=True)
+    if len(gaps):
+        print(f"  agent frames' arrival, each second's longest gap: median {np.median(gaps):.1f} ms, "
+              f"p99 {np.percentile(gaps, 99):.1f}, max {gaps.max():.1f}; seconds with a gap over 20 ms "
+              f"{int(np.sum(gaps > 20))}, over 30 ms {int(np.sum(gaps > 30))}", flush=True)
+        late = set(arrived["second"][gaps > 20])
+        dipped = per["second"][per["least"] < np.median(per["least"]) - 10]
+        print(f"  of the {len(dipped)} seconds whose floor dipped more than 10 ms, "
+              f"{sum(second in late for second in dipped)} had a gap between frames over 20 ms", flush=True)
     if r["lows"]:
         lows = np.array([low for second, low in sorted(r["lows"].items()) if second >= 10])
         print(f"  least headroom each second (the controller's measure): median {np.median(lows):.1f} ms, "
@@ -230,7 +296,8 @@ def report(name: str, r: dict[str, Any]) -> None:
     for m in np.unique(minutes)[:: max(1, len(np.unique(minutes)) // 10)]:
         row = samples[minutes == m]
         print(f"  minute {int(m):3d}: depth {row[:, 1].min():5.1f}..{row[:, 1].max():5.1f} ms, "
-              f"rate {np.nanmean(row[:, 2]):+6.0f} ppm, RSS {row[:, 3].max():6.1f} MB", flush=True)
+              f"rate {np.nanmean(row[:, 2]) if np.isfinite(row[:, 2]).any() else 0:+6.0f} ppm, "
+              f"RSS {row[:, 3].max():6.1f} MB", flush=True)
 
 
 def main() -> int:

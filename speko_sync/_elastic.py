@@ -12,9 +12,11 @@ at the buffers jumps by a frame each time they do). :class:`ElasticPlayback`
 steers the least headroom of each second towards the jitter policy's slack
 with a proportional-integral controller on the playback rate, within
 :attr:`ElasticPlayback.DRIFT_LIMIT_PPM` (an inaudible pitch change; steady, it
-equals the clocks' difference). Depth far above the slack (a burst after a
-stall of the network) is played out 5 % faster instead, like a flood cushion
-given back.
+equals the clocks' difference). Depth more than a frame above the slack for a
+whole second (what a burst of late frames leaves, or the speaker's restart
+after an underrun) is played out 5 % faster instead, within a fraction of a
+second, like a flood cushion given back: at the controller's limit 20 ms
+would take 25 s.
 
 **Floods.**
 LiveKit's Python SDK hands every native event, the agent's audio frames and
@@ -68,8 +70,9 @@ class ElasticPlayback:
     #: its gains: ppm per ms of error, and ppm per ms of error each second
     KP_PPM_PER_MS = 180.0
     KI_PPM_PER_MS = 10.0
-    #: depth this far (ms) above the slack is played out 5 % faster
-    EXCESS_MS = 30
+    #: depth this far (ms) above the slack, a whole second long, is played
+    #: out 5 % faster (down to a third of it); the controller takes the rest
+    EXCESS_MS = 10
 
     def __init__(self) -> None:
         self.extra = 0

@@ -138,3 +138,16 @@ def test_a_stall_widens_the_slack_for_minutes_so_the_next_like_it_plays_without_
     slacks = run["slacks"]
     assert isinstance(slacks, np.ndarray)
     assert slacks[30] == 20.0 and slacks[90] == 20.0 and slacks[-1] == 10.0
+
+
+def test_a_small_excess_is_played_out_in_seconds_not_left_to_the_drift_controller() -> None:
+    """20 ms more than the slack (what a burst of late frames leaves once the
+    speaker has started again after an underrun) is gone within three seconds:
+    at the drift controller's 0.08 % it would take 25 s, the depth standing
+    20 ms high all that while."""
+    run = simulate(0.0, 6.0, lead_ms=40)
+    lows = run["lows"]
+    assert isinstance(lows, np.ndarray)
+    assert lows[0] > 25  # the excess, measured
+    assert np.all(lows[3:] < 16)  # played out: within a few ms of the slack
+    assert run["dropped"] == 0 and run["underruns"] == 0

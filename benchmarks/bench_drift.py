@@ -18,7 +18,7 @@ arrival jitter the policy absorbs (and the gaps column shows where it comes
 from: LiveKit's stream hands frames over late for the raw client too); the
 depth is what must stay flat.
 
-    python benchmarks/bench_drift.py [--minutes 30] [--ppm 300] [--raw]
+    python benchmarks/bench_drift.py [--minutes 30] [--ppm 300] [--raw] [--save NPZ]
 
 ``--raw``: the raw ``livekit.rtc`` client side by side instead: its
 ``AudioStream`` written into a PortAudio output stream's queue as its examples
@@ -78,8 +78,8 @@ class Log:
     allocating: the device callbacks' depths, the agent frames' arrivals."""
 
     def __init__(self, capacity: int) -> None:
-        self.t = np.zeros(capacity)
-        self.v = np.zeros(capacity)
+        self.t = np.full(capacity, np.nan)  # (written now: resident from the start, so RSS shows the client)
+        self.v = np.full(capacity, np.nan)
         self.n = 0
         self.started = time.monotonic()
 
@@ -127,7 +127,7 @@ def speko_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, An
         child.set_agent_clock(room, ppm)
         io = conv._session.path.io
         assert io is not None
-        samples: list[tuple[float, float, float, float]] = []  # t, depth ms, rate ppm, rss MB
+        samples: list[tuple[float, float, float, float, float]] = []  # t, depth ms, rate ppm, rss MB, slack ms
         lows: dict[int, float] = {}  # second -> the least of the elastic playback's measure in it (ms)
         callbacks, arrivals = Log(int(seconds * 60) + 6000), Log(int(seconds * 150) + 6000)
         callbacks.started = arrivals.started = started
@@ -159,7 +159,7 @@ def speko_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, An
                 flipped = True
             elastic = conv._session.path._elastic
             samples.append((now - started, io.playback_depth_ms(), elastic.ppm if elastic else float("nan"),
-                            rss_mb()))
+                            rss_mb(), 1000 * io.slack / io.rate))
             if len(samples) == 10:
                 base = conv.stats()
             time.sleep(1.0)
@@ -242,7 +242,7 @@ def raw_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, Any]
                 child.set_agent_clock(room, -ppm)
                 flipped = True
             depth = depth_bytes() / 2 / SAMPLE_RATE * 1000
-            samples.append((now - started, depth, float("nan"), rss_mb()))
+            samples.append((now - started, depth, float("nan"), rss_mb(), float("nan")))
             if len(samples) == 10:
                 base = underruns[0]
             time.sleep(1.0)
@@ -254,6 +254,13 @@ def raw_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, Any]
     return {"samples": samples, "lows": {}, "callbacks": callbacks, "arrivals": arrivals, "trims": 0,
             "capture_dropped": 0, "underruns_after_start": underruns[0] - base,
             "played_s": float("nan")}
+
+
+def save(path: str, r: dict[str, Any]) -> None:
+    """Everything per second, for a closer look (``np.load``)."""
+    per, arrived = r["callbacks"].per_second(), r["arrivals"].per_second()
+    np.savez(path, samples=np.array(r["samples"]), **{f"callback_{k}": v for k, v in per.items()},
+             **{f"arrival_{k}": v for k, v in arrived.items()})
 
 
 def report(name: str, r: dict[str, Any]) -> None:
@@ -297,7 +304,9 @@ def report(name: str, r: dict[str, Any]) -> None:
         row = samples[minutes == m]
         print(f"  minute {int(m):3d}: depth {row[:, 1].min():5.1f}..{row[:, 1].max():5.1f} ms, "
               f"rate {np.nanmean(row[:, 2]) if np.isfinite(row[:, 2]).any() else 0:+6.0f} ppm, "
-              f"RSS {row[:, 3].max():6.1f} MB", flush=True)
+              f"RSS {row[:, 3].max():6.1f} MB"
+              + (f", slack {row[:, 4].min():.0f}..{row[:, 4].max():.0f} ms" if np.isfinite(row[:, 4]).all() else ""),
+              flush=True)
 
 
 def main() -> int:
@@ -305,6 +314,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--ppm", type=float, default=300.0, help="the agent's clock: this fast, then this slow")
     parser.add_argument("--raw", action="store_true", help="the raw livekit.rtc client instead")
+    parser.add_argument("--save", metavar="NPZ", help="also write the per-second figures there")
     args = parser.parse_args()
     from speko_sync.testing import ServerProcess, reexec_isolated
     from speko_sync.testing._pulse import VirtualSoundDevices
@@ -315,7 +325,10 @@ def main() -> int:
         room = f"drift-{os.getpid()}"
         child.add_agent(room)
         run = raw_run if args.raw else speko_run
-        report("raw livekit.rtc" if args.raw else "speko_sync", run(child, room, args.minutes * 60, args.ppm))
+        result = run(child, room, args.minutes * 60, args.ppm)
+        report("raw livekit.rtc" if args.raw else "speko_sync", result)
+        if args.save:
+            save(args.save, result)
     return 0
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import threading
 import time
@@ -77,11 +78,11 @@ class Log:
     """Preallocated (time, value) pairs, appended from any one thread without
     allocating: the device callbacks' depths, the agent frames' arrivals."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, started: float) -> None:
         self.t = np.full(capacity, np.nan)  # (written now: resident from the start, so RSS shows the client)
         self.v = np.full(capacity, np.nan)
         self.n = 0
-        self.started = time.monotonic()
+        self.started = started
 
     def note(self, value: float = 0.0) -> None:
         n = self.n
@@ -90,24 +91,25 @@ class Log:
             self.v[n] = value
             self.n = n + 1
 
-    def restart(self) -> None:
-        self.n, self.started = 0, time.monotonic()
+    def restart(self, started: float) -> None:
+        self.n, self.started = 0, started
 
     def per_second(self) -> dict[str, np.ndarray]:
         """After the first 10 s, for each whole second: the median and least
-        value; the longest gap between notes."""
+        value; the longest gap between notes (the times only grow)."""
         t, v = self.t[:self.n], self.v[:self.n]
         seconds = t.astype(int)
         keep = np.unique(seconds[seconds >= 10])[:-1]  # (the last second is cut short)
         gaps = np.diff(t, prepend=t[0] if len(t) else 0.0)
-        out: dict[str, list[float]] = {"second": [], "median": [], "least": [], "gap": []}
-        for second in keep:
-            out["second"].append(float(second))
-            mask = seconds == second
-            out["median"].append(float(np.median(v[mask])))
-            out["least"].append(float(v[mask].min()))
-            out["gap"].append(float(gaps[mask].max()))
-        return {k: np.array(x) for k, x in out.items()}
+        bounds = np.searchsorted(seconds, np.append(keep, keep[-1] + 1 if len(keep) else 0))
+        spans = [slice(a, b) for a, b in itertools.pairwise(bounds)]
+        return {"second": keep.astype(float), "median": np.array([np.median(v[i]) for i in spans]),
+                "least": np.array([v[i].min() for i in spans]), "gap": np.array([gaps[i].max() for i in spans])}
+
+
+def logs(seconds: float, started: float) -> tuple[Log, Log]:
+    """Room for a run's device callbacks (20 ms each) and agent frames (10 ms)."""
+    return Log(int(seconds * 60) + 6000, started), Log(int(seconds * 150) + 6000, started)
 
 
 def keep_talking(child: Any, room: str, until: float) -> None:
@@ -129,8 +131,7 @@ def speko_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, An
         assert io is not None
         samples: list[tuple[float, float, float, float, float]] = []  # t, depth ms, rate ppm, rss MB, slack ms
         lows: dict[int, float] = {}  # second -> the least of the elastic playback's measure in it (ms)
-        callbacks, arrivals = Log(int(seconds * 60) + 6000), Log(int(seconds * 150) + 6000)
-        callbacks.started = arrivals.started = started
+        callbacks, arrivals = logs(seconds, started)
         render, path = io.render, conv._session.path
         play = path.play
 
@@ -186,7 +187,7 @@ def raw_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, Any]
     # bytes ever queued (by the loop) and ever taken from the queue (by the
     # callback): each counter has one writer, so the depth needs no lock
     queued, taken = [0], [0]
-    callbacks, arrivals = Log(int(seconds * 60) + 6000), Log(int(seconds * 150) + 6000)
+    callbacks, arrivals = logs(seconds, time.monotonic())  # (restarted once joined)
 
     def depth_bytes() -> int:
         return queued[0] - taken[0] + len(pending)
@@ -229,8 +230,8 @@ def raw_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, Any]
         await room_obj.connect(child.url, child.token("raw", room))
     asyncio.run_coroutine_threadsafe(join(), loop).result(30)
     started = time.monotonic()
-    callbacks.restart()
-    arrivals.restart()
+    callbacks.restart(started)
+    arrivals.restart(started)
     threading.Thread(target=keep_talking, args=(child, room, started + seconds), daemon=True).start()
     child.set_agent_clock(room, ppm)
     samples = []
@@ -256,14 +257,14 @@ def raw_run(child: Any, room: str, seconds: float, ppm: float) -> dict[str, Any]
             "played_s": float("nan")}
 
 
-def save(path: str, r: dict[str, Any]) -> None:
+def save(path: str, r: dict[str, Any], per: dict[str, np.ndarray], arrived: dict[str, np.ndarray]) -> None:
     """Everything per second, for a closer look (``np.load``)."""
-    per, arrived = r["callbacks"].per_second(), r["arrivals"].per_second()
     np.savez(path, samples=np.array(r["samples"]), **{f"callback_{k}": v for k, v in per.items()},
              **{f"arrival_{k}": v for k, v in arrived.items()})
 
 
-def report(name: str, r: dict[str, Any]) -> None:
+def report(name: str, r: dict[str, Any], per: dict[str, np.ndarray], arrived: dict[str, np.ndarray]) -> None:
+    """``per``: the device callbacks' figures per second; ``arrived``: the agent frames'."""
     samples = np.array(r["samples"])
     settled = samples[samples[:, 0] >= 10]
     depth, rate, rss = settled[:, 1], settled[:, 2], settled[:, 3]
@@ -277,7 +278,6 @@ def report(name: str, r: dict[str, Any]) -> None:
           f"last sample at "
           f"{samples[-1, 0]:.0f} s; "
           f"RSS {rss[0]:.1f} -> {rss[-1]:.1f} MB (max {rss.max():.1f})", flush=True)
-    per, arrived = r["callbacks"].per_second(), r["arrivals"].per_second()
     gaps = 1000 * arrived["gap"]
     for what, values in (("depth (each second's median)", per["median"]),
                          ("floor (each second's least)", per["least"])):
@@ -326,9 +326,10 @@ def main() -> int:
         child.add_agent(room)
         run = raw_run if args.raw else speko_run
         result = run(child, room, args.minutes * 60, args.ppm)
-        report("raw livekit.rtc" if args.raw else "speko_sync", result)
+        per, arrived = result["callbacks"].per_second(), result["arrivals"].per_second()
+        report("raw livekit.rtc" if args.raw else "speko_sync", result, per, arrived)
         if args.save:
-            save(args.save, result)
+            save(args.save, result, per, arrived)
     return 0
 
 

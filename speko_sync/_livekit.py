@@ -29,7 +29,7 @@ from ._audio_path import Sink
 from ._lk_link import LinkWatch
 from ._lk_text import RoomText
 from ._lk_tracks import TrackPlayer
-from ._loop import call_on
+from ._loop import call_on, within
 from ._protocol import (
     ATTR_AGENT_STATE,
     TOPIC_CHAT,
@@ -111,7 +111,7 @@ class LiveKitTransport:
         connecting = loop.create_task(room.connect(url, token, rtc.RoomOptions(
             auto_subscribe=True, connect_timeout=max(0.5, timeout))))
         try:
-            await asyncio.wait_for(asyncio.shield(connecting), timeout)
+            await within(asyncio.shield(connecting), timeout)
         except asyncio.TimeoutError:
             connecting.add_done_callback(_disconnect_late(room))
             raise SpekoClientError(ErrorCode.CONNECTION_FAILED,
@@ -309,7 +309,7 @@ class LiveKitTransport:
         room = self.room
         if room is not None and room.isconnected():
             try:
-                await asyncio.wait_for(room.disconnect(), 5)
+                await within(room.disconnect(), 5)
             except Exception:  # gone already
                 pass
 

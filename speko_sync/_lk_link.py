@@ -11,6 +11,7 @@ from typing import Any
 from livekit import rtc
 
 from ._frames import cancel_all
+from ._loop import within
 
 
 class LinkWatch:
@@ -50,7 +51,7 @@ class LinkWatch:
                 last, looked = -1, now  # (the counters start again on a new session)
                 continue
             try:
-                stats = await asyncio.wait_for(room.get_rtc_stats(), self.POLL_S)
+                stats = await within(room.get_rtc_stats(), self.POLL_S)
             except Exception:  # (a link going down): nothing learnt
                 continue
             total = received(stats.publisher_stats) + received(stats.subscriber_stats)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -27,6 +27,30 @@ def call_on(loop: asyncio.AbstractEventLoop | None, fn: Callable[..., Any], *arg
         fn(*args)
     else:
         loop.call_soon_threadsafe(fn, *args)
+
+
+async def within(aw: Awaitable[T], timeout: float) -> T:
+    """``asyncio.wait_for(aw, timeout)`` without its lost cancellation.
+
+    On Python 3.10 and 3.11, a task cancelled in the same pass of the loop as
+    the result it waits for arrives gets the result, and runs on as if it had
+    never been cancelled: a poll loop around it never ends, and whatever
+    awaits its end (a session's release) hangs. Here a cancel always raises
+    ``CancelledError`` (``aw`` is cancelled too). After ``timeout`` seconds
+    ``aw`` is cancelled and awaited, then ``asyncio.TimeoutError`` is raised
+    (unless it finished meanwhile: then its result, or its exception)."""
+    task = asyncio.ensure_future(aw)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=max(0.0, timeout))
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        await asyncio.wait((task,))
+        if task.cancelled():
+            raise asyncio.TimeoutError
+    return task.result()
 
 
 async def run_on(loop: asyncio.AbstractEventLoop | None, coro: Coroutine[Any, Any, T]) -> T:

@@ -29,7 +29,7 @@ from websockets.typing import Subprotocol
 from . import _realtime_protocol as wire
 from ._audio_path import PlainSink
 from ._frames import Reframer, cancel_all
-from ._loop import call_on, run_on
+from ._loop import call_on, run_on, within
 from ._realtime_audio import BurstPlayer
 from ._tools import ToolHost
 from ._transport import Core, unsupported
@@ -96,7 +96,7 @@ class RealtimeTransport:
         ws, ready = await open_session(url, token, timeout)
         if self._core.closing:  # ended while connecting (an interrupt, a give-up): leave at once
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(*wire.CLIENT_CLOSE), 2)
+                await within(ws.close(*wire.CLIENT_CLOSE), 2)
             raise SpekoClientError(ErrorCode.CONNECTION_FAILED, "the conversation ended while connecting")
         self._ws = ws
         self.input_rate, self.output_rate = ready.input_rate, ready.output_rate
@@ -296,9 +296,9 @@ class RealtimeTransport:
         if ws is not None and outbox is not None:
             if not self._tasks[1].done():
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(outbox.join(), 1)
+                    await within(outbox.join(), 1)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(*wire.CLIENT_CLOSE), 3)
+                await within(ws.close(*wire.CLIENT_CLOSE), 3)
         await cancel_all(self._tasks)
         self._tasks = []
 
@@ -313,7 +313,7 @@ async def open_session(url: str, token: str, timeout: float) -> tuple[ClientConn
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     try:
-        ws = await asyncio.wait_for(connect(
+        ws = await within(connect(
             url, subprotocols=[Subprotocol(token)], compression=None, proxy=None, open_timeout=None,
             max_size=2 ** 22, close_timeout=2), timeout)
     except asyncio.TimeoutError:
@@ -327,10 +327,10 @@ async def open_session(url: str, token: str, timeout: float) -> tuple[ClientConn
     except (OSError, websockets.WebSocketException) as exc:
         raise SpekoClientError(ErrorCode.CONNECTION_FAILED, f"could not connect to {url}: {exc}", exc) from exc
     try:
-        ready = await asyncio.wait_for(_wait_ready(ws), max(0.0, deadline - loop.time()))
+        ready = await within(_wait_ready(ws), max(0.0, deadline - loop.time()))
     except BaseException as exc:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(ws.close(*wire.CLIENT_CLOSE), 2)
+            await within(ws.close(*wire.CLIENT_CLOSE), 2)
         if isinstance(exc, asyncio.TimeoutError):
             raise SpekoClientError(ErrorCode.CONNECTION_FAILED,
                                    f"{url} sent no ready frame within {timeout:g} s") from None

@@ -24,7 +24,7 @@ from typing import Any
 
 from ._audio_path import AudioPath, Emit
 from ._livekit import LiveKitTransport
-from ._loop import call_on, run_on
+from ._loop import call_on, run_on, within
 from ._realtime import RealtimeTransport
 from ._sent import SendLog
 from ._stats import session_stats
@@ -124,7 +124,7 @@ class Session:
                     raise SpekoClientError(ErrorCode.CONNECTION_FAILED, f"could not send the overrides: {exc.message}",
                                            exc) from exc
             try:
-                sink = await asyncio.wait_for(transport.start(timeout), max(0.1, deadline - loop.time()))
+                sink = await within(transport.start(timeout), max(0.1, deadline - loop.time()))
                 await run_on(self.audio_loop, self._start_capture(sink))
             except BaseException as exc:
                 if isinstance(exc, SpekoClientError) or not isinstance(exc, Exception):

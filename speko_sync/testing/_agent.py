@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 from livekit.protocol import models, rtc
 
+from .._loop import within
 from ..audio import load_pcm16
 from . import _lk_protocol as lk
 from ._client import RemoteClient
@@ -247,11 +248,11 @@ class _AgentPeer(Participant):
                 self.send_packets(lk.rpc_request_stream(request_id, method, payload, timeout_ms, destination=identity,
                                                         fmt=self.stream_format([identity]), version=version))
             try:
-                await asyncio.wait_for(call.ack.wait(), max_round_trip_latency)
+                await within(call.ack.wait(), max_round_trip_latency)
             except asyncio.TimeoutError:
                 raise rpc_error(1501) from None
             try:
-                result, error = await asyncio.wait_for(asyncio.shield(call.response), response_timeout)
+                result, error = await within(asyncio.shield(call.response), response_timeout)
             except asyncio.TimeoutError:
                 raise rpc_error(1502) from None
         finally:

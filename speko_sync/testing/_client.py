@@ -36,6 +36,7 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import models, rtc
 
+from .._loop import within
 from ._media import Fanout, ForwardTrack
 from ._room import Participant, PublishedTrack, Room, new_sid
 
@@ -164,7 +165,7 @@ class RemoteClient(Participant):
             return True
         self._handover.clear()
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._handover.wait(), timeout)
+            await within(self._handover.wait(), timeout)
         return self.ws is not ws and not self._closed
 
     async def start(self, join: rtc.JoinRequest) -> None:
@@ -343,7 +344,7 @@ class RemoteClient(Participant):
             pc.on("connectionstatechange", changed)
             try:
                 changed()
-                await asyncio.wait_for(connected.wait(), 30.0)
+                await within(connected.wait(), 30.0)
             except asyncio.TimeoutError:
                 return
             finally:
@@ -447,7 +448,7 @@ class RemoteClient(Participant):
             type="offer", sdp=self.sub_pc.localDescription.sdp, id=self._sub_offer_id,
             mid_to_track_id=self._mid_map(self.sub_pc)))
         try:
-            answer = await asyncio.wait_for(self._sub_answer, 15.0)
+            answer = await within(self._sub_answer, 15.0)
         except asyncio.TimeoutError:
             log.warning("client %s never answered the subscriber offer", self.identity)
             return

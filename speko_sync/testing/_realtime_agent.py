@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 from aiohttp import WSMsgType, web
 
+from .._loop import within
 from ._realtime_voice import AgentSettings, EnergyDetector, ToolTrigger, speech_audio
 
 log = logging.getLogger("speko_sync.testing")
@@ -459,7 +460,7 @@ class RealtimeAgentSession(SessionRecords):
         try:
             await self._voice.send_json({"t": "tool_call", "callId": call_id, "name": name,
                                          "arguments": json.dumps(args)})
-            return await asyncio.wait_for(waiter, self.settings.tool_timeout_s)
+            return await within(waiter, self.settings.tool_timeout_s)
         except asyncio.TimeoutError:
             return None
         finally:

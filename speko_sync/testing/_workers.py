@@ -39,6 +39,7 @@ from aiohttp import WSMsgType, web
 from livekit.protocol import agent as agent_pb
 from livekit.protocol import models
 
+from .._loop import within
 from ._auth import TokenError, mint_token, verify_token
 
 if TYPE_CHECKING:
@@ -241,7 +242,7 @@ class Dispatcher:
             try:
                 if not await worker.send(availability=agent_pb.AvailabilityRequest(job=proto)):
                     continue
-                answer = await asyncio.wait_for(future, AVAILABILITY_TIMEOUT_S)
+                answer = await within(future, AVAILABILITY_TIMEOUT_S)
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 continue
             finally:
@@ -297,4 +298,4 @@ class Dispatcher:
 
     async def wait_changed(self, timeout: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            await within(self._changed.wait(), timeout)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -102,6 +103,14 @@ class Mic:
     async def play(self, samples: np.ndarray) -> None:
         for i in range(0, len(samples) - 479, 480):
             await self.source.capture_frame(rtc.AudioFrame(samples[i:i + 480].tobytes(), RATE, 1, 480))
+
+    async def silence_until(self, heard: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Play silence, 100 ms at a time, until ``heard()``: what is sent before
+        the far end has subscribed and its stream has started is lost."""
+        deadline = time.monotonic() + timeout
+        while not heard():
+            assert time.monotonic() < deadline, f"not heard within {timeout} s"
+            await self.play(np.zeros(RATE // 10, np.int16))
 
     def play_forever(self, freq_hz: float, amplitude: float = 0.3) -> None:
         """Keep playing a tone (in real time, paced by the source's queue)."""

@@ -87,6 +87,7 @@ def test_utterance_gives_partial_then_final_transcript(speko_server: LocalServer
     async def scenario() -> None:
         room, ev = await connect(speko_server, "user", speko_agent.room)
         mic = await Mic(room).publish()
+        await mic.silence_until(lambda: len(speko_agent.received_audio("user")) > 0)  # the whole tone is heard
         await mic.play(np.concatenate([np.zeros(RATE // 5, np.int16), tone(300, 1.0, 0.4),
                                        np.zeros(RATE, np.int16)]))
         await ev.wait_for("data_received", lambda p: b"agent_message" in p.data)

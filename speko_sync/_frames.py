@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import numpy as np
 from livekit import rtc
@@ -102,12 +101,19 @@ class Reframer:
         return out
 
 
-async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+async def cancel_all(tasks: list[asyncio.Task[None]], timeout: float = 1.0) -> None:
+    """Cancel ``tasks`` and wait until they have ended, at most ``timeout``
+    seconds: a task that ignores its cancel is left running rather than hang
+    what stops it (a session's release, which must still leave the room).
+    What they raised is retrieved and dropped; a cancel of the caller itself
+    goes through."""
     for task in tasks:
         task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    if tasks:
+        done, _ = await asyncio.wait(tasks, timeout=timeout)
+        for task in done:
+            if not task.cancelled():
+                task.exception()
 
 
 async def sleep_until(loop: asyncio.AbstractEventLoop, due: float, catch_up: float) -> float:

@@ -1,4 +1,4 @@
-"""``within``: a timed await whose cancel is never lost, and the poll loop
+"""``within``: a timed await whose cancel is never lost, ``cancel_all``: a bounded stop, and the poll loop
 (``LinkWatch``) that hung a session's release when it was (pure asyncio; the
 room is a stand-in with the two methods the watch calls)."""
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from speko_sync._frames import cancel_all
 from speko_sync._lk_link import LinkWatch
 from speko_sync._loop import within
 
@@ -95,3 +96,34 @@ def test_the_link_watch_stops_when_its_stats_arrive_as_it_is_stopped() -> None:
         return bool(done)
 
     assert asyncio.run(main()), "LinkWatch.stop() did not return"
+
+
+def test_cancel_all_leaves_a_task_that_ignores_its_cancel_rather_than_hang() -> None:
+    """What stops the pumps and the link watch waits a second at most: a task
+    that swallows its cancel cannot keep a session's release from leaving the
+    room."""
+    async def main() -> tuple[bool, bool, bool]:
+        release = asyncio.Event()
+
+        async def stubborn() -> None:
+            while not release.is_set():
+                try:
+                    await asyncio.sleep(10)
+                except asyncio.CancelledError:
+                    pass
+
+        async def fails() -> None:
+            raise ValueError("a pump's error, already reported")
+
+        hard, broken, quiet = (asyncio.ensure_future(c) for c in (stubborn(), fails(), asyncio.sleep(10)))
+        await asyncio.sleep(0)
+        stopping = asyncio.ensure_future(cancel_all([hard, broken, quiet], timeout=0.05))
+        done, _ = await asyncio.wait((stopping,), timeout=2)
+        left = not hard.done()
+        release.set()
+        hard.cancel()
+        await asyncio.wait((hard,), timeout=2)
+        return bool(done), left, quiet.cancelled() and broken.done()
+
+    stopped, left, others = asyncio.run(main())
+    assert stopped and left and others

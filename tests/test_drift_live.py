@@ -16,7 +16,7 @@ import pytest
 from test_runtime import wait_until
 
 from speko_sync import AudioBackend, AudioConstraints, Conversation
-from speko_sync.audio import AudioIO
+from speko_sync.audio import UNDERRUNS, AudioIO
 from speko_sync.testing import ServerProcess
 
 RAW = AudioConstraints(False, False, False)
@@ -32,6 +32,7 @@ class SkewedDevice(AudioBackend):
     def __init__(self, ppm: float, buffer: int = 960) -> None:
         self.ppm, self.buffer = ppm, buffer
         self.depths: list[tuple[float, float]] = []
+        self.underran: list[float] = []  # when the speaker found too little (monotonic)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -54,7 +55,10 @@ class SkewedDevice(AudioBackend):
                 time.sleep(delay)  # (the device's clock: absolute deadlines, so it keeps its rate)
             io.capture_samples(silence)
             self.depths.append((time.monotonic(), io.playback_depth_ms()))
+            before = io.counters[UNDERRUNS]
             io.render(out, scratch)
+            if io.counters[UNDERRUNS] != before:
+                self.underran.append(time.monotonic())
 
     def close(self) -> None:
         self._stop.set()
@@ -68,15 +72,31 @@ def test_a_device_clock_500_ppm_off_plays_without_cuts_or_gaps_at_a_flat_depth(p
     with ServerProcess() as server:
         server.add_agent("drift")
         with Conversation(server.token("user", "drift"), server.url, audio=device, audio_constraints=RAW) as conv:
+            arrivals: list[float] = []  # each agent frame reaching the speaker's queue (monotonic)
+            path = conv._session.path
+            play = path.play
+
+            def played(samples: np.ndarray, *, silent: bool = False) -> None:
+                arrivals.append(time.monotonic())
+                play(samples, silent=silent)
+            path.play = played  # type: ignore[method-assign]
             server.say_tone("drift", 40.0)
             wait_until(lambda: conv.stats().frames_played > 300, timeout=15, what="the speaker playing")
             start = conv.stats()
             started = time.monotonic()
             wait_until(lambda: time.monotonic() - started > 30, timeout=40, what="half a minute of playback")
             end = conv.stats()
+            ended = time.monotonic()
     assert end.playback_dropped == start.playback_dropped == 0  # nothing cut
     assert end.capture_dropped == start.capture_dropped  # the microphone goes out at the device's clock, whole
-    assert end.underruns == start.underruns  # no gap after the start
+    # no gap after the start that the clocks made. One that follows 20 ms or more of the agent's audio
+    # not arriving (of the 200 ms before it, that much short of real time) is LiveKit's delivery on a
+    # busy machine (the raw client sees such gaps too: benchmarks/README.md); a clock's drift is 0.1 ms
+    after = [u for u in device.underran if started <= u <= ended]
+    assert len(after) >= end.underruns - start.underruns  # what stats() counted, each seen here with its time
+    arrived = np.array(arrivals)
+    short = [200 - 10 * int(np.sum((arrived > u - 0.2) & (arrived <= u))) for u in after]
+    assert all(ms >= 20 for ms in short) and len(after) <= 2, f"underruns; the agent's audio short before each: {short}"
     assert (end.frames_played - start.frames_played) / 100 > 29.5  # the speaker played all the while
     depths = np.array([d for t, d in device.depths if t >= started + 5])
     median = float(np.median(depths))

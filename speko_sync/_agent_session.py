@@ -13,7 +13,6 @@ loop, one at a time, so events keep their order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +21,7 @@ from google.protobuf.message import DecodeError
 from livekit import rtc
 from livekit.protocol.agent_pb import agent_session as pb
 
+from ._frames import cancel_all
 from .events import (
     AgentState,
     AgentToolCall,
@@ -212,6 +212,4 @@ class SessionStream:
     async def close(self) -> None:
         task = self._task
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_all([task])

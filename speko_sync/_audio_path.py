@@ -1,11 +1,12 @@
 """The transport-neutral audio path of a conversation, on the audio loop.
 
   microphone -> backend -> capture ring -> :meth:`AudioPath.capture_pump`
-  (10 ms frames at 48 kHz, audio processing, the user's speech edges) -> the
-  transport's sink;
+  (10 ms frames at 48 kHz, audio processing against what the speaker played,
+  the user's speech edges) -> the transport's sink;
   the transport's agent audio (10 ms frames at 48 kHz) -> :meth:`AudioPath.play`
-  (barge-in silence, the agent's speech edges, echo reference, resampling) ->
-  playback ring -> backend -> speaker.
+  (barge-in silence, the agent's speech edges, elastic resampling) ->
+  playback ring -> backend -> speaker (and, with echo cancellation, what it
+  played -> ``AudioIO.played`` -> the microphone pump's echo reference).
 
 Opening and closing the devices run on the room loop (in worker threads);
 everything else on the audio loop.
@@ -73,7 +74,6 @@ class AudioPath:
         self.volume = 1.0  # applied to the audio io when it opens
         self._volume_lock = threading.Lock()
         self.apm: rtc.AudioProcessingModule | None = None
-        self._echo: rtc.AudioProcessingModule | None = None
         self._out_reframe = Reframer(SAMPLE_RATE, SAMPLE_RATE)
         self._elastic: ElasticPlayback | None = None
         self.packets: Callable[[], int] = lambda: 0
@@ -108,7 +108,8 @@ class AudioPath:
                 slack, most = playback_slack_ms, playback_slack_ms + 50
             else:
                 slack, most = (0, 10) if audio.clocked_by_loop else (10, 60)
-            io = AudioIO(rate, microphone=self.microphone, playback_slack_ms=slack, playback_max_slack_ms=most)
+            io = AudioIO(rate, microphone=self.microphone, playback_slack_ms=slack, playback_max_slack_ms=most,
+                         echo_reference=self.microphone and self.constraints.echo_cancellation)
             self.set_volume(None, io)
             await asyncio.to_thread(audio.open, io)
         except Exception as exc:
@@ -143,7 +144,8 @@ class AudioPath:
             self.apm = rtc.AudioProcessingModule(
                 echo_cancellation=c.echo_cancellation, noise_suppression=c.noise_suppression,
                 high_pass_filter=c.noise_suppression, auto_gain_control=c.auto_gain_control)
-            self.apm.set_stream_delay_ms(int(self.audio.latency_s * 1000) + 40)
+            # its reference is what the device played (``AudioIO.played``): the delay is the devices'
+            self.apm.set_stream_delay_ms(int(self.audio.latency_s * 1000))
 
     # -- speaker (audio loop) -------------------------------------------------------
     def start_playback(self, *, elastic: bool) -> None:
@@ -156,12 +158,11 @@ class AudioPath:
         self._out_reframe = Reframer(SAMPLE_RATE, io.rate)
         self._elastic = ElasticPlayback() if elastic else None
         io.elastic = elastic
-        self._echo = self.apm if self.constraints.echo_cancellation else None
 
     def play(self, samples: np.ndarray, *, silent: bool = False) -> None:
         """Whole 10 ms frames of the agent's audio (48 kHz; one, as LiveKit
-        delivers them, or a few) to the speaker: echo reference first, then
-        the playback ring at the device rate. ``silent``: the caller knows
+        delivers them, or a few) to the speaker: the playback ring at the
+        device rate. ``silent``: the caller knows
         the frames are silence (nothing to measure)."""
         io = self.io
         assert io is not None
@@ -174,12 +175,6 @@ class AudioPath:
             # when this frame leaves the speaker: behind what is queued, and the device's latency
             played_at = now + io.playback.available() / io.rate + self.audio.latency_s
             self.to_room_loop(self.turns.on_agent_audio, played_at)
-        if self._echo is not None:
-            volume = io.volume
-            played = samples if volume == 1.0 else (samples * volume).astype(np.int16)
-            for start in range(0, len(played), FRAME):  # it takes 10 ms at a time
-                self._echo.process_reverse_stream(
-                    rtc.AudioFrame(played[start:start + FRAME].tobytes(), SAMPLE_RATE, 1, FRAME))
         elastic = self._elastic
         if elastic is not None and len(samples) == FRAME:
             elastic.watch(io, now)

@@ -13,7 +13,7 @@ import numpy as np
 from livekit import rtc
 
 from ._frames import FRAME, Reframer, wake
-from .audio import CAPTURE_DROPPED, CAPTURED, SAMPLE_RATE, AudioBackend
+from .audio import CAPTURE_DROPPED, CAPTURED, SAMPLE_RATE, AudioBackend, AudioIO
 from .errors import ErrorCode, SpekoClientError
 
 if TYPE_CHECKING:
@@ -35,6 +35,11 @@ CATCH_UP_S = 0.1
 #: While one agent track plays, a loop-clocked backend ticks as each of its
 #: frames arrives; when one is this late, the timer ticks instead.
 FRAME_GRACE_S = 0.005
+#: The echo canceller's reference (what the speaker played) may run this far
+#: ahead of the microphone (the output stream started first, or the input one
+#: stalled); beyond it the oldest is dropped, so the delay the canceller has
+#: to find stays a device's latency, not a backlog.
+ECHO_LEAD_S = 0.1
 
 
 class MicrophoneWatchdog:
@@ -120,6 +125,8 @@ class CaptureStep:
         self.lead = SendLead(self.unit / io.rate) if drop_stale and self.audio.clocked_by_loop else None
         self.buf = np.zeros(self.unit, dtype=np.int16)
         self.reframe = Reframer(io.rate, SAMPLE_RATE, 10 * tick_frames)
+        self.echo = EchoReference(io, path.apm) if path.apm is not None and path.constraints.echo_cancellation \
+            else None
         self.watchdog = MicrophoneWatchdog(path.emit)
         self.loop = asyncio.get_running_loop()
         self.ticks = 0
@@ -142,11 +149,15 @@ class CaptureStep:
             self.watchdog.check(audio, int(io.counters[CAPTURED]), self.loop.time())
         if self.drop_stale:
             self._drop_stale()
-        buf = self.buf
+        buf, echo = self.buf, self.echo
         while io.capture.available() >= self.unit:
             io.capture.read_into(buf)
-            if path.muted:
-                continue  # a muted microphone feeds nothing
+            if path.muted:  # a muted microphone feeds nothing, the canceller included
+                if echo is not None:
+                    echo.skip(self.unit)
+                continue
+            if echo is not None:  # what was played as this was heard: the canceller's reference, in step
+                echo.feed(self.unit)
             if self.lead is not None:
                 self.lead.sent()
             for samples in self.reframe.push(buf):
@@ -158,6 +169,8 @@ class CaptureStep:
                 if path.mic_edges.push(samples, heard_at, len(samples) / SAMPLE_RATE) == "end":
                     path.to_room_loop(path.turns.on_user_speech_end, path.mic_edges.last_voiced)
                 yield samples
+        if echo is not None:
+            echo.bound(io.capture.available())
 
     def _drop_stale(self) -> None:
         """Drop (and count) the oldest captured audio beyond ``CAPTURE_BACKLOG_S``
@@ -168,6 +181,44 @@ class CaptureStep:
         stale = io.capture.available() - keep
         if stale > 0:
             io.counters[CAPTURE_DROPPED] += io.capture.skip(stale)
+            if self.echo is not None:  # the same span of the reference: the two stay in step
+                self.echo.skip(stale)
+
+
+class EchoReference:
+    """Audio loop. Feeds the echo canceller what the speaker really played
+    (``AudioIO.played``, written by the device's own callback after the
+    jitter policy, the drift resampling and the volume), in step with the
+    microphone: a unit of reference before each unit of microphone audio.
+    The delay the canceller then has to find is the devices' latency,
+    whatever depth the playback ring holds, and the echo is a linear
+    function of the reference even while the playback is stretched."""
+
+    def __init__(self, io: AudioIO, apm: rtc.AudioProcessingModule) -> None:
+        assert io.played is not None
+        self.ring, self.apm, self.rate = io.played, apm, io.rate
+        self.buf = np.zeros(io.rate, dtype=np.int16)
+        self.reframe = Reframer(io.rate, SAMPLE_RATE)
+        self.lead = int(io.rate * ECHO_LEAD_S)
+        self.ring.skip(self.ring.available())  # played before the microphone pump began
+
+    def feed(self, samples: int) -> None:
+        """Up to ``samples`` (device rate) of what was played, to the canceller."""
+        part = self.buf[:self.ring.read_into(self.buf[:samples])]
+        for frame in self.reframe.push(part):
+            for start in range(0, len(frame), FRAME):  # it takes 10 ms at a time
+                self.apm.process_reverse_stream(
+                    rtc.AudioFrame(frame[start:start + FRAME].tobytes(), SAMPLE_RATE, 1, FRAME))
+
+    def skip(self, samples: int) -> None:
+        self.ring.skip(samples)
+
+    def bound(self, waiting: int) -> None:
+        """After a tick, with ``waiting`` microphone samples still queued:
+        drop the reference's oldest beyond :data:`ECHO_LEAD_S` ahead of them."""
+        ahead = self.ring.available() - waiting - self.lead
+        if ahead > 0:
+            self.ring.skip(ahead)
 
 
 class SendLead:

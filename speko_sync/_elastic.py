@@ -56,8 +56,8 @@ class ElasticPlayback:
     policy must not trim. Time-scaling is linear interpolation with a phase
     carried across frames, so the waveform stays continuous; its pitch moves by
     5 % while depth is built or given back (under a second each way). The echo
-    canceller's reference stays the unscaled audio: the delay it sees drifts by
-    the 40 ms over 0.8 s, within what its delay estimator follows.
+    canceller's reference is what the speaker played, scaled as it was
+    (``AudioIO.played``): its echo stays a linear function of it.
     """
 
     TARGET_MS = 40

@@ -89,6 +89,12 @@ class AudioIO:
     Playback (re)starts, at the beginning and after a barge-in or an
     underrun, once the ring holds the slack; silence plays until then
     (``playing`` is false).
+
+    ``echo_reference`` (the conversation's echo cancellation): :meth:`render`
+    also copies everything it hands the speaker, at the volume, into
+    ``played`` (a one-second ring the conversation's microphone pump reads as
+    the canceller's reference, in step with the microphone; when it is full,
+    the newest is not kept).
     """
 
     #: calm seconds after which the slack narrows by a frame
@@ -98,11 +104,12 @@ class AudioIO:
     ELASTIC_CALM_S = 120
 
     def __init__(self, rate: int, *, playback_slack_ms: int = 10, playback_max_slack_ms: int = 60,
-                 playback_max_ms: int = 200, microphone: bool = True) -> None:
+                 playback_max_ms: int = 200, microphone: bool = True, echo_reference: bool = False) -> None:
         self.rate = rate
         self.microphone = microphone  # false: a text-only session, no microphone is opened
         self.capture = Ring(rate)  # 1 s: the loop drains it every 10 ms
         self.playback = Ring(rate // 2)
+        self.played = Ring(rate) if echo_reference else None
         self.volume = 1.0
         self.counters = np.zeros(10, dtype=np.int64)
         self._frame = rate // 100
@@ -148,6 +155,8 @@ class AudioIO:
         need = len(out)
         if self.elastic and not self._started and ring.available() < need + self.slack:
             out[:] = 0  # (re)starting: the ring fills to the slack first, the depth the controller holds
+            if self.played is not None:
+                self.played.write(out)
             return
         headroom = ring.available() - need
         cushion = self.cushion
@@ -193,6 +202,8 @@ class AudioIO:
             np.copyto(scratch, out, casting="unsafe")
             np.multiply(scratch, np.float32(volume), out=scratch)
             np.copyto(out, scratch, casting="unsafe")
+        if self.played is not None:
+            self.played.write(out)
 
     def capture_samples(self, data: np.ndarray) -> None:
         """Queue microphone samples (int16); counts an overrun if the ring is full."""

@@ -16,7 +16,7 @@ import pytest
 from test_runtime import wait_until
 
 from speko_sync import AudioBackend, AudioConstraints, Conversation
-from speko_sync.audio import UNDERRUNS, AudioIO
+from speko_sync.audio import CAPTURE_DROPPED, UNDERRUNS, AudioIO
 from speko_sync.testing import ServerProcess
 
 RAW = AudioConstraints(False, False, False)
@@ -33,6 +33,8 @@ class SkewedDevice(AudioBackend):
         self.ppm, self.buffer = ppm, buffer
         self.depths: list[tuple[float, float]] = []
         self.underran: list[float] = []  # when the speaker found too little (monotonic)
+        self.stalled: list[float] = []  # when its thread woke a buffer or more late (the process did not run it)
+        self.dropped: list[float] = []  # when it saw microphone audio newly dropped as stale
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -48,11 +50,17 @@ class SkewedDevice(AudioBackend):
         silence = np.zeros(self.buffer, dtype=np.int16)
         period = self.buffer / (io.rate * (1 + self.ppm * 1e-6))
         due = time.monotonic()
+        dropped = 0
         while not self._stop.is_set():
             due += period
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)  # (the device's clock: absolute deadlines, so it keeps its rate)
+            if time.monotonic() - due >= period:  # it catches up back to back, as a real device's callbacks would
+                self.stalled.append(time.monotonic())
+            if io.counters[CAPTURE_DROPPED] != dropped:
+                dropped = int(io.counters[CAPTURE_DROPPED])
+                self.dropped.append(time.monotonic())
             io.capture_samples(silence)
             self.depths.append((time.monotonic(), io.playback_depth_ms()))
             before = io.counters[UNDERRUNS]
@@ -88,17 +96,31 @@ def test_a_device_clock_500_ppm_off_plays_without_cuts_or_gaps_at_a_flat_depth(p
             end = conv.stats()
             ended = time.monotonic()
     assert end.playback_dropped == start.playback_dropped == 0  # nothing cut
-    assert end.capture_dropped == start.capture_dropped  # the microphone goes out at the device's clock, whole
-    # no gap after the start that the clocks made. One that follows 20 ms or more of the agent's audio
-    # not arriving (of the 200 ms before it, that much short of real time) is LiveKit's delivery on a
-    # busy machine (the raw client sees such gaps too: benchmarks/README.md); a clock's drift is 0.1 ms
+    # What the clocks make, and what they do not: the device's own thread not run for a buffer or more
+    # (the process stalled: a device's late callbacks catch up back to back, as here, draining the
+    # speaker's ring and handing the microphone's backlog over at once) is no clock's drift, nor is
+    # 20 ms or more of the agent's audio not arriving (of the 200 ms before, that much short of real
+    # time): LiveKit's delivery on a busy machine, which the raw client sees too (benchmarks/README.md).
+    # A clock 500 ppm off drifts 0.1 ms in those 200 ms.
+    stalls = np.array(device.stalled)
+
+    def after_a_stall(t: float) -> bool:
+        return bool(np.any((stalls <= t) & (stalls > t - 0.1)))
+    drops = [t for t in device.dropped if started <= t <= ended + 0.1]
+    assert len(drops) or end.capture_dropped == start.capture_dropped
+    assert all(after_a_stall(t) for t in drops), "microphone audio dropped, not after a stall of the device"
     after = [u for u in device.underran if started <= u <= ended]
     assert len(after) >= end.underruns - start.underruns  # what stats() counted, each seen here with its time
     arrived = np.array(arrivals)
     short = [200 - 10 * int(np.sum((arrived > u - 0.2) & (arrived <= u))) for u in after]
-    assert all(ms >= 20 for ms in short) and len(after) <= 2, f"underruns; the agent's audio short before each: {short}"
+    made = [ms for u, ms in zip(after, short, strict=True) if ms < 20 and not after_a_stall(u)]
+    assert not made and len(after) <= 2, f"underruns; the agent's audio short before each: {short}"
     assert (end.frames_played - start.frames_played) / 100 > 29.5  # the speaker played all the while
-    depths = np.array([d for t, d in device.depths if t >= started + 5])
-    median = float(np.median(depths))
-    assert np.abs(depths - median).max() < 10 + 1000 * device.buffer / 48000  # flat within +-10 ms (plus a buffer)
+    # flat: each second's depth (the median of what its callbacks found, as benchmarks/bench_drift.py
+    # measures it; one late frame dips a callback's, not the second's) within 10 ms of the call's
+    found = np.array([(t, d) for t, d in device.depths if t >= started + 5])
+    second = ((found[:, 0] - started) // 1).astype(int)
+    median = float(np.median(found[:, 1]))
+    per_second = np.array([np.median(found[second == k, 1]) for k in np.unique(second)])
+    assert np.abs(per_second - median).max() <= 10, f"depth each second (ms): {per_second.tolist()}"
     assert median < 60  # and bounded: no drift piled up

@@ -238,6 +238,16 @@ def dominant_frequency(samples: np.ndarray, rate: int = RATE) -> float:
 rms = rms_level
 
 
+def speechlike(seconds: float) -> np.ndarray:
+    """Voiced, syllable-paced harmonics (48 kHz int16): what an echo canceller is built for."""
+    t = np.arange(int(seconds * RATE)) / RATE
+    gate = (np.sin(2 * np.pi * 3 * t) > -0.2).astype(float)
+    f0 = 150 + 50 * np.sin(2 * np.pi * 0.7 * t)
+    phase = np.cumsum(f0) / RATE
+    wave = sum(np.sin(2 * np.pi * phase * k) / k for k in range(1, 8))
+    return (0.25 * gate * wave / np.max(np.abs(wave)) * 32767).astype(np.int16)
+
+
 class SessionView:
     """LiveKit Agents' session stream (``lk.agent.session``) as a client reads
     it: each byte stream decoded into an ``AgentSessionMessage``, in the order

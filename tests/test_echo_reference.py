@@ -10,6 +10,7 @@ import asyncio
 from collections import deque
 
 import numpy as np
+from lk import RATE, rms, speechlike
 
 from speko_sync import AudioConstraints
 from speko_sync._audio_path import AudioPath
@@ -18,7 +19,6 @@ from speko_sync._elastic import FRAME, ElasticPlayback
 from speko_sync._turns import TurnTracker
 from speko_sync.audio import AudioBackend, AudioIO
 
-RATE = 48000
 ECHO_ONLY = AudioConstraints(echo_cancellation=True, noise_suppression=False, auto_gain_control=False)
 
 
@@ -38,18 +38,6 @@ class SpeakerNextToMicrophone(AudioBackend):
         self.io.render(self.out, self.scratch)
         self.air.append(self.out.copy() // 2)
         self.io.capture_samples(self.air.popleft())
-
-
-def speechlike(seconds: float) -> np.ndarray:
-    t = np.arange(int(seconds * RATE)) / RATE
-    gate = (np.sin(2 * np.pi * 3 * t) > -0.2).astype(float)
-    phase = np.cumsum(150 + 50 * np.sin(2 * np.pi * 0.7 * t)) / RATE
-    wave = sum(np.sin(2 * np.pi * phase * k) / k for k in range(1, 8))
-    return (0.25 * gate * wave / np.max(np.abs(wave)) * 32767).astype(np.int16)
-
-
-def rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((x.astype(np.float64) / 32768) ** 2)))
 
 
 async def echo_left(stretch: bool, volume: float = 1.0) -> tuple[float, float]:

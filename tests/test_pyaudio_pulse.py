@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from conv import open_conversation
-from lk import RATE, dominant_frequency, rms
+from lk import RATE, dominant_frequency, rms, speechlike
 from test_runtime import wait_until
 
 from speko_sync import AudioConstraints, Conversation, ErrorCode, SpekoClientError, list_audio_devices
@@ -29,16 +29,6 @@ def pulse() -> Iterator[VirtualSoundDevices]:
         if os.environ.get("SPEKO_SYNC_REQUIRE_WEBRTC") == "1":
             pytest.fail(f"virtual sound devices needed: {exc}", pytrace=False)
         pytest.skip(f"virtual sound devices needed: {exc}")
-
-
-def speechlike(seconds: float) -> np.ndarray:
-    """Voiced, syllable-paced harmonics: what an echo canceller is built for."""
-    t = np.arange(int(seconds * RATE)) / RATE
-    gate = (np.sin(2 * np.pi * 3 * t) > -0.2).astype(float)
-    f0 = 150 + 50 * np.sin(2 * np.pi * 0.7 * t)
-    phase = np.cumsum(f0) / RATE
-    wave = sum(np.sin(2 * np.pi * phase * k) / k for k in range(1, 8))
-    return (0.25 * gate * wave / np.max(np.abs(wave)) * 32767).astype(np.int16)
 
 
 def test_devices_are_listed(pulse: VirtualSoundDevices) -> None:

@@ -125,8 +125,8 @@ class CaptureStep:
         self.lead = SendLead(self.unit / io.rate) if drop_stale and self.audio.clocked_by_loop else None
         self.buf = np.zeros(self.unit, dtype=np.int16)
         self.reframe = Reframer(io.rate, SAMPLE_RATE, 10 * tick_frames)
-        self.echo = EchoReference(io, path.apm) if path.apm is not None and path.constraints.echo_cancellation \
-            else None
+        # (the audio io keeps what was played exactly when the session cancels echo)
+        self.echo = EchoReference(io, path.apm) if io.played is not None and path.apm is not None else None
         self.watchdog = MicrophoneWatchdog(path.emit)
         self.loop = asyncio.get_running_loop()
         self.ticks = 0
@@ -196,7 +196,7 @@ class EchoReference:
 
     def __init__(self, io: AudioIO, apm: rtc.AudioProcessingModule) -> None:
         assert io.played is not None
-        self.ring, self.apm, self.rate = io.played, apm, io.rate
+        self.ring, self.apm = io.played, apm
         self.buf = np.zeros(io.rate, dtype=np.int16)
         self.reframe = Reframer(io.rate, SAMPLE_RATE)
         self.lead = int(io.rate * ECHO_LEAD_S)
@@ -205,10 +205,8 @@ class EchoReference:
     def feed(self, samples: int) -> None:
         """Up to ``samples`` (device rate) of what was played, to the canceller."""
         part = self.buf[:self.ring.read_into(self.buf[:samples])]
-        for frame in self.reframe.push(part):
-            for start in range(0, len(frame), FRAME):  # it takes 10 ms at a time
-                self.apm.process_reverse_stream(
-                    rtc.AudioFrame(frame[start:start + FRAME].tobytes(), SAMPLE_RATE, 1, FRAME))
+        for frame in self.reframe.push(part):  # 10 ms at 48 kHz, what the canceller takes
+            self.apm.process_reverse_stream(rtc.AudioFrame(frame.tobytes(), SAMPLE_RATE, 1, FRAME))
 
     def skip(self, samples: int) -> None:
         self.ring.skip(samples)
